@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything else is for us.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench kafka-jars clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## run: start PostgreSQL (embedded unless DATABASE_URL is set), migrate, run every service
+run: $(STAMP)
+	$(BIN)/bank up
+
+## test: the whole suite on its own PostgreSQL and its own Apache Kafka broker
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.events
+
+kafka-jars: $(STAMP)
+	$(BIN)/python -c "from bank.infra.kafka import ensure_jars; print(ensure_jars(quiet=False))"
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache deploy/kafka/target

@@ -1,0 +1,155 @@
+"""`bank up`: one PostgreSQL, migrations, and every service as its own OS process."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from bank.migrate import upgrade
+from shared.config import SERVICES, BankSettings
+
+READY_TIMEOUT = 60.0
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def acquire_lock(data_dir: Path) -> IO[str]:
+    """An exclusive lock on data_dir/bank.lock, held for the life of this process.
+
+    A second `bank up` on the same data folder fails fast instead of starting a
+    second set of services against the same database and ports.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "bank.lock", "a+")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise AlreadyRunning(holder) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
+
+
+def database_url_is_external() -> bool:
+    return bool(os.environ.get("DATABASE_URL") or os.environ.get("BANK_DATABASE_URL"))
+
+
+def start_services(settings: BankSettings, env: dict[str, str]) -> dict[str, subprocess.Popen[bytes]]:
+    order = [s for s in SERVICES if s != "gateway"] + ["gateway"]
+    return {
+        name: subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, start_new_session=True)
+        for name in order
+    }
+
+
+def wait_until_ready(settings: BankSettings, procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    pending = set(procs)
+    deadline = time.monotonic() + READY_TIMEOUT
+    with httpx.Client(timeout=1.0) as client:
+        while pending:
+            for name in sorted(pending):
+                code = procs[name].poll()
+                if code is not None:
+                    raise RuntimeError(f"{name} exited with code {code} during start-up (see its log above)")
+                try:
+                    if client.get(f"{settings.url_of(name)}/readyz").status_code == 200:
+                        pending.discard(name)
+                except httpx.HTTPError:
+                    pass
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after {READY_TIMEOUT:.0f}s: {', '.join(sorted(pending))}")
+            if pending:
+                time.sleep(0.1)
+
+
+def stop_services(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for proc in procs.values():
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_bank(settings: BankSettings, *, kafka_bootstrap: str | None = None) -> int:
+    started = time.monotonic()
+    data_dir = Path(settings.data_dir).resolve()
+    try:
+        lock = acquire_lock(data_dir)
+    except AlreadyRunning as exc:
+        print(f"The bank is already running from {data_dir} ({exc}). Stop it with Ctrl-C in its terminal.")
+        return 1
+
+    pg = None
+    database_url = settings.database_url
+    if not database_url_is_external():
+        from bank.infra.postgres import EmbeddedPostgres
+
+        pg = EmbeddedPostgres(data_dir / "postgres", settings.pg_port)
+        print(f"starting PostgreSQL (embedded, data in {pg.data_dir}) on port {pg.port}")
+        pg.start()
+        database_url = pg.create_database("bank")
+
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        upgrade(database_url)
+        env = dict(os.environ, BANK_DATABASE_URL=database_url, BANK_DATA_DIR=str(data_dir))
+        if kafka_bootstrap:
+            env.update(BANK_TRANSPORT="kafka", BANK_KAFKA_BOOTSTRAP=kafka_bootstrap)
+        procs = start_services(settings, env)
+        wait_until_ready(settings, procs)
+        transport = env.get("BANK_TRANSPORT", settings.transport)
+        print(
+            f"\nThe bank is up in {time.monotonic() - started:.1f}s (transport: {transport}).\n"
+            f"  API        {settings.gateway_url}\n"
+            f"  API docs   {settings.gateway_url}/docs\n"
+            f"  ops page   {settings.gateway_url}/ops\n"
+            f"  services   "
+            + ", ".join(f"{n} {settings.url_of(n)}" for n in SERVICES if n != "gateway")
+            + "\nPress Ctrl-C to stop.",
+            flush=True,
+        )
+        while not stopping:
+            dead = [n for n, p in procs.items() if p.poll() is not None]
+            if dead:
+                print(f"{', '.join(dead)} stopped unexpectedly; shutting the bank down", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        return 0
+    except RuntimeError as exc:
+        print(f"bank up failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping services…", flush=True)
+        stop_services(procs)
+        if pg is not None:
+            pg.stop()
+        lock.close()
+        print("stopped.")

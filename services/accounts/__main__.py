@@ -1,0 +1,3 @@
+from shared.runtime import serve
+
+serve("accounts", "services.accounts.app:create_app")

@@ -1,0 +1,3 @@
+from shared.runtime import serve
+
+serve("cards", "services.cards.app:create_app")

@@ -1,0 +1,8 @@
+from fastapi import FastAPI
+
+from shared.runtime import Runtime
+
+
+def create_app(runtime: Runtime | None = None) -> FastAPI:
+    runtime = runtime or Runtime("gateway")
+    return runtime.app()

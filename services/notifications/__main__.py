@@ -1,0 +1,3 @@
+from shared.runtime import serve
+
+serve("notifications", "services.notifications.app:create_app")

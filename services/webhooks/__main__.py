@@ -1,0 +1,3 @@
+from shared.runtime import serve
+
+serve("webhooks", "services.webhooks.app:create_app")

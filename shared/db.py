@@ -1,0 +1,74 @@
+"""Database access: one async engine per process, one schema per service, one commit at the edge.
+
+Services write `async with db.transaction() as session:` exactly once per
+request or event; everything below that receives the session and never
+commits. `expire_on_commit=False` so objects stay readable after the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import MetaData, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+
+from shared.config import to_asyncpg
+from shared.health import Checker
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def service_metadata(schema: str) -> MetaData:
+    return MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
+
+
+def declarative_base_for(schema: str) -> type[DeclarativeBase]:
+    metadata = service_metadata(schema)
+
+    class Base(DeclarativeBase):
+        pass
+
+    Base.metadata = metadata
+    return Base
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10, application_name: str = "bank") -> None:
+        self.engine: AsyncEngine = create_async_engine(
+            to_asyncpg(url),
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            connect_args={"server_settings": {"application_name": application_name}},
+        )
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """The edge: commit once if the block succeeds, roll back if it raises."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessions() as session:
+            yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    def checker(self) -> Checker:
+        async def check() -> tuple[str | None, dict[str, str]]:
+            async with self.engine.connect() as conn:
+                version = (await conn.execute(text("show server_version"))).scalar_one()
+            return None, {"server_version": str(version)}
+
+        return check

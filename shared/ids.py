@@ -1,0 +1,21 @@
+"""Public identifiers in Mondo's style: a type prefix and a time-ordered random part.
+
+`acc_01JD…`, `tx_01JD…`: 26 Crockford base32 characters (48-bit millisecond
+time + 80 random bits, as ULID), so ids sort by creation time and never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(prefix: str) -> str:
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        value, rem = divmod(value, 32)
+        chars.append(_ALPHABET[rem])
+    return f"{prefix}_{''.join(reversed(chars))}"

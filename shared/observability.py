@@ -1,0 +1,84 @@
+"""Structured JSON logs carrying the trace id, and the Prometheus metrics every service shares."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.context import current_trace
+
+_service_name = "bank"
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total", "HTTP requests served", ["service", "method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency",
+    ["service", "method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+EVENTS_PRODUCED = Counter("events_produced_total", "Events published by the outbox relay", ["service", "topic"])
+EVENTS_CONSUMED = Counter(
+    "events_consumed_total", "Events handled by a consumer", ["service", "consumer", "outcome"]
+)
+OUTBOX_BACKLOG = Gauge("outbox_backlog", "Outbox rows not yet published", ["service"])
+CONSUMER_LAG = Gauge("consumer_lag", "Events behind the head of the log", ["service", "consumer", "topic"])
+DEAD_LETTERS = Counter("dead_letters_total", "Events parked in the dead-letter table", ["service", "consumer"])
+EVENT_LATENCY = Histogram(
+    "event_end_to_end_seconds",
+    "Time from an event's creation to its handler committing",
+    ["service", "consumer"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+)
+
+
+def service_name() -> str:
+    return _service_name
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": _service_name,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        trace = current_trace()
+        if trace is not None:
+            entry["trace_id"] = trace.trace_id
+            entry["span_id"] = trace.span_id
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            entry.update(extra)
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(service: str, level: str = "INFO", as_json: bool = True) -> None:
+    global _service_name
+    _service_name = service
+    handler = logging.StreamHandler(sys.stderr)
+    if as_json:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("uvicorn.access", "kafka", "aiokafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def log_fields(**fields: Any) -> dict[str, Any]:
+    """`log.info("…", extra=log_fields(account_id=…))` adds structured fields to the JSON line."""
+    return {"fields": fields}

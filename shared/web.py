@@ -1,0 +1,163 @@
+"""The app factory every service uses: error mapping, tracing, deadlines, metrics, health.
+
+Middleware is plain ASGI (not BaseHTTPMiddleware) because it sits on the card
+authorisation hot path and must add microseconds, not milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared import context
+from shared.errors import BankError
+from shared.health import Checker, run_checkers
+from shared.observability import HTTP_LATENCY, HTTP_REQUESTS, log_fields
+
+log = logging.getLogger("shared.web")
+
+Background = Callable[[], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
+
+_UNMETERED = frozenset({"/metrics", "/healthz", "/readyz"})
+
+
+class RequestContextMiddleware:
+    """Sets the trace context and deadline for the request, and records metrics."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        parent = context.TraceContext.parse(_header(headers, b"traceparent"))
+        trace = parent.child() if parent else context.TraceContext.new()
+        context.set_trace(trace)
+        context.set_deadline(context.deadline_from_header(_header(headers, b"x-deadline-ms")))
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"traceparent", trace.header.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            if template not in _UNMETERED:
+                elapsed = time.perf_counter() - started
+                method = scope["method"]
+                HTTP_REQUESTS.labels(self.service, method, template, str(status)).inc()
+                HTTP_LATENCY.labels(self.service, method, template).observe(elapsed)
+
+
+def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    value = headers.get(name)
+    return value.decode("latin-1") if value is not None else None
+
+
+def error_response(error: BankError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BankError)
+    async def bank_error(_: Request, exc: BankError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]
+        param = ".".join(loc) or "request"
+        missing = first.get("type") == "missing"
+        code = "bad_request.missing_param" if missing else "bad_request.bad_param"
+        message = f"{param} is required" if missing else f"{param}: {first.get('msg', 'invalid value')}"
+        return error_response(BankError(code, message, params={"param": param}))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found.route", 405: "method_not_allowed.route"}
+        code = codes.get(exc.status_code, f"http_{exc.status_code}")
+        return JSONResponse(
+            {"code": code, "message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra=log_fields(path=request.url.path))
+        return error_response(BankError("internal.error", "something went wrong on our side"))
+
+
+def create_app(
+    service: str,
+    *,
+    routers: Iterable[APIRouter] = (),
+    checkers: dict[str, Checker] | None = None,
+    background: Iterable[Background] = (),
+    on_shutdown: Iterable[Hook] = (),
+    title: str | None = None,
+    **fastapi_kwargs: Any,
+) -> FastAPI:
+    checkers = dict(checkers or {})
+    background = list(background)
+    on_shutdown = list(on_shutdown)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        tasks = [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for hook in on_shutdown:
+                await hook()
+
+    app = FastAPI(title=title or f"bank {service}", lifespan=lifespan, **fastapi_kwargs)
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, service=service)
+    app.state.service = service
+    app.state.checkers = checkers
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        ok, report = await run_checkers(checkers)
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "service": service, "checks": report},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    return app

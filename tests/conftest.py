@@ -1,0 +1,92 @@
+"""Test infrastructure: a real PostgreSQL (from the wheel) and, for the tests that ask, real Kafka.
+
+Each test session gets its own PostgreSQL server in a temporary folder and a
+fresh, migrated database. Tests that touch the database start from empty
+tables (`clean_db`), because the event tests must commit for real.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+
+from bank.infra.kafka import KafkaBroker, ensure_jars
+from bank.infra.postgres import EmbeddedPostgres
+from bank.migrate import upgrade
+from shared.config import BankSettings
+from shared.db import Database
+
+SCHEMAS = ("accounts", "cards", "transactions", "webhooks", "notifications", "gateway", "events")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres") / "data", free_port(), durable=False)
+    server.start()
+    yield server
+    server.stop("immediate")
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
+    name = f"bank_test_{secrets.token_hex(4)}"
+    url = pg_server.create_database(name)
+    upgrade(url)
+    yield url
+    pg_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> BankSettings:
+    return BankSettings(database_url=database_url, log_json=False, relay_poll_seconds=0.1)
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def database(settings: BankSettings) -> AsyncIterator[Database]:
+    db = Database(settings.database_url, pool_size=5, application_name="tests")
+    yield db
+    await db.dispose()
+
+
+async def truncate_all(db: Database) -> None:
+    async with db.transaction() as session:
+        rows = await session.execute(
+            text("SELECT schemaname, tablename FROM pg_tables WHERE schemaname = ANY(:schemas)"),
+            {"schemas": list(SCHEMAS)},
+        )
+        tables = ", ".join(f'"{s}"."{t}"' for s, t in rows)
+        if tables:
+            await session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db(database: Database) -> AsyncIterator[Database]:
+    """The test's database, emptied first so every test starts from the same state."""
+    await truncate_all(database)
+    yield database
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A real Apache Kafka broker (KRaft). Never skipped: if it cannot start, the test fails."""
+    ensure_jars()
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Keep the slow broker start-up out of the way of fast feedback: Kafka tests run last.
+    items.sort(key=lambda item: 1 if item.get_closest_marker("kafka") else 0)

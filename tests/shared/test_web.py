@@ -1,0 +1,138 @@
+"""The app factory over a real socket: error mapping, trace propagation, metrics, health."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+from fastapi import APIRouter, Form
+
+from bank.infra.postgres import EmbeddedPostgres
+from shared.db import Database
+from shared.errors import BankError
+from shared.money import parse_amount
+from shared.web import create_app
+from tests.conftest import free_port
+
+router = APIRouter()
+
+
+@router.get("/boom")
+async def boom() -> None:
+    raise RuntimeError("an unexpected bug")
+
+
+@router.get("/missing")
+async def missing() -> None:
+    raise BankError("not_found.account", "no such account")
+
+
+@router.post("/topup")
+async def topup(amount: str = Form(...), account_id: str = Form(...)) -> dict[str, int]:
+    return {"amount": parse_amount(amount)}
+
+
+async def serve(app: object) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))  # type: ignore[arg-type]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    return server, task, f"http://127.0.0.1:{port}"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def base_url() -> AsyncIterator[str]:
+    server, task, url = await serve(create_app("test", routers=[router]))
+    yield url
+    server.should_exit = True
+    await task
+
+
+async def test_typed_errors_map_to_status_and_body(base_url: str) -> None:
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        r = await client.get("/missing")
+        assert r.status_code == 404
+        assert r.json() == {"code": "not_found.account", "message": "no such account"}
+
+        r = await client.post("/topup", data={"amount": "19.15", "account_id": "acc_1"})
+        assert r.status_code == 400
+        assert r.json()["code"] == "bad_request.bad_param.amount"
+
+        r = await client.post("/topup", data={"amount": "100"})
+        assert r.status_code == 400
+        assert r.json()["code"] == "bad_request.missing_param"
+        assert "account_id" in r.json()["message"]
+
+        r = await client.get("/no/such/route")
+        assert r.status_code == 404
+        assert r.json()["code"] == "not_found.route"
+
+        r = await client.delete("/missing")
+        assert r.status_code == 405
+        assert r.json()["code"] == "method_not_allowed.route"
+
+
+async def test_unexpected_error_is_a_500_with_no_internals(base_url: str) -> None:
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        r = await client.get("/boom")
+    assert r.status_code == 500
+    assert r.json() == {"code": "internal.error", "message": "something went wrong on our side"}
+
+
+async def test_trace_context_is_continued(base_url: str) -> None:
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        r = await client.get("/missing", headers={"traceparent": parent})
+        fresh = await client.get("/missing")
+    assert r.headers["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    assert r.headers["traceparent"] != parent
+    assert fresh.headers["traceparent"].split("-")[1] != "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+async def test_metrics_count_requests_by_route_template(base_url: str) -> None:
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        await client.get("/missing")
+        text = (await client.get("/metrics")).text
+    assert 'http_requests_total{method="GET",route="/missing",service="test",status="404"}' in text
+    assert "http_request_duration_seconds_bucket" in text
+
+
+async def test_readyz_reports_the_database_going_away(tmp_path: Path) -> None:
+    pg = EmbeddedPostgres(tmp_path / "pg", free_port(), durable=False)
+    pg.start()
+    db = Database(pg.url, pool_size=1)
+    server, task, url = await serve(create_app("test", checkers={"database": db.checker()}))
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json()["checks"]["database"]["ok"] is True
+
+            await asyncio.to_thread(pg.stop, "immediate")
+            down = await client.get("/readyz")
+            assert down.status_code == 503
+            assert down.json()["checks"]["database"]["ok"] is False
+            assert down.json()["checks"]["database"]["error"]
+            assert (await client.get("/healthz")).status_code == 200
+
+            await asyncio.to_thread(pg.start)
+            assert (await client.get("/readyz")).status_code == 200
+    finally:
+        server.should_exit = True
+        await task
+        await db.dispose()
+        pg.stop("immediate")
+
+
+@pytest.mark.parametrize("header", ["garbage", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", ""])
+async def test_bad_traceparent_starts_a_new_trace(base_url: str, header: str) -> None:
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        r = await client.get("/missing", headers={"traceparent": header})
+    assert r.headers["traceparent"].startswith("00-")
+    assert "0" * 32 not in r.headers["traceparent"]

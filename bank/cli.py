@@ -13,7 +13,9 @@ from shared.config import SERVICES, BankSettings, load, to_libpq
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run and operate the Mondo-style bank.")
 infra = typer.Typer(no_args_is_help=True, help="Local infrastructure: PostgreSQL and Apache Kafka.")
 postgres = typer.Typer(no_args_is_help=True, help="The embedded PostgreSQL (from the pip wheel).")
-kafka = typer.Typer(no_args_is_help=True, help="A local Apache Kafka broker (KRaft, jars from Maven Central).")
+kafka = typer.Typer(
+    no_args_is_help=True, help="A local Apache Kafka broker (KRaft, jars from Maven Central)."
+)
 app.add_typer(infra, name="infra")
 infra.add_typer(postgres, name="postgres")
 infra.add_typer(kafka, name="kafka")
@@ -79,8 +81,10 @@ def kafka_up(port: int = typer.Option(9092, help="loopback port for the broker")
     from bank.infra import kafka as kafka_infra
 
     broker = kafka_infra.up(Path(load(BankSettings).data_dir) / "kafka", port=port)
-    typer.echo(f"Kafka broker at {broker.bootstrap}; run the bank on it with: BANK_TRANSPORT=kafka "
-               f"BANK_KAFKA_BOOTSTRAP={broker.bootstrap} make run")
+    typer.echo(
+        f"Kafka broker at {broker.bootstrap}; run the bank on it with: BANK_TRANSPORT=kafka "
+        f"BANK_KAFKA_BOOTSTRAP={broker.bootstrap} make run"
+    )
 
 
 @kafka.command("down")

@@ -28,8 +28,9 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 def current(database_url: str) -> str | None:
     from sqlalchemy import create_engine, pool, text
 
-    engine = create_engine(alembic_config(database_url).get_main_option("sqlalchemy.url") or "",
-                           poolclass=pool.NullPool)
+    engine = create_engine(
+        alembic_config(database_url).get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool
+    )
     with engine.connect() as conn:
         exists = conn.execute(text("SELECT to_regclass('public.alembic_version')")).scalar()
         version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar() if exists else None

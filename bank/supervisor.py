@@ -30,7 +30,7 @@ def acquire_lock(data_dir: Path) -> IO[str]:
     second set of services against the same database and ports.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(data_dir / "bank.lock", "a+")  # noqa: SIM115 - held open on purpose
+    handle = open(data_dir / "bank.lock", "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

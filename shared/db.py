@@ -7,7 +7,7 @@ commits. `expire_on_commit=False` so objects stay readable after the commit.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from sqlalchemy import MetaData, text
@@ -40,6 +40,14 @@ def declarative_base_for(schema: str) -> type[DeclarativeBase]:
     return Base
 
 
+_AFTER_COMMIT = "after_commit"
+
+
+def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
+    """Run `callback` once after the edge transaction commits (never if it rolls back)."""
+    session.info.setdefault(_AFTER_COMMIT, {})[callback] = callback
+
+
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10, application_name: str = "bank") -> None:
         self.engine: AsyncEngine = create_async_engine(
@@ -54,8 +62,11 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """The edge: commit once if the block succeeds, roll back if it raises."""
-        async with self.sessions() as session, session.begin():
-            yield session
+        async with self.sessions() as session:
+            async with session.begin():
+                yield session
+            for callback in session.info.pop(_AFTER_COMMIT, {}).values():
+                callback()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -72,7 +72,9 @@ def parse_amount(
 ) -> int:
     """Parse an amount in minor units from request input (str or int, never float or bool)."""
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise bad_request("bad_param.amount", f"{param} must be an integer number of minor units", param=param)
+        raise bad_request(
+            "bad_param.amount", f"{param} must be an integer number of minor units", param=param
+        )
     if isinstance(value, str):
         if not _INT_RE.match(value):
             raise bad_request(

@@ -23,13 +23,17 @@ HTTP_LATENCY = Histogram(
     ["service", "method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-EVENTS_PRODUCED = Counter("events_produced_total", "Events published by the outbox relay", ["service", "topic"])
+EVENTS_PRODUCED = Counter(
+    "events_produced_total", "Events published by the outbox relay", ["service", "topic"]
+)
 EVENTS_CONSUMED = Counter(
     "events_consumed_total", "Events handled by a consumer", ["service", "consumer", "outcome"]
 )
 OUTBOX_BACKLOG = Gauge("outbox_backlog", "Outbox rows not yet published", ["service"])
 CONSUMER_LAG = Gauge("consumer_lag", "Events behind the head of the log", ["service", "consumer", "topic"])
-DEAD_LETTERS = Counter("dead_letters_total", "Events parked in the dead-letter table", ["service", "consumer"])
+DEAD_LETTERS = Counter(
+    "dead_letters_total", "Events parked in the dead-letter table", ["service", "consumer"]
+)
 EVENT_LATENCY = Histogram(
     "event_end_to_end_seconds",
     "Time from an event's creation to its handler committing",

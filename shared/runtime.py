@@ -1,4 +1,4 @@
-"""What a service process is made of: settings, its database, its event transport and relay.
+"""What a service process is made of: settings, its database, its event transport, relay and consumers.
 
 A service's `app.py` builds a Runtime and asks it for the FastAPI app; the
 runtime wires health checkers, the outbox relay and the consumers into the
@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
 
 from shared.config import BankSettings, load
 from shared.db import Database
+from shared.events import make_transport
+from shared.events.consumer import Consumer, Handler
+from shared.events.outbox import Outbox
+from shared.events.relay import Relay
 from shared.health import Checker
 from shared.observability import configure_logging
 from shared.web import Background, create_app
@@ -31,6 +36,33 @@ class Runtime:
             pool_size=self.settings.db_pool_size,
             application_name=service,
         )
+        self.transport = make_transport(self.settings, client_id=service)
+        self.outbox = Outbox(service)
+        self.relay = Relay(
+            self.db,
+            self.outbox,
+            self.transport,
+            batch_size=self.settings.relay_batch,
+            poll_seconds=self.settings.relay_poll_seconds,
+        )
+        self.consumers: list[Consumer] = []
+
+    def consumer(self, name: str, topics: Iterable[str], handlers: dict[str, Handler]) -> Consumer:
+        """Register a consumer group (`<service>.<purpose>`) that runs for the life of the app."""
+        consumer = Consumer(
+            f"{self.service}.{name}",
+            service=self.service,
+            db=self.db,
+            transport=self.transport,
+            handlers=handlers,
+            topics=topics,
+        )
+        self.consumers.append(consumer)
+        return consumer
+
+    async def _shutdown(self) -> None:
+        await self.transport.close()
+        await self.db.dispose()
 
     def app(
         self,
@@ -38,15 +70,21 @@ class Runtime:
         routers: Iterable[APIRouter] = (),
         checkers: dict[str, Checker] | None = None,
         background: Iterable[Background] = (),
-        **fastapi_kwargs: object,
+        **fastapi_kwargs: Any,
     ) -> FastAPI:
-        all_checkers: dict[str, Checker] = {"database": self.db.checker(), **(checkers or {})}
+        all_checkers: dict[str, Checker] = {
+            "database": self.db.checker(),
+            "transport": self.transport.checker(),
+            **(checkers or {}),
+        }
+        jobs: list[Background] = [self.relay.run, *(c.run for c in self.consumers), *background]
         return create_app(
             self.service,
             routers=routers,
             checkers=all_checkers,
-            background=list(background),
-            on_shutdown=[self.db.dispose],
+            background=jobs,
+            on_startup=[self.transport.start],
+            on_shutdown=[self._shutdown],
             **fastapi_kwargs,
         )
 

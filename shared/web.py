@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,7 +27,7 @@ from shared.observability import HTTP_LATENCY, HTTP_REQUESTS, log_fields
 
 log = logging.getLogger("shared.web")
 
-Background = Callable[[], Awaitable[None]]
+Background = Callable[[], Coroutine[Any, Any, None]]
 Hook = Callable[[], Awaitable[None]]
 
 _UNMETERED = frozenset({"/metrics", "/healthz", "/readyz"})
@@ -116,16 +116,20 @@ def create_app(
     routers: Iterable[APIRouter] = (),
     checkers: dict[str, Checker] | None = None,
     background: Iterable[Background] = (),
+    on_startup: Iterable[Hook] = (),
     on_shutdown: Iterable[Hook] = (),
     title: str | None = None,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     checkers = dict(checkers or {})
     background = list(background)
+    on_startup = list(on_startup)
     on_shutdown = list(on_shutdown)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
+        for hook in on_startup:
+            await hook()
         tasks = [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in background]
         try:
             yield

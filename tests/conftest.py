@@ -7,6 +7,7 @@ tables (`clean_db`), because the event tests must commit for real.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,9 @@ from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
 from shared.config import BankSettings
 from shared.db import Database
+
+# kafka-python logs every refused connection while a broker restarts; the tests assert outcomes instead.
+logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 SCHEMAS = ("accounts", "cards", "transactions", "webhooks", "notifications", "gateway", "events")
 

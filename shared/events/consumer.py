@@ -1,0 +1,179 @@
+"""The consumer runner: at-least-once delivery made effectively-once by an inbox.
+
+For each batch of records, one database transaction holds, per event, the
+inbox row (consumer, event id) and the handler's effects, each event inside
+its own savepoint. Redelivered events find their inbox row and are skipped.
+An event whose handler keeps failing, or that cannot be decoded, is parked in
+the dead-letter table with the error (its inbox row marks it done), and the
+consumer moves on. Offsets are committed to the transport only after the
+transaction commits; if anything below the handler fails (the database is
+down), the whole batch is retried until it succeeds: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db import Database
+from shared.events.envelope import Envelope
+from shared.events.tables import event_tables
+from shared.events.transports.base import IncomingRecord, Subscription, Transport
+from shared.observability import CONSUMER_LAG, DEAD_LETTERS, EVENT_LATENCY, EVENTS_CONSUMED, log_fields
+
+log = logging.getLogger("shared.events.consumer")
+
+Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+
+
+class Consumer:
+    def __init__(
+        self,
+        name: str,
+        *,
+        service: str,
+        db: Database,
+        transport: Transport,
+        handlers: dict[str, Handler],
+        topics: Iterable[str],
+        schema: str | None = None,
+        max_attempts: int = 3,
+        batch_size: int = 200,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        self.name = name
+        self.service = service
+        self.db = db
+        self.transport = transport
+        self.handlers = handlers
+        self.topics = sorted(set(topics))
+        self.tables = event_tables(schema or service)
+        self.max_attempts = max_attempts
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.subscription: Subscription | None = None
+
+    async def run(self) -> None:
+        """Background task: poll, handle, commit, forever."""
+        backoff = 0.1
+        while True:
+            try:
+                self.subscription = await self.transport.subscribe(self.name, self.topics)
+                try:
+                    await self._loop(self.subscription)
+                finally:
+                    await self.subscription.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("consumer %s lost its subscription; reconnecting", self.name)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _loop(self, sub: Subscription) -> None:
+        polls = 0
+        while True:
+            records = await sub.poll(self.batch_size, self.poll_seconds)
+            if records:
+                await self.handle_batch_until_done(records)
+                await sub.commit(records)
+            polls += 1
+            if polls % 20 == 0 or not records:
+                for topic, lag in (await sub.lag()).items():
+                    CONSUMER_LAG.labels(self.service, self.name, topic).set(lag)
+
+    async def handle_batch_until_done(self, records: list[IncomingRecord]) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self.handle_batch(records)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("consumer %s could not commit a batch; retrying", self.name)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def handle_batch(self, records: list[IncomingRecord]) -> None:
+        handled: list[Envelope] = []
+        async with self.db.transaction() as session:
+            for record in records:
+                envelope = await self._handle_one(session, record)
+                if envelope is not None:
+                    handled.append(envelope)
+        now = datetime.now(UTC)
+        for envelope in handled:
+            EVENT_LATENCY.labels(self.service, self.name).observe((now - envelope.time).total_seconds())
+
+    async def _handle_one(self, session: AsyncSession, record: IncomingRecord) -> Envelope | None:
+        try:
+            envelope = Envelope.from_json(record.value)
+        except ValueError as exc:
+            await self._dead_letter(session, record, None, f"undecodable event: {exc}", attempts=1)
+            return None
+        handler = self.handlers.get(envelope.type)
+        if handler is None:
+            EVENTS_CONSUMED.labels(self.service, self.name, "ignored").inc()
+            return None
+        inbox = self.tables.inbox
+        first_time = await session.scalar(
+            insert(inbox)
+            .values(consumer=self.name, event_id=envelope.id)
+            .on_conflict_do_nothing()
+            .returning(inbox.c.event_id)
+        )
+        if first_time is None:
+            EVENTS_CONSUMED.labels(self.service, self.name, "duplicate").inc()
+            return None
+        error = ""
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                async with session.begin_nested():
+                    await handler(session, envelope)
+                EVENTS_CONSUMED.labels(self.service, self.name, "handled").inc()
+                return envelope
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "handler failed",
+                    extra=log_fields(consumer=self.name, event_id=envelope.id, attempt=attempt, error=error),
+                )
+                if attempt < self.max_attempts:
+                    await asyncio.sleep(0.05 * attempt)
+        await self._dead_letter(session, record, envelope, error, attempts=self.max_attempts)
+        return None
+
+    async def _dead_letter(
+        self,
+        session: AsyncSession,
+        record: IncomingRecord,
+        envelope: Envelope | None,
+        error: str,
+        *,
+        attempts: int,
+    ) -> None:
+        await session.execute(
+            self.tables.dead_letters.insert().values(
+                consumer=self.name,
+                event_id=envelope.id if envelope else None,
+                event_type=envelope.type if envelope else None,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                payload=record.value,
+                error=error[:4000],
+                attempts=attempts,
+            )
+        )
+        DEAD_LETTERS.labels(self.service, self.name).inc()
+        EVENTS_CONSUMED.labels(self.service, self.name, "dead_lettered").inc()
+        log.error(
+            "event dead-lettered",
+            extra=log_fields(consumer=self.name, topic=record.topic, offset=record.offset, error=error),
+        )

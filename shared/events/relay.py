@@ -1,0 +1,120 @@
+"""The outbox relay: publishes a service's committed events in order and marks them sent.
+
+One relay per service is active at a time (a PostgreSQL advisory lock elects
+it), which is what keeps the publish order equal to the commit order of each
+account's events. A crash between publishing and marking re-publishes the
+batch on restart: consumers' inboxes make that harmless, and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared.db import Database
+from shared.events.outbox import Outbox
+from shared.events.transports.base import OutgoingRecord, Transport
+from shared.observability import EVENTS_PRODUCED, OUTBOX_BACKLOG
+
+log = logging.getLogger("shared.events.relay")
+
+RETENTION = "7 days"  # published rows kept this long for inspection, then deleted
+
+
+class Relay:
+    def __init__(
+        self,
+        db: Database,
+        outbox: Outbox,
+        transport: Transport,
+        *,
+        batch_size: int = 500,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.transport = transport
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self._lock_key = zlib.crc32(f"relay:{outbox.table.schema}".encode())
+
+    async def publish_batch(self) -> int:
+        """Publish up to one batch of unpublished events; return how many were sent."""
+        table = self.outbox.table
+        async with self.db.transaction() as session:
+            rows = (
+                await session.execute(
+                    select(table.c.id, table.c.topic, table.c.key, table.c.payload)
+                    .where(table.c.published_at.is_(None))
+                    .order_by(table.c.id)
+                    .limit(self.batch_size)
+                )
+            ).all()
+            if not rows:
+                return 0
+            await self.transport.publish([OutgoingRecord(r.topic, r.key, r.payload.encode()) for r in rows])
+            await session.execute(
+                table.update().where(table.c.id.in_([r.id for r in rows])).values(published_at=func.now())
+            )
+        for r in rows:
+            EVENTS_PRODUCED.labels(self.outbox.service, r.topic).inc()
+        return len(rows)
+
+    async def drain(self) -> int:
+        total = 0
+        while sent := await self.publish_batch():
+            total += sent
+        return total
+
+    async def backlog(self) -> int:
+        table = self.outbox.table
+        async with self.db.read() as session:
+            count = await session.scalar(
+                select(func.count()).select_from(table).where(table.c.published_at.is_(None))
+            )
+        return int(count or 0)
+
+    async def _purge_published(self) -> None:
+        table = self.outbox.table
+        async with self.db.transaction() as session:
+            await session.execute(
+                table.delete().where(table.c.published_at < func.now() - text(f"interval '{RETENTION}'"))
+            )
+
+    async def run(self) -> None:
+        """Background task: become the leader, then publish whenever woken or every poll interval."""
+        while True:
+            try:
+                async with self.db.engine.connect() as leader:
+                    got = await leader.scalar(select(func.pg_try_advisory_lock(self._lock_key)))
+                    await leader.commit()
+                    if not got:
+                        await asyncio.sleep(self.poll_seconds * 4)
+                        continue
+                    await self._lead(leader)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay failed; retrying")
+                await asyncio.sleep(self.poll_seconds)
+                try:
+                    OUTBOX_BACKLOG.labels(self.outbox.service).set(await self.backlog())
+                except Exception:
+                    log.warning("outbox backlog unavailable", exc_info=True)
+
+    async def _lead(self, leader: AsyncConnection) -> None:
+        await self._purge_published()
+        while True:
+            self.outbox.wake.clear()
+            await self.drain()
+            OUTBOX_BACKLOG.labels(self.outbox.service).set(0)
+            try:
+                await asyncio.wait_for(self.outbox.wake.wait(), self.poll_seconds)
+            except TimeoutError:
+                # Idle: prove we still hold the leader's connection (and so its lock).
+                await leader.execute(text("SELECT 1"))
+                await leader.commit()

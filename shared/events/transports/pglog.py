@@ -1,0 +1,264 @@
+"""The embedded transport: an append-only, partitioned log in PostgreSQL.
+
+* `events.log(topic, partition, offset)` holds the records; a record's offset
+  comes from `events.partitions.next_offset`, bumped under that row's lock in
+  the publishing transaction, so offsets become visible strictly in order.
+* A consumer group's progress is `events.consumer_offsets`.
+* Group members announce themselves in `events.group_members` and split the
+  partitions round-robin; a member only reads a partition while it holds a
+  session advisory lock on (group, topic, partition), so two members never
+  read one partition at once, and a crashed member's locks vanish with its
+  connection.
+* Wake-ups come from LISTEN/NOTIFY on `events_log`; polling is the fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+import zlib
+from collections import defaultdict
+from typing import Any
+
+import asyncpg
+
+from shared.config import to_libpq
+from shared.events.transports.base import IncomingRecord, OutgoingRecord
+from shared.health import Checker
+
+log = logging.getLogger("shared.events.pglog")
+
+CHANNEL = "events_log"
+
+
+def partition_for(key: str, partitions: int) -> int:
+    return zlib.crc32(key.encode()) % partitions
+
+
+def _lock_key(group: str, topic: str) -> int:
+    return zlib.crc32(f"{group}\x00{topic}".encode()) - 2**31  # fits int4
+
+
+class PgLogTransport:
+    name = "pglog"
+
+    def __init__(self, database_url: str, *, partitions: int = 8, member_ttl: float = 10.0) -> None:
+        self.dsn = to_libpq(database_url)
+        self.default_partitions = partitions
+        self.member_ttl = member_ttl
+        self._pool: asyncpg.Pool | None = None
+        self._partitions: dict[str, int] = {}
+
+    async def start(self) -> None:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("transport not started")
+        return self._pool
+
+    async def partitions_of(self, conn: Any, topic: str) -> int:
+        if topic not in self._partitions:
+            await conn.execute(
+                """INSERT INTO events.topics (topic, partitions) VALUES ($1, $2) ON CONFLICT DO NOTHING;""",
+                topic, self.default_partitions,
+            )  # fmt: skip
+            count = await conn.fetchval("SELECT partitions FROM events.topics WHERE topic = $1", topic)
+            await conn.execute(
+                """INSERT INTO events.partitions (topic, partition)
+                   SELECT $1, p FROM generate_series(0, $2 - 1) AS p ON CONFLICT DO NOTHING""",
+                topic, count,
+            )  # fmt: skip
+            self._partitions[topic] = int(count)
+        return self._partitions[topic]
+
+    async def publish(self, records: list[OutgoingRecord]) -> None:
+        if not records:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            groups: dict[tuple[str, int], list[OutgoingRecord]] = defaultdict(list)
+            for record in records:
+                partition = partition_for(record.key, await self.partitions_of(conn, record.topic))
+                groups[(record.topic, partition)].append(record)
+            rows: list[tuple[str, int, int, str, bytes]] = []
+            # A fixed lock order across publishers, so two relays can never deadlock.
+            for (topic, partition), batch in sorted(groups.items()):
+                first = await conn.fetchval(
+                    """UPDATE events.partitions SET next_offset = next_offset + $3
+                       WHERE topic = $1 AND partition = $2 RETURNING next_offset - $3""",
+                    topic, partition, len(batch),
+                )  # fmt: skip
+                rows.extend((topic, partition, first + i, r.key, r.value) for i, r in enumerate(batch))
+            await conn.copy_records_to_table(
+                "log", schema_name="events", columns=("topic", "partition", "offset", "key", "payload"),
+                records=rows,
+            )  # fmt: skip
+            await conn.execute(f"NOTIFY {CHANNEL}")
+
+    async def subscribe(self, group: str, topics: list[str]) -> PgLogSubscription:
+        sub = PgLogSubscription(self, group, topics)
+        await sub.connect()
+        return sub
+
+    def checker(self) -> Checker:
+        async def check() -> tuple[str | None, dict[str, str]]:
+            async with self.pool.acquire() as conn:
+                topics = await conn.fetchval("SELECT count(*) FROM events.topics")
+            return None, {"transport": "pglog", "topics": str(topics)}
+
+        return check
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+class PgLogSubscription:
+    def __init__(self, transport: PgLogTransport, group: str, topics: list[str]) -> None:
+        self.transport = transport
+        self.group = group
+        self.topics = sorted(set(topics))
+        self.member_id = uuid.uuid4().hex
+        self._conn: Any = None
+        self._wake = asyncio.Event()
+        self._positions: dict[tuple[str, int], int] = {}  # owned partition -> next offset to read
+        self._next_rebalance = 0.0
+
+    async def connect(self) -> None:
+        self._conn = await asyncpg.connect(self.transport.dsn)
+        await self._conn.add_listener(CHANNEL, lambda *_: self._wake.set())
+        self._positions.clear()
+        self._next_rebalance = 0.0
+        await self._rebalance()
+
+    async def _ensure_connected(self) -> None:
+        if self._conn is None or self._conn.is_closed():
+            log.warning("pglog consumer %s reconnecting", self.group)
+            await self.connect()
+
+    async def _rebalance(self) -> None:
+        conn = self._conn
+        ttl = self.transport.member_ttl
+        all_partitions: list[tuple[str, int]] = []
+        for topic in self.topics:
+            count = await self.transport.partitions_of(conn, topic)
+            all_partitions.extend((topic, p) for p in range(count))
+        await conn.execute(
+            """INSERT INTO events.group_members (group_id, member_id) VALUES ($1, $2)
+               ON CONFLICT (group_id, member_id) DO UPDATE SET heartbeat_at = now()""",
+            self.group, self.member_id,
+        )  # fmt: skip
+        await conn.execute(
+            """DELETE FROM events.group_members
+               WHERE group_id = $1 AND heartbeat_at < now() - make_interval(secs => $2)""",
+            self.group, ttl,
+        )  # fmt: skip
+        members = [
+            r["member_id"]
+            for r in await conn.fetch(
+                "SELECT member_id FROM events.group_members WHERE group_id = $1 ORDER BY member_id",
+                self.group,
+            )
+        ]
+        me = members.index(self.member_id)
+        wanted = {tp for i, tp in enumerate(all_partitions) if i % len(members) == me}
+        for tp in [tp for tp in self._positions if tp not in wanted]:
+            await conn.execute("SELECT pg_advisory_unlock($1, $2)", _lock_key(self.group, tp[0]), tp[1])
+            del self._positions[tp]
+        for tp in sorted(wanted - self._positions.keys()):
+            got = await conn.fetchval(
+                "SELECT pg_try_advisory_lock($1, $2)", _lock_key(self.group, tp[0]), tp[1]
+            )
+            if got:
+                committed = await conn.fetchval(
+                    """SELECT next_offset FROM events.consumer_offsets
+                       WHERE group_id = $1 AND topic = $2 AND partition = $3""",
+                    self.group, tp[0], tp[1],
+                )  # fmt: skip
+                self._positions[tp] = committed or 0
+        # Re-check soon while the split is incomplete (a departing owner still holds a lock).
+        settled = len(self._positions) == len(wanted)
+        self._next_rebalance = time.monotonic() + (ttl / 3 if settled else 0.2)
+
+    @property
+    def assignment(self) -> list[tuple[str, int]]:
+        return sorted(self._positions)
+
+    async def poll(self, max_records: int = 500, timeout: float = 0.5) -> list[IncomingRecord]:
+        await self._ensure_connected()
+        if time.monotonic() >= self._next_rebalance:
+            await self._rebalance()
+        self._wake.clear()
+        records = await self._fetch(max_records)
+        if not records:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            records = await self._fetch(max_records)
+        for r in records:
+            self._positions[(r.topic, r.partition)] = r.offset + 1
+        return records
+
+    async def _fetch(self, max_records: int) -> list[IncomingRecord]:
+        if not self._positions:
+            return []
+        owned = list(self._positions.items())
+        per_partition = max(1, math.ceil(max_records / len(owned)))
+        rows = await self._conn.fetch(
+            """SELECT l.topic, l.partition, l."offset", l.key, l.payload
+               FROM unnest($1::text[], $2::int[], $3::bigint[]) AS o(topic, partition, pos)
+               CROSS JOIN LATERAL (
+                   SELECT * FROM events.log l
+                   WHERE l.topic = o.topic AND l.partition = o.partition AND l."offset" >= o.pos
+                   ORDER BY l."offset" LIMIT $4
+               ) AS l""",
+            [t for (t, _), _ in owned], [p for (_, p), _ in owned], [pos for _, pos in owned], per_partition,
+        )  # fmt: skip
+        return [IncomingRecord(r["topic"], r["partition"], r["offset"], r["key"], r["payload"]) for r in rows]
+
+    async def commit(self, records: list[IncomingRecord]) -> None:
+        if not records:
+            return
+        await self._ensure_connected()
+        latest: dict[tuple[str, int], int] = {}
+        for r in records:
+            latest[(r.topic, r.partition)] = max(latest.get((r.topic, r.partition), -1), r.offset + 1)
+        await self._conn.executemany(
+            """INSERT INTO events.consumer_offsets (group_id, topic, partition, next_offset)
+               VALUES ($1, $2, $3, $4)
+               ON CONFLICT (group_id, topic, partition)
+               DO UPDATE SET
+                   next_offset = GREATEST(events.consumer_offsets.next_offset, EXCLUDED.next_offset),
+                   updated_at = now()""",
+            [(self.group, t, p, off) for (t, p), off in latest.items()],
+        )  # fmt: skip
+
+    async def lag(self) -> dict[str, int]:
+        await self._ensure_connected()
+        rows = await self._conn.fetch(
+            """SELECT p.topic, sum(p.next_offset - coalesce(o.next_offset, 0))::bigint AS lag
+               FROM events.partitions p
+               LEFT JOIN events.consumer_offsets o
+                 ON o.group_id = $1 AND o.topic = p.topic AND o.partition = p.partition
+               WHERE p.topic = ANY($2::text[]) GROUP BY p.topic""",
+            self.group, self.topics,
+        )  # fmt: skip
+        return {r["topic"]: int(r["lag"]) for r in rows}
+
+    async def close(self) -> None:
+        if self._conn is None or self._conn.is_closed():
+            return
+        try:
+            await self._conn.execute(
+                "DELETE FROM events.group_members WHERE group_id = $1 AND member_id = $2",
+                self.group, self.member_id,
+            )  # fmt: skip
+        finally:
+            await self._conn.close()  # releases every advisory lock this member held

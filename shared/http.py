@@ -1,0 +1,250 @@
+"""Service-to-service HTTP: one pooled client per upstream, deadlines, retries and a circuit breaker.
+
+A `ServiceClient` never lets a call outlive the caller's deadline (`shared.context`), sends the
+remaining budget and the trace downstream, retries only what is safe to retry, and fails fast
+while the upstream's circuit is open. Transport failures raise `BankError`; HTTP error responses
+are returned, and `raise_for_upstream_error` turns them into the upstream's typed error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from shared.context import DEADLINE_HEADER, TRACEPARENT_HEADER, TraceContext, current_trace, remaining_seconds
+from shared.errors import BankError
+
+IDEMPOTENCY_HEADER = "idempotency-key"
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+RETRY_STATUSES = frozenset({502, 503, 504})
+# Raised before the request was written, so retrying cannot apply it twice, whatever the method.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class CircuitBreaker:
+    """Closed -> open after `failure_threshold` consecutive failures -> half-open after `reset_timeout`
+    seconds, when exactly one trial call goes through: success closes, failure re-opens."""
+
+    def __init__(
+        self,
+        name: str = "upstream",
+        *,
+        failure_threshold: int = 5,
+        reset_timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._trial_in_flight = False
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return "closed"
+        if self._trial_in_flight or self._clock() - self._opened_at >= self.reset_timeout:
+            return "half_open"
+        return "open"
+
+    def before_call(self) -> None:
+        """Admit a call, or raise `service_unavailable.circuit_open` without touching the network."""
+        if self._opened_at is None:
+            return
+        if self._trial_in_flight or self._clock() - self._opened_at < self.reset_timeout:
+            raise BankError(
+                "service_unavailable.circuit_open",
+                f"circuit to {self.name} is open after repeated failures; failing fast",
+                params={"upstream": self.name},
+            )
+        self._trial_in_flight = True
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._opened_at = None
+        self._trial_in_flight = False
+
+    def record_failure(self) -> None:
+        self._failures += 1
+        if self._trial_in_flight or self._failures >= self.failure_threshold:
+            self._opened_at = self._clock()
+            self._trial_in_flight = False
+
+    def release(self) -> None:
+        """The admitted call ended without a verdict (e.g. cancelled): let another trial through."""
+        self._trial_in_flight = False
+
+
+class ServiceClient:
+    """Calls one upstream service over a single pooled `httpx.AsyncClient`.
+
+    `timeout` bounds each attempt; the caller's deadline (if set) bounds the whole call, retries
+    and backoff included.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        *,
+        timeout: float = 2.0,
+        retries: int = 2,
+        backoff: float = 0.05,
+        breaker: CircuitBreaker | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.breaker = breaker or CircuitBreaker(name)
+        # trust_env=False: in-cluster calls go direct, never via an HTTP(S)_PROXY from the environment.
+        self._client = httpx.AsyncClient(
+            base_url=base_url, transport=transport, timeout=timeout, trust_env=False
+        )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | bytes | str | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+    ) -> httpx.Response:
+        method = method.upper()
+        hdrs = dict(headers or {})
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS or any(k.lower() == IDEMPOTENCY_HEADER for k in hdrs)
+        trace = current_trace()
+        hdrs[TRACEPARENT_HEADER] = (trace.child() if trace else TraceContext.new()).header
+        body: dict[str, Any] = {"content": data} if isinstance(data, bytes | str) else {"data": data}
+        per_attempt = self.timeout if timeout is None else timeout
+
+        resp: httpx.Response | None = None
+        last_exc: Exception | None = None
+        attempts = 0
+        for attempt in range(self.retries + 1):
+            if attempt:  # exponential backoff with jitter, never sleeping past the deadline
+                delay = self.backoff * 2 ** (attempt - 1)
+                delay = delay / 2 + random.uniform(0, delay / 2)
+                budget = remaining_seconds()
+                if budget is not None and delay >= budget:
+                    break
+                await asyncio.sleep(delay)
+            budget = remaining_seconds()
+            if budget is not None and budget <= 0:
+                if attempt == 0:
+                    raise BankError(
+                        "timeout.deadline_exceeded",
+                        f"deadline already passed before calling {self.name} {method} {path}",
+                    )
+                break
+            attempt_timeout = per_attempt if budget is None else min(per_attempt, budget)
+            hdrs[DEADLINE_HEADER] = str(max(int(attempt_timeout * 1000), 1))
+
+            self.breaker.before_call()
+            attempts += 1
+            try:
+                async with asyncio.timeout(attempt_timeout):  # hard bound: httpx timeouts are per I/O op
+                    resp = await self._client.request(
+                        method,
+                        path,
+                        params=params,
+                        json=json,
+                        headers=hdrs,
+                        timeout=attempt_timeout,
+                        extensions={"upstream": self.name},
+                        **body,
+                    )
+            except (httpx.TransportError, TimeoutError) as exc:
+                self.breaker.record_failure()
+                resp, last_exc = None, exc
+                if idempotent or isinstance(exc, _NOT_SENT):
+                    continue
+                break
+            except BaseException:
+                self.breaker.release()
+                raise
+            if resp.status_code >= 500:
+                self.breaker.record_failure()
+            else:
+                self.breaker.record_success()
+            if not (idempotent and resp.status_code in RETRY_STATUSES):
+                break
+
+        if resp is not None:
+            return resp
+        assert last_exc is not None
+        raise self._error(last_exc, method, path, attempts)
+
+    def _error(self, exc: Exception, method: str, path: str, attempts: int) -> BankError:
+        kind = "timeout" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "service_unavailable"
+        what = "timed out" if kind == "timeout" else f"failed ({type(exc).__name__}: {exc})"
+        return BankError(
+            f"{kind}.{self.name}",
+            f"call to {self.name} {method} {path} {what} after {attempts} attempt(s)",
+            params={"upstream": self.name},
+        )
+
+    async def get(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.request("POST", path, **kw)
+
+    async def put(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.request("PUT", path, **kw)
+
+    async def patch(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.request("PATCH", path, **kw)
+
+    async def delete(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.request("DELETE", path, **kw)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> ServiceClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+def raise_for_upstream_error(resp: httpx.Response, upstream: str | None = None) -> httpx.Response:
+    """Return a 2xx response; otherwise raise the upstream's typed error (`{"code", "message"}` body)
+    as the same BankError, or `bad_gateway.<upstream>` for any other failure."""
+    if resp.is_success:
+        return resp
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("code"), str) and body["code"]:
+        code: str = body["code"]
+        message, params = body.get("message"), body.get("params")
+        raise BankError(
+            code,
+            message if isinstance(message, str) else code,
+            params=params if isinstance(params, dict) else None,
+        )
+    name = upstream or resp.request.extensions.get("upstream") or resp.request.url.host
+    raise BankError(
+        f"bad_gateway.{name}",
+        f"{name} answered {resp.request.method} {resp.request.url.path} with HTTP {resp.status_code}",
+        params={"upstream": name, "status": resp.status_code},
+    )

@@ -90,12 +90,15 @@ class Relay:
         while True:
             try:
                 async with self.db.engine.connect() as leader:
-                    got = await leader.scalar(select(func.pg_try_advisory_lock(self._lock_key)))
-                    await leader.commit()
-                    if not got:
-                        await asyncio.sleep(self.poll_seconds * 4)
-                        continue
-                    await self._lead(leader)
+                    try:
+                        got = await leader.scalar(select(func.pg_try_advisory_lock(self._lock_key)))
+                        await leader.commit()
+                        if got:
+                            await self._lead(leader)
+                    finally:
+                        # Close rather than pool the connection: that is what frees the session lock.
+                        await leader.invalidate()
+                await asyncio.sleep(self.poll_seconds * 4)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -241,8 +241,8 @@ class PgLogSubscription:
         )  # fmt: skip
 
     async def lag(self) -> dict[str, int]:
-        await self._ensure_connected()
-        rows = await self._conn.fetch(
+        # From the pool, not the member's connection: lag may be asked while a poll is waiting.
+        rows = await self.transport.pool.fetch(
             """SELECT p.topic, sum(p.next_offset - coalesce(o.next_offset, 0))::bigint AS lag
                FROM events.partitions p
                LEFT JOIN events.consumer_offsets o

@@ -1,0 +1,104 @@
+"""`bank up` (what `make run` runs) as a newcomer would use it: real processes, real ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from shared.config import SERVICES
+from tests.conftest import free_port
+
+
+class BankProcess:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bank.cli", "up"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if "The bank is up" in line:
+                self.ready.set()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        if not self.ready.wait(timeout):
+            raise AssertionError("bank up never became ready:\n" + "".join(self.lines[-40:]))
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def bank_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BANK_DATABASE_URL")}
+    env.update(BANK_DATA_DIR=str(tmp_path / "data"), BANK_PG_PORT=str(free_port()), BANK_LOG_LEVEL="WARNING")
+    for name in SERVICES:
+        env[f"BANK_{name.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
+    yield env
+
+
+def test_bank_up_runs_every_service_and_stops_cleanly(bank_env: dict[str, str]) -> None:
+    started = time.monotonic()
+    bank = BankProcess(bank_env)
+    try:
+        bank.wait_ready()
+        cold = time.monotonic() - started
+        with httpx.Client(timeout=5) as client:
+            for name in SERVICES:
+                url = bank_env[f"BANK_{name.upper()}_URL"]
+                ready = client.get(f"{url}/readyz")
+                assert ready.status_code == 200, (name, ready.text)
+                checks = ready.json()["checks"]
+                assert checks["database"]["ok"] and checks["transport"]["transport"] == "pglog"
+                assert "http_requests_total" in client.get(f"{url}/metrics").text
+        rss = {
+            child.cmdline()[-1]: child.memory_info().rss // 2**20
+            for child in psutil.Process(bank.proc.pid).children()
+            if child.cmdline()[-1].startswith("services.")
+        }
+        print(f"\nbank up (cold data dir): ready in {cold:.1f}s; idle RSS MiB per service: {rss}")
+        assert set(rss) == {f"services.{n}" for n in SERVICES}
+
+        second = subprocess.run(
+            [sys.executable, "-m", "bank.cli", "up"], env=bank_env, capture_output=True, text=True, timeout=60
+        )
+        assert second.returncode == 1
+        assert "already running" in second.stdout
+    finally:
+        bank.proc.send_signal(signal.SIGINT)
+        code = bank.proc.wait(timeout=60)
+    assert code == 0, bank.output()
+    assert "stopped." in bank.output()
+    for name in SERVICES:
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{bank_env[f'BANK_{name.upper()}_URL']}/healthz", timeout=2)
+
+    # A second run reuses the data folder (no initdb) and is ready again.
+    started = time.monotonic()
+    warm = BankProcess(bank_env)
+    try:
+        warm.wait_ready()
+        print(f"bank up (warm data dir): ready in {time.monotonic() - started:.1f}s")
+    finally:
+        warm.proc.send_signal(signal.SIGINT)
+        assert warm.proc.wait(timeout=60) == 0, warm.output()

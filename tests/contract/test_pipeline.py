@@ -144,7 +144,9 @@ async def test_events_survive_a_crash_between_commit_and_publish(
         asyncio.run(main())
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    proc = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == -9, proc.stderr
     assert await count(effects, "SELECT count(*) FROM accounts.outbox WHERE published_at IS NULL") == 5
 

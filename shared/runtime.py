@@ -22,7 +22,7 @@ from shared.events.outbox import Outbox
 from shared.events.relay import Relay
 from shared.health import Checker
 from shared.observability import configure_logging
-from shared.web import Background, create_app
+from shared.web import Background, Hook, create_app
 
 log = logging.getLogger("shared.runtime")
 
@@ -70,6 +70,7 @@ class Runtime:
         routers: Iterable[APIRouter] = (),
         checkers: dict[str, Checker] | None = None,
         background: Iterable[Background] = (),
+        on_shutdown: Iterable[Hook] = (),
         **fastapi_kwargs: Any,
     ) -> FastAPI:
         all_checkers: dict[str, Checker] = {
@@ -84,7 +85,7 @@ class Runtime:
             checkers=all_checkers,
             background=jobs,
             on_startup=[self.transport.start],
-            on_shutdown=[self._shutdown],
+            on_shutdown=[*on_shutdown, self._shutdown],
             **fastapi_kwargs,
         )
 

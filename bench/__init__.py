@@ -1,0 +1,1 @@
+"""Benchmarks. Each module runs for real on throwaway infrastructure and prints figures; none asserts."""

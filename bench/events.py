@@ -1,0 +1,642 @@
+"""Benchmark of the event pipeline: outbox -> relay -> transport -> consumer, on pglog and on Kafka.
+
+    .venv/bin/python -m bench.events [--transport pglog|kafka|both] [--events 10000]
+                                     [--rate 500] [--seconds 20]
+
+Everything is real and thrown away afterwards: a durable PostgreSQL (default settings, fsync on) in a
+temporary folder on a free port, one database per transport migrated with `bank.migrate.upgrade`, and
+for Kafka a KRaft broker in a temporary folder. One process hosts the writer, the `Relay` and the
+`Consumer`; the writer and the relay share a connection pool (they are the accounts service), the
+consumer has its own (it stands for another service).
+
+Per transport:
+
+* Throughput. `--events` events, 50 per transaction, written as fast as one task can while the relay and
+  the consumer run: events/s = N / (first write started -> last event handled and committed). Then each
+  stage alone on a fresh topic: the writer with nothing else running, the relay draining that N-event
+  outbox backlog, and the consumer working through the N published events (from the moment its first
+  poll returns them).
+* Latency. An open-loop writer, one event per transaction, `--rate` events/s for `--seconds`: write k is
+  started at start + k/rate whether or not earlier writes have finished. Latency = the consumer's commit
+  of the event minus its scheduled write time, also split into stages from timestamps taken at each
+  hand-over (outbox commit, transport acknowledgement, consumer poll).
+
+The consumer's handler is a typical projection: it parses the payload and inserts one row.
+Figures go to stdout and to bench/results/events-<transport>.json. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import re
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bank.infra.kafka import LIB_DIR, KafkaBroker, ensure_jars, free_port
+from bank.infra.postgres import EmbeddedPostgres
+from bank.migrate import upgrade
+from shared.db import Database, after_commit
+from shared.events.consumer import Consumer
+from shared.events.envelope import Envelope, EventData
+from shared.events.outbox import Outbox
+from shared.events.relay import Relay
+from shared.events.transports.base import IncomingRecord, OutgoingRecord, Subscription, Transport
+from shared.events.transports.kafka import KafkaTransport
+from shared.events.transports.pglog import PgLogTransport
+from shared.health import Checker
+
+SERVICE = "accounts"
+ACCOUNTS = 1_000  # events are spread over this many account ids (the message key)
+PER_TRANSACTION = 50  # events per writer transaction in the throughput runs
+WARMUP_EVENTS = 100  # sent through each pipeline before measuring: topics exist, the group has joined
+STALL_SECONDS = 60.0  # give up when no event has been handled for this long
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+clock = time.perf_counter  # one monotonic clock for every timestamp below
+
+log = logging.getLogger("bench.events")
+
+
+# -- the events and what the consumer writes -----------------------------------------------------------
+
+
+class BenchEvent(EventData):
+    event_type: ClassVar[str] = "bench.event.happened"
+    seq: int  # < 0 for warm-up events
+    amount_minor: int
+    currency: str = "GBP"
+
+
+def subject_of(seq: int) -> str:
+    return f"acc_{seq * 7_919 % ACCOUNTS}"  # consecutive events land on scattered accounts
+
+
+def event_of(seq: int) -> BenchEvent:
+    return BenchEvent(seq=seq, amount_minor=seq * 37 % 10_000 + 1)
+
+
+handled_table = sa.Table(
+    "bench_handled",
+    sa.MetaData(schema=SERVICE),
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+)
+
+
+# -- timestamps at each hand-over ----------------------------------------------------------------------
+
+
+@dataclass
+class Trace:
+    """When each event of one topic passed each stage (clock() seconds), by sequence number."""
+
+    intended: dict[int, float] = field(default_factory=dict)  # open-loop runs only
+    written: dict[int, float] = field(default_factory=dict)  # writer's transaction committed
+    published: dict[int, float] = field(default_factory=dict)  # transport acknowledged the publish
+    polled: dict[int, float] = field(default_factory=dict)  # a consumer poll returned it
+    handled: dict[int, float] = field(default_factory=dict)  # consumer's transaction committed
+    publish_sizes: list[int] = field(default_factory=list)
+    poll_sizes: list[int] = field(default_factory=list)
+    measured_done: int = 0
+    warmup_done: int = 0
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def mark_handled(self, seqs: Iterable[int]) -> None:
+        t = clock()
+        for seq in seqs:
+            self.handled[seq] = t
+            if seq >= 0:
+                self.measured_done += 1
+            else:
+                self.warmup_done += 1
+        self.progress.set()
+
+
+_SEQ = re.compile(rb'"seq":(-?\d+)')
+
+
+def seq_of(value: bytes) -> int | None:
+    """The sequence number inside an envelope's JSON, without paying for a full parse."""
+    match = _SEQ.search(value)
+    return int(match.group(1)) if match else None
+
+
+class TracingSubscription:
+    def __init__(self, inner: Subscription, traces: dict[str, Trace]) -> None:
+        self.inner = inner
+        self.traces = traces
+
+    async def poll(self, max_records: int = 500, timeout: float = 0.5) -> list[IncomingRecord]:
+        records = await self.inner.poll(max_records, timeout)
+        t = clock()
+        for r in records:
+            trace, seq = self.traces.get(r.topic), seq_of(r.value)
+            if trace is not None and seq is not None:
+                trace.polled.setdefault(seq, t)
+        if records and (trace := self.traces.get(records[0].topic)) is not None:
+            trace.poll_sizes.append(len(records))
+        return records
+
+    async def commit(self, records: list[IncomingRecord]) -> None:
+        await self.inner.commit(records)
+
+    async def lag(self) -> dict[str, int]:
+        return await self.inner.lag()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class TracingTransport:
+    """A transport that timestamps each record when its publish is acknowledged and when a poll returns it."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.traces: dict[str, Trace] = {}
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def publish(self, records: list[OutgoingRecord]) -> None:
+        await self.inner.publish(records)
+        t = clock()
+        for r in records:
+            trace, seq = self.traces.get(r.topic), seq_of(r.value)
+            if trace is not None and seq is not None:
+                trace.published.setdefault(seq, t)
+        if records and (trace := self.traces.get(records[0].topic)) is not None:
+            trace.publish_sizes.append(len(records))
+
+    async def subscribe(self, group: str, topics: list[str]) -> Subscription:
+        return TracingSubscription(await self.inner.subscribe(group, topics), self.traces)
+
+    def checker(self) -> Checker:
+        return self.inner.checker()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+# -- one pipeline: writer, relay and consumer on one topic ---------------------------------------------
+
+_PENDING = "bench.pending"
+
+
+class Pipeline:
+    """A topic with its own writer/relay pool, relay, consumer group and consumer pool.
+
+    Each pipeline gets fresh pools, so nothing (the relay's advisory lock included) carries over to the next.
+    """
+
+    def __init__(self, database_url: str, transport: TracingTransport, topic: str, args: Args) -> None:
+        self.topic = topic
+        self.trace = transport.traces.setdefault(topic, Trace())
+        self.service_db = Database(database_url, pool_size=10, application_name="bench-accounts")
+        self.consumer_db = Database(database_url, pool_size=5, application_name="bench-consumer")
+        self.outbox = Outbox(SERVICE)
+        self.relay = Relay(self.service_db, self.outbox, transport, batch_size=args.relay_batch)
+        self.consumer = Consumer(
+            f"{SERVICE}.{topic}",
+            service=SERVICE,
+            db=self.consumer_db,
+            transport=transport,
+            handlers={BenchEvent.event_type: self.handle},
+            topics=[topic],
+            schema=SERVICE,
+            batch_size=args.consumer_batch,
+        )
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def handle(self, session: AsyncSession, envelope: Envelope) -> None:
+        data = envelope.data_as(BenchEvent)
+        await session.execute(
+            handled_table.insert().values(
+                event_id=envelope.id,
+                account_id=envelope.subject,
+                seq=data.seq,
+                amount_minor=data.amount_minor,
+            )
+        )
+        # Stamp the event when the consumer's transaction commits: one callback per transaction.
+        pending: list[int] | None = session.info.get(_PENDING)
+        if pending is None:
+            batch: list[int] = []
+            session.info[_PENDING] = pending = batch
+            after_commit(session, lambda: self.trace.mark_handled(batch))
+        pending.append(data.seq)
+
+    async def write(self, seqs: Sequence[int]) -> None:
+        """Commit these events to the outbox in one transaction."""
+        async with self.service_db.transaction() as session:
+            for seq in seqs:
+                await self.outbox.emit(session, self.topic, subject_of(seq), event_of(seq))
+        t = clock()
+        for seq in seqs:
+            self.trace.written[seq] = t
+
+    async def write_many(self, seqs: Sequence[int], per_transaction: int = PER_TRANSACTION) -> None:
+        for i in range(0, len(seqs), per_transaction):
+            await self.write(seqs[i : i + per_transaction])
+
+    def start_relay(self) -> None:
+        self.tasks.append(asyncio.create_task(self.relay.run(), name=f"relay {self.topic}"))
+
+    def start_consumer(self) -> None:
+        self.tasks.append(asyncio.create_task(self.consumer.run(), name=f"consumer {self.topic}"))
+
+    async def warm_up(self) -> None:
+        await self.write_many(range(-1, -WARMUP_EVENTS - 1, -1))
+        await self.until(lambda: self.trace.warmup_done >= WARMUP_EVENTS, "warm-up events")
+
+    async def until_handled(self, count: int) -> None:
+        await self.until(lambda: self.trace.measured_done >= count, f"{count} events")
+
+    async def until(self, done: Callable[[], bool], what: str) -> None:
+        """Wait for `done()`; fail if a background task died or nothing was handled for STALL_SECONDS."""
+        last_seen, last_change = -1, clock()
+        while True:
+            self.trace.progress.clear()
+            if done():
+                return
+            for task in self.tasks:
+                if task.done():
+                    task.result()  # raises the task's error
+                    raise RuntimeError(f"{task.get_name()} stopped")
+            seen = self.trace.measured_done + self.trace.warmup_done
+            if seen != last_seen:
+                last_seen, last_change = seen, clock()
+            elif clock() - last_change > STALL_SECONDS:
+                raise RuntimeError(f"stalled waiting for {what}: nothing handled for {STALL_SECONDS:.0f} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.trace.progress.wait(), 1.0)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.service_db.dispose()
+        await self.consumer_db.dispose()
+
+
+@contextlib.asynccontextmanager
+async def pipeline(
+    database_url: str, transport: TracingTransport, topic: str, args: Args
+) -> AsyncIterator[Pipeline]:
+    p = Pipeline(database_url, transport, topic, args)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+# -- figures ---------------------------------------------------------------------------------------------
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default) on already sorted values."""
+    pos = (len(ordered) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A latency distribution in milliseconds."""
+
+    count: int
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    p99_9: float
+    max: float
+
+    @classmethod
+    def of(cls, seconds: Iterable[float]) -> Distribution:
+        ms = sorted(s * 1000 for s in seconds)
+        if not ms:
+            return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+        return cls(
+            count=len(ms),
+            mean=sum(ms) / len(ms),
+            p50=percentile(ms, 50),
+            p90=percentile(ms, 90),
+            p99=percentile(ms, 99),
+            p99_9=percentile(ms, 99.9),
+            max=ms[-1],
+        )
+
+
+def rate(count: int, seconds: float) -> dict[str, float]:
+    return {"seconds": round(seconds, 3), "events_per_second": round(count / seconds, 1)}
+
+
+def mean(values: Sequence[int]) -> float:
+    return round(sum(values) / len(values), 1) if values else 0.0
+
+
+def gaps(seqs: range, start: dict[int, float], end: dict[int, float]) -> list[float]:
+    """Per event, end minus start (seconds), for the events that have both timestamps."""
+    return [end[s] - start[s] for s in seqs if s in start and s in end]
+
+
+# -- the measurements ------------------------------------------------------------------------------------
+
+
+async def measure_throughput(database_url: str, transport: TracingTransport, args: Args) -> dict[str, Any]:
+    n = args.events
+    seqs = range(n)
+    async with pipeline(database_url, transport, "bench.throughput", args) as p:
+        p.start_relay()
+        p.start_consumer()
+        await p.warm_up()
+        started = clock()
+        await p.write_many(seqs)
+        await p.until_handled(n)
+        trace = p.trace
+        finished = max(trace.handled[s] for s in seqs)
+        together = {
+            **rate(n, finished - started),
+            "writer_done_after_s": round(max(trace.written[s] for s in seqs) - started, 3),
+            "mean_relay_batch": mean(trace.publish_sizes[1:]),
+            "mean_consumer_batch": mean(trace.poll_sizes[1:]),
+        }
+
+    async with pipeline(database_url, transport, "bench.stages", args) as p:
+        await p.write_many(range(-1, -WARMUP_EVENTS - 1, -1))
+        await p.relay.drain()  # the topic exists and the producer knows it before anything is timed
+        started = clock()
+        await p.write_many(seqs)
+        writer_alone = rate(n, clock() - started)
+        started = clock()
+        await p.relay.drain()
+        relay_alone = rate(n, clock() - started)
+        p.start_consumer()
+        await p.until_handled(n)
+        trace = p.trace
+        first_polled = min(trace.polled[s] for s in seqs)
+        consumer_alone = rate(n, max(trace.handled[s] for s in seqs) - first_polled)
+
+    return {
+        "events": n,
+        "events_per_transaction": PER_TRANSACTION,
+        "pipeline": together,
+        "writer_alone": writer_alone,
+        "relay_alone": relay_alone,
+        "consumer_alone": consumer_alone,
+    }
+
+
+async def measure_latency(database_url: str, transport: TracingTransport, args: Args) -> dict[str, Any]:
+    count = round(args.rate * args.seconds)
+    seqs = range(count)
+    async with pipeline(database_url, transport, "bench.latency", args) as p:
+        p.start_relay()
+        p.start_consumer()
+        await p.warm_up()
+        trace = p.trace
+        writes: list[asyncio.Task[None]] = []
+        start = clock() + 0.05
+        for seq in seqs:
+            trace.intended[seq] = intended = start + seq / args.rate
+            if (delay := intended - clock()) > 0:
+                await asyncio.sleep(delay)
+            writes.append(asyncio.create_task(p.write([seq])))
+        await asyncio.gather(*writes)
+        await p.until_handled(count)
+
+    stages = {
+        "end_to_end": gaps(seqs, trace.intended, trace.handled),
+        "write": gaps(seqs, trace.intended, trace.written),
+        "relay": gaps(seqs, trace.written, trace.published),
+        "transport": gaps(seqs, trace.published, trace.polled),
+        "consume": gaps(seqs, trace.polled, trace.handled),
+    }
+    return {
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "events": count,
+        "events_per_transaction": 1,
+        "mean_relay_batch": mean(trace.publish_sizes),
+        "mean_consumer_batch": mean(trace.poll_sizes),
+        "ms": {name: asdict(Distribution.of(values)) for name, values in stages.items()},
+    }
+
+
+async def run_transport(
+    name: str, database_url: str, bootstrap: str | None, args: Args, environment: dict[str, str]
+) -> dict[str, Any]:
+    if name == "kafka":
+        assert bootstrap is not None
+        inner: Transport = KafkaTransport(bootstrap, client_id="bench")
+    else:
+        inner = PgLogTransport(database_url)
+    transport = TracingTransport(inner)
+    await transport.start()
+    try:
+        db = Database(database_url, pool_size=1, application_name="bench-setup")
+        async with db.engine.begin() as conn:
+            await conn.run_sync(handled_table.metadata.create_all)
+        await db.dispose()
+        result: dict[str, Any] = {"transport": name, "environment": environment}
+        if args.events > 0:
+            result["throughput"] = await measure_throughput(database_url, transport, args)
+        if args.rate > 0 and args.seconds > 0:
+            result["latency"] = await measure_latency(database_url, transport, args)
+        return result
+    finally:
+        await transport.close()
+
+
+# -- report ------------------------------------------------------------------------------------------------
+
+LATENCY_ROWS = (
+    ("end_to_end", "end to end (scheduled write -> handler commit)"),
+    ("write", "  write     (scheduled -> outbox commit)"),
+    ("relay", "  relay     (outbox commit -> transport ack)"),
+    ("transport", "  transport (ack -> consumer poll returns it)"),
+    ("consume", "  consume   (poll -> handler commit)"),
+)
+
+
+def report(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    lines = [
+        "",
+        f"== {result['transport']} ==  PostgreSQL {env['postgresql']} (durable), "
+        + (f"Kafka {env['kafka']}, " if result["transport"] == "kafka" else "")
+        + f"Python {env['python']}, {env['cpus']} CPUs",
+    ]
+    if tp := result.get("throughput"):
+        pipe = tp["pipeline"]
+        lines += [
+            f"Throughput: {tp['events']:,} events, {tp['events_per_transaction']} per writer transaction",
+            f"  {'':44}{'events/s':>10}{'seconds':>10}",
+            _rate_row("pipeline (write + relay + consume at once)", pipe),
+            _rate_row("  writer alone", tp["writer_alone"]),
+            _rate_row("  relay alone (drains the outbox backlog)", tp["relay_alone"]),
+            _rate_row("  consumer alone (drains the topic)", tp["consumer_alone"]),
+            f"  pipeline: writer done after {pipe['writer_done_after_s']:.2f} s; mean batch "
+            f"{pipe['mean_relay_batch']:.0f} per publish, {pipe['mean_consumer_batch']:.0f} per poll",
+        ]
+    if lat := result.get("latency"):
+        lines += [
+            f"Latency: open loop, {lat['rate']:g} events/s for {lat['seconds']:g} s "
+            f"({lat['events']:,} events, 1 per transaction); mean batch {lat['mean_relay_batch']:.1f} "
+            f"per publish, {lat['mean_consumer_batch']:.1f} per poll",
+            f"  {'ms':<46}" + "".join(f"{h:>9}" for h in ("p50", "p90", "p99", "p99.9", "max")),
+        ]
+        for key, label in LATENCY_ROWS:
+            d = lat["ms"][key]
+            lines.append(
+                f"  {label:<46}" + "".join(f"{d[k]:9.1f}" for k in ("p50", "p90", "p99", "p99_9", "max"))
+            )
+    return "\n".join(lines)
+
+
+def _rate_row(label: str, figures: dict[str, float]) -> str:
+    return f"  {label:<44}{figures['events_per_second']:>10,.0f}{figures['seconds']:>10.2f}"
+
+
+def summary(results: list[dict[str, Any]]) -> str:
+    names = [r["transport"] for r in results]
+    lines = ["", "== summary ==", f"  {'':28}" + "".join(f"{n:>12}" for n in names)]
+
+    def row(label: str, pick: Any, fmt: str) -> None:
+        cells = []
+        for r in results:
+            try:
+                cells.append(format(pick(r), fmt))
+            except KeyError:
+                cells.append("-")
+        lines.append(f"  {label:<28}" + "".join(f"{c:>12}" for c in cells))
+
+    row("throughput, events/s", lambda r: r["throughput"]["pipeline"]["events_per_second"], ",.0f")
+    row("  relay alone, events/s", lambda r: r["throughput"]["relay_alone"]["events_per_second"], ",.0f")
+    row(
+        "  consumer alone, events/s", lambda r: r["throughput"]["consumer_alone"]["events_per_second"], ",.0f"
+    )
+    for q, key in (("p50", "p50"), ("p99", "p99"), ("p99.9", "p99_9"), ("max", "max")):
+        row(f"latency {q}, ms", lambda r, key=key: r["latency"]["ms"]["end_to_end"][key], ".1f")
+    return "\n".join(lines)
+
+
+def save(result: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"events-{result['transport']}.json"
+    clean = json.loads(json.dumps(result), parse_constant=lambda _: None)  # NaN -> null
+    path.write_text(json.dumps(clean, indent=2) + "\n")
+    return path
+
+
+# -- infrastructure and entry point ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Args:
+    transports: tuple[str, ...]
+    events: int
+    rate: float
+    seconds: float
+    relay_batch: int
+    consumer_batch: int
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Args:
+    parser = argparse.ArgumentParser(prog="python -m bench.events", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--transport", choices=("pglog", "kafka", "both"), default="both")
+    parser.add_argument("--events", type=int, default=10_000, help="events in the throughput runs (0: skip)")
+    parser.add_argument("--rate", type=float, default=500, help="events/s in the latency run (0: skip)")
+    parser.add_argument("--seconds", type=float, default=20, help="length of the latency run")
+    parser.add_argument("--relay-batch", type=int, default=500, help="Relay(batch_size=...)")
+    parser.add_argument("--consumer-batch", type=int, default=200, help="Consumer(batch_size=...)")
+    ns = parser.parse_args(argv)
+    transports = ("pglog", "kafka") if ns.transport == "both" else (ns.transport,)
+    return Args(transports, ns.events, ns.rate, ns.seconds, ns.relay_batch, ns.consumer_batch)
+
+
+@contextlib.contextmanager
+def postgres(folder: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(folder / "postgres", free_port())  # durable: PostgreSQL's default settings
+    try:
+        print(f"starting PostgreSQL on port {server.port} ...", file=sys.stderr)
+        server.start()
+        yield server
+    finally:
+        server.stop("immediate")  # a throwaway server: no need for a shutdown checkpoint
+
+
+@contextlib.contextmanager
+def kafka(folder: Path) -> Iterator[KafkaBroker]:
+    ensure_jars()
+    broker = KafkaBroker(folder / "kafka")
+    try:
+        print("starting Kafka ...", file=sys.stderr)
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+
+
+def kafka_version() -> str:
+    jar = next(LIB_DIR.glob("kafka_2.13-*.jar"), None)
+    return jar.stem.split("-", 1)[1] if jar else "?"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # kafka-python is noisy about every reconnect
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
+    results: list[dict[str, Any]] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-events-")))
+            pg = stack.enter_context(postgres(folder))
+            environment = {
+                "postgresql": pg.psql("SHOW server_version").strip(),
+                "python": platform.python_version(),
+                "cpus": str(os.cpu_count()),
+            }
+            for name in args.transports:
+                bootstrap = None
+                if name == "kafka":
+                    bootstrap = stack.enter_context(kafka(folder)).bootstrap
+                    environment = {**environment, "kafka": kafka_version()}
+                url = pg.create_database(f"bench_{name}")
+                upgrade(url)
+                print(f"benchmarking {name} ...", file=sys.stderr)
+                result = asyncio.run(run_transport(name, url, bootstrap, args, environment))
+                results.append(result)
+                print(report(result), flush=True)
+                print(f"  (saved to {save(result)})")
+    except KeyboardInterrupt:
+        print("\ninterrupted; everything started here has been stopped", file=sys.stderr)
+        return 130
+    if len(results) > 1:
+        print(summary(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

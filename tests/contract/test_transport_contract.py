@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
-from shared.events.transports.base import IncomingRecord
+from shared.events.transports.base import IncomingRecord, Subscription
 from tests.contract.conftest import Backend, consume, decode, record, unique
 
 
@@ -70,13 +70,21 @@ async def test_two_consumers_in_one_group_share_the_work(backend: Backend) -> No
     a = await backend.transport.subscribe(group, [topic])
     b = await backend.transport.subscribe(group, [topic])
     try:
-        # Let the group settle: both members poll until each owns part of the topic.
-        for _ in range(200):
-            await a.commit(await a.poll(500, 0.1))
-            await b.commit(await b.poll(500, 0.1))
+        # Let the group settle: both members poll (concurrently, as two processes would: a Kafka
+        # rebalance holds one member's poll until the other rejoins) until each owns a share.
+        async def poll_and_commit(sub: Subscription, into: list[IncomingRecord] | None = None) -> None:
+            batch = await sub.poll(500, 0.2)
+            if into is not None:
+                into.extend(r for r in batch if r.key != "warmup")
+            await sub.commit(batch)
+
+        for _ in range(450):
+            await asyncio.gather(poll_and_commit(a), poll_and_commit(b))
             if a.assignment and b.assignment:  # type: ignore[attr-defined]
                 break
-        assert a.assignment and b.assignment, "the group never split the partitions"  # type: ignore[attr-defined]
+        assert a.assignment and b.assignment, (  # type: ignore[attr-defined]
+            f"the group never split the partitions: {a.assignment} / {b.assignment}"  # type: ignore[attr-defined]
+        )
         assert not set(a.assignment) & set(b.assignment)  # type: ignore[attr-defined]
 
         records = [record(topic, f"acc_{i}", i) for i in range(300)]
@@ -84,19 +92,17 @@ async def test_two_consumers_in_one_group_share_the_work(backend: Backend) -> No
         got_a: list[IncomingRecord] = []
         got_b: list[IncomingRecord] = []
         for _ in range(400):
-            for sub, got in ((a, got_a), (b, got_b)):
-                batch = await sub.poll(500, 0.05)
-                got.extend(r for r in batch if r.key != "warmup")
-                await sub.commit(batch)
+            await asyncio.gather(poll_and_commit(a, got_a), poll_and_commit(b, got_b))
             if len(got_a) + len(got_b) >= 300:
                 break
     finally:
         await a.close()
         await b.close()
     assert got_a and got_b, "one consumer did all the work"
+    # At-least-once: a rebalance between a poll and its commit may hand a record to both members,
+    # so the check is that the work was split and none of it was lost.
     seqs_a = {decode(r)[1] for r in got_a}
     seqs_b = {decode(r)[1] for r in got_b}
-    assert not seqs_a & seqs_b
     assert seqs_a | seqs_b == set(range(300))
 
 

@@ -211,5 +211,6 @@ class KafkaSubscription:
     async def close(self) -> None:
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
-            await self._worker.run(consumer.close)
+            # Never auto-commit on close: positions polled but not yet handled must be redelivered.
+            await self._worker.run(lambda: consumer.close(autocommit=False))
         self._worker.shutdown()

@@ -34,6 +34,8 @@ class BankSettings(BaseSettings):
     data_dir: str = ".data"
     pg_port: int = 54329
     db_pool_size: int = 10
+    # Shared secret on service-to-service routes (/internal/*). The gateway never forwards them.
+    internal_token: str = "dev-internal-token"
     relay_batch: int = 500
     relay_poll_seconds: float = 0.5
     # Service discovery by configuration: one base URL per service (replicas may sit behind it).

@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase
 
 from shared.config import to_asyncpg
 from shared.health import Checker
@@ -28,16 +27,6 @@ NAMING_CONVENTION = {
 
 def service_metadata(schema: str) -> MetaData:
     return MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
-
-
-def declarative_base_for(schema: str) -> type[DeclarativeBase]:
-    metadata = service_metadata(schema)
-
-    class Base(DeclarativeBase):
-        pass
-
-    Base.metadata = metadata
-    return Base
 
 
 _AFTER_COMMIT = "after_commit"

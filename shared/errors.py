@@ -35,11 +35,21 @@ def status_for(code: str) -> int:
 class BankError(Exception):
     """An error the caller is meant to see: a typed code and a human message."""
 
-    def __init__(self, code: str, message: str, *, params: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        params: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.params = params or {}
+        self.extra = extra or {}  # further top-level body fields, e.g. OAuth2's "error"
+        self.headers = headers or {}
 
     @property
     def status(self) -> int:
@@ -49,6 +59,7 @@ class BankError(Exception):
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.params:
             body["params"] = self.params
+        body.update(self.extra)
         return body
 
 

@@ -78,7 +78,7 @@ def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
 
 
 def error_response(error: BankError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -59,25 +59,51 @@ def settings(database_url: str) -> BankSettings:
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def database(settings: BankSettings) -> AsyncIterator[Database]:
     db = Database(settings.database_url, pool_size=5, application_name="tests")
+    db.seeds = await snapshot_seeds(db)  # type: ignore[attr-defined]
     yield db
     await db.dispose()
 
 
-async def truncate_all(db: Database) -> None:
-    async with db.transaction() as session:
+async def service_tables(db: Database) -> list[str]:
+    async with db.read() as session:
         rows = await session.execute(
             text("SELECT schemaname, tablename FROM pg_tables WHERE schemaname = ANY(:schemas)"),
             {"schemas": list(SCHEMAS)},
         )
-        tables = ", ".join(f'"{s}"."{t}"' for s, t in rows)
-        if tables:
-            await session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        return [f"{schema}.{table}" for schema, table in rows]
+
+
+async def snapshot_seeds(db: Database) -> dict[str, list[dict[str, object]]]:
+    """The rows migrations put in (internal ledger accounts, the first-party OAuth client…)."""
+    seeds: dict[str, list[dict[str, object]]] = {}
+    async with db.read() as session:
+        for table in await service_tables(db):
+            rows = [dict(r._mapping) for r in await session.execute(text(f"SELECT * FROM {table}"))]
+            if rows:
+                seeds[table] = rows
+    return seeds
+
+
+async def reset_database(db: Database, seeds: dict[str, list[dict[str, object]]]) -> None:
+    """Back to just-migrated: every table emptied, then the migrations' seed rows put back."""
+    tables = await service_tables(db)
+    async with db.transaction() as session:
+        await session.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        for table, rows in seeds.items():
+            columns = list(rows[0])
+            await session.execute(
+                text(
+                    f"INSERT INTO {table} ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in columns)}) "
+                    f"VALUES ({', '.join(':' + c for c in columns)})"
+                ),
+                rows,
+            )
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def db(database: Database) -> AsyncIterator[Database]:
     """The test's database, emptied first so every test starts from the same state."""
-    await truncate_all(database)
+    await reset_database(database, database.seeds)  # type: ignore[attr-defined]
     yield database
 
 

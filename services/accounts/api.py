@@ -1,0 +1,144 @@
+"""Accounts' HTTP routes: the Mondo API reads, top-ups, and the internal card money path."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Header, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from services.accounts import repository as repo
+from services.accounts import schemas
+from services.accounts.idempotency import request_fingerprint, require_key, run_once
+from services.accounts.service import LedgerService
+from shared.auth import Identity, require_identity, require_internal
+from shared.db import Database
+from shared.errors import not_found
+from shared.money import parse_amount, parse_currency
+
+User = Annotated[Identity, Depends(require_identity)]
+
+
+def public_router(db: Database, ledger: LedgerService) -> APIRouter:
+    api = APIRouter(tags=["accounts"])
+
+    @api.get("/accounts")
+    async def list_accounts(who: User, account_type: str | None = None) -> dict[str, Any]:
+        async with db.read() as session:
+            accounts = await repo.customer_accounts(session, who.user_id)
+            owner = await repo.get_user(session, who.user_id)
+        if account_type:
+            accounts = [a for a in accounts if a.type == account_type]
+        return {"accounts": [schemas.account_json(a, owner) for a in accounts]}
+
+    @api.get("/balance")
+    async def balance(who: User, account_id: Annotated[str, Query()]) -> dict[str, Any]:
+        async with db.read() as session:
+            account = await ledger.owned_account(session, who.user_id, account_id)
+            spend = await ledger.spend_today(session, account.id)
+        return schemas.balance_json(account, spend)
+
+    @api.post("/topup")
+    async def topup(
+        who: User,
+        account_id: Annotated[str, Form()],
+        amount: Annotated[str, Form()],
+        currency: Annotated[str, Form()],
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        key = require_key(idempotency_key)
+        value, code = parse_amount(amount), parse_currency(currency)
+        fingerprint = request_fingerprint(
+            "POST", "/topup", {"account_id": account_id, "amount": value, "currency": code}
+        )
+
+        async with db.transaction() as session:
+
+            async def perform() -> tuple[int, dict[str, Any]]:
+                topup_id, account = await ledger.topup(session, who.user_id, account_id, value, code)
+                return 201, {
+                    "topup": {"id": topup_id, "account_id": account.id, "amount": value, "currency": code},
+                    "balance": account.available,
+                }
+
+            status, body = await run_once(
+                session, owner=who.user_id, key=key, fingerprint=fingerprint, action=perform
+            )
+        return JSONResponse(body, status_code=status)
+
+    return api
+
+
+class PlaceHold(BaseModel):
+    account_id: str
+    network_txn_id: str = Field(min_length=1, max_length=128)
+    amount: int = Field(gt=0, le=10**12)
+    currency: str
+    expires_at: datetime | None = None
+
+
+class Capture(BaseModel):
+    amount: int = Field(gt=0, le=10**12)
+    over_capture_tolerance: int = Field(default=0, ge=0, le=10**12)
+
+
+class ForcePost(BaseModel):
+    account_id: str
+    network_txn_id: str = Field(min_length=1, max_length=128)
+    amount: int = Field(gt=0, le=10**12)
+    currency: str
+    kind: str = Field(pattern="^(debit|credit)$")
+
+
+def internal_router(db: Database, ledger: LedgerService) -> APIRouter:
+    """Service-to-service routes for the cards service. Idempotent on the network's transaction id."""
+    api = APIRouter(prefix="/internal", tags=["internal"], dependencies=[Depends(require_internal)])
+
+    @api.post("/holds")
+    async def place_hold(body: PlaceHold) -> dict[str, Any]:
+        async with db.transaction() as session:
+            result = await ledger.place_hold(
+                session, account_id=body.account_id, network_txn_id=body.network_txn_id,
+                amount=body.amount, currency=parse_currency(body.currency), expires_at=body.expires_at,
+            )  # fmt: skip
+        return schemas.hold_json(result.hold, result.account)
+
+    @api.post("/holds/{network_txn_id}/capture")
+    async def capture(network_txn_id: str, body: Capture) -> dict[str, Any]:
+        async with db.transaction() as session:
+            result = await ledger.capture_hold(
+                session, network_txn_id=network_txn_id, amount=body.amount,
+                over_capture_tolerance=body.over_capture_tolerance,
+            )  # fmt: skip
+        return schemas.hold_json(result.hold, result.account)
+
+    @api.post("/holds/{network_txn_id}/release")
+    async def release(network_txn_id: str) -> dict[str, Any]:
+        async with db.transaction() as session:
+            result = await ledger.release_hold(session, network_txn_id=network_txn_id)
+        return schemas.hold_json(result.hold, result.account)
+
+    @api.post("/postings")
+    async def force_post(body: ForcePost) -> dict[str, Any]:
+        async with db.transaction() as session:
+            result = await ledger.force_post(
+                session, account_id=body.account_id, network_txn_id=body.network_txn_id,
+                amount=body.amount, currency=parse_currency(body.currency), kind=body.kind,
+            )  # fmt: skip
+        account = result.account
+        return {"entry_id": result.entry_id, "balance": account.balance, "available": account.available}
+
+    @api.get("/accounts/{account_id}")
+    async def get_account(account_id: str) -> dict[str, Any]:
+        async with db.read() as session:
+            account = await repo.get_account(session, account_id)
+        if account is None or account.kind != "customer":
+            raise not_found("account", "no account with that id")
+        return {
+            "id": account.id, "user_id": account.user_id, "currency": account.currency,
+            "closed": account.closed, "balance": account.balance, "available": account.available,
+        }  # fmt: skip
+
+    return api

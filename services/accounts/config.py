@@ -1,0 +1,22 @@
+"""Accounts' own settings (prefix `ACCOUNTS_`)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AccountsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ACCOUNTS_", extra="ignore")
+
+    topup_min: int = 1  # minor units
+    topup_max: int = 500_000  # £5,000
+    hold_default_expiry_days: int = 7
+    expiry_job_seconds: float = 60.0
+
+    # Identity
+    access_token_seconds: int = 21_600  # six hours, as Monzo's tokens
+    refresh_token_days: int = 90
+    auth_code_seconds: int = 300
+    # PEM of an Ed25519 private key. Unset: a key is generated once and kept in the database.
+    signing_key_pem: str | None = None
+    first_party_client_id: str = "oauthclient_mondo_app"

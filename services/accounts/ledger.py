@@ -1,0 +1,80 @@
+"""The ledger's rules, pure: no database, no web framework.
+
+Amounts are signed minor units from the point of view of the account: a
+posting of +500 credits (increases) the account's balance, -500 debits it.
+A journal entry's postings sum to zero per currency.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+LONDON = ZoneInfo("Europe/London")
+SPEND_DAY_STARTS = time(4, 0)  # Mondo's "today" starts at 04:00 London time
+
+CARD_SCHEME = "int_card_scheme_settlement_gbp"
+TOPUP_FUNDING = "int_topup_funding_gbp"
+FEES = "int_fees_gbp"
+
+
+class LedgerError(ValueError):
+    """A rule of the ledger was broken by the caller (a bug, never a customer's fault)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    account_id: str
+    amount: int
+    currency: str
+
+
+def transfer(from_account: str, to_account: str, amount: int, currency: str) -> list[Line]:
+    """Move `amount` from one account to another: the two postings of a balanced entry."""
+    if amount <= 0:
+        raise LedgerError("a transfer moves a positive amount")
+    if from_account == to_account:
+        raise LedgerError("a transfer needs two different accounts")
+    return [Line(from_account, -amount, currency), Line(to_account, amount, currency)]
+
+
+def check_balanced(lines: list[Line]) -> None:
+    if len(lines) < 2:
+        raise LedgerError("a journal entry has at least two postings")
+    totals: dict[str, int] = defaultdict(int)
+    for line in lines:
+        if line.amount == 0:
+            raise LedgerError("a posting moves a non-zero amount")
+        totals[line.currency] += line.amount
+    unbalanced = {c: t for c, t in totals.items() if t != 0}
+    if unbalanced:
+        raise LedgerError(f"journal entry does not balance: {unbalanced}")
+
+
+def hold_decline_reason(
+    *, available: int, amount: int, closed: bool, account_currency: str, currency: str
+) -> str | None:
+    """Why a hold cannot be placed, or None when it can. Prepaid: never beyond the available balance."""
+    if closed:
+        return "account_closed"
+    if currency != account_currency:
+        return "currency_not_supported"
+    if amount > available:
+        return "insufficient_funds"
+    return None
+
+
+def capture_allowed(*, held: int, capture: int, over_capture_tolerance: int) -> bool:
+    """Clearing may differ from the authorisation (tips, fuel): up to the network's tolerance above it."""
+    return 0 < capture <= held + max(over_capture_tolerance, 0)
+
+
+def spend_day_start(now: datetime) -> datetime:
+    """The start of the current spending day: the latest 04:00 Europe/London at or before `now`."""
+    local = now.astimezone(LONDON)
+    start = datetime.combine(local.date(), SPEND_DAY_STARTS, tzinfo=LONDON)
+    if local < start:
+        start = datetime.combine(local.date() - timedelta(days=1), SPEND_DAY_STARTS, tzinfo=LONDON)
+    return start.astimezone(UTC)

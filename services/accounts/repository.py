@@ -1,0 +1,107 @@
+"""Accounts' queries. Receives the caller's session; never commits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.accounts.ledger import Line
+from services.accounts.models import Account, Hold, JournalEntry, Posting, User
+from shared.ids import new_id
+
+
+async def lock_account(session: AsyncSession, account_id: str) -> Account | None:
+    """Row-lock the account: every change to one account's money is serialised here."""
+    return await session.scalar(select(Account).where(Account.id == account_id).with_for_update())
+
+
+async def get_account(session: AsyncSession, account_id: str) -> Account | None:
+    return await session.get(Account, account_id)
+
+
+async def customer_accounts(session: AsyncSession, user_id: str) -> list[Account]:
+    rows = await session.scalars(
+        select(Account)
+        .where(Account.user_id == user_id, Account.kind == "customer")
+        .order_by(Account.created)
+    )
+    return list(rows)
+
+
+async def get_user(session: AsyncSession, user_id: str) -> User | None:
+    return await session.get(User, user_id)
+
+
+async def hold_by_network_id(session: AsyncSession, network_txn_id: str) -> Hold | None:
+    return await session.scalar(select(Hold).where(Hold.network_txn_id == network_txn_id))
+
+
+async def entry_by_reference(session: AsyncSession, kind: str, reference: str) -> JournalEntry | None:
+    return await session.scalar(
+        select(JournalEntry).where(JournalEntry.kind == kind, JournalEntry.reference == reference)
+    )
+
+
+async def add_entry(
+    session: AsyncSession, *, kind: str, account_id: str, reference: str, description: str, lines: list[Line]
+) -> str:
+    entry_id = new_id("je")
+    await session.execute(
+        insert(JournalEntry).values(
+            id=entry_id, kind=kind, account_id=account_id, reference=reference, description=description
+        )
+    )
+    await session.execute(
+        insert(Posting),
+        [{"entry_id": entry_id, "account_id": ln.account_id, "amount": ln.amount, "currency": ln.currency}
+         for ln in lines],
+    )  # fmt: skip
+    return entry_id
+
+
+async def expired_holds(session: AsyncSession, now: datetime, limit: int) -> list[tuple[str, str]]:
+    """(account id, network txn id) of active holds past their expiry, oldest first."""
+    rows = await session.execute(
+        select(Hold.account_id, Hold.network_txn_id)
+        .where(Hold.status == "active", Hold.expires_at <= now)
+        .order_by(Hold.expires_at)
+        .limit(limit)
+    )
+    return [(r.account_id, r.network_txn_id) for r in rows]
+
+
+async def card_spend_since(session: AsyncSession, account_id: str, since: datetime) -> int:
+    """Card money out since `since`: captured and forced debits, plus holds still pending."""
+    posted = await session.scalar(
+        select(func.coalesce(func.sum(Posting.amount), 0))
+        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+        .where(
+            Posting.account_id == account_id,
+            JournalEntry.kind.in_(("card_capture", "card_force_debit", "card_credit")),
+            Posting.created >= since,
+        )
+    )
+    pending = await session.scalar(
+        select(func.coalesce(func.sum(Hold.amount), 0)).where(
+            Hold.account_id == account_id, Hold.status == "active", Hold.created >= since
+        )
+    )
+    return max(0, -int(posted or 0) + int(pending or 0))
+
+
+async def balances_from_postings(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(
+        select(Posting.account_id, func.sum(Posting.amount)).group_by(Posting.account_id)
+    )
+    return {account_id: int(total) for account_id, total in rows}
+
+
+async def held_from_holds(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(
+        select(Hold.account_id, func.sum(Hold.amount))
+        .where(Hold.status == "active")
+        .group_by(Hold.account_id)
+    )
+    return {account_id: int(total) for account_id, total in rows}

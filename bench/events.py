@@ -347,8 +347,22 @@ class Distribution:
         )
 
 
-def rate(count: int, seconds: float) -> dict[str, float]:
-    return {"seconds": round(seconds, 3), "events_per_second": round(count / seconds, 1)}
+class Stopwatch:
+    """Wall time on `clock()`, and this process's CPU time (all its threads), since it was made."""
+
+    def __init__(self) -> None:
+        self.wall = clock()
+        self.cpu = time.process_time()
+
+    def rate(self, count: int, *, since: float | None = None, until: float | None = None) -> dict[str, float]:
+        """events/s over [since, until] (default: from the start until now), and CPU ms per event."""
+        seconds = (clock() if until is None else until) - (self.wall if since is None else since)
+        cpu = time.process_time() - self.cpu
+        return {
+            "seconds": round(seconds, 3),
+            "events_per_second": round(count / seconds, 1),
+            "python_cpu_ms_per_event": round(cpu * 1000 / count, 3),
+        }
 
 
 def mean(values: Sequence[int]) -> float:
@@ -370,14 +384,13 @@ async def measure_throughput(database_url: str, transport: TracingTransport, arg
         p.start_relay()
         p.start_consumer()
         await p.warm_up()
-        started = clock()
+        watch = Stopwatch()
         await p.write_many(seqs)
         await p.until_handled(n)
         trace = p.trace
-        finished = max(trace.handled[s] for s in seqs)
         together = {
-            **rate(n, finished - started),
-            "writer_done_after_s": round(max(trace.written[s] for s in seqs) - started, 3),
+            **watch.rate(n, until=max(trace.handled[s] for s in seqs)),
+            "writer_done_after_s": round(max(trace.written[s] for s in seqs) - watch.wall, 3),
             "mean_relay_batch": mean(trace.publish_sizes[1:]),
             "mean_consumer_batch": mean(trace.poll_sizes[1:]),
         }
@@ -385,17 +398,19 @@ async def measure_throughput(database_url: str, transport: TracingTransport, arg
     async with pipeline(database_url, transport, "bench.stages", args) as p:
         await p.write_many(range(-1, -WARMUP_EVENTS - 1, -1))
         await p.relay.drain()  # the topic exists and the producer knows it before anything is timed
-        started = clock()
+        watch = Stopwatch()
         await p.write_many(seqs)
-        writer_alone = rate(n, clock() - started)
-        started = clock()
+        writer_alone = watch.rate(n)
+        watch = Stopwatch()
         await p.relay.drain()
-        relay_alone = rate(n, clock() - started)
+        relay_alone = watch.rate(n)
+        watch = Stopwatch()
         p.start_consumer()
         await p.until_handled(n)
         trace = p.trace
-        first_polled = min(trace.polled[s] for s in seqs)
-        consumer_alone = rate(n, max(trace.handled[s] for s in seqs) - first_polled)
+        consumer_alone = watch.rate(  # timed from its first poll: joining the group is not consuming
+            n, since=min(trace.polled[s] for s in seqs), until=max(trace.handled[s] for s in seqs)
+        )
 
     return {
         "events": n,
@@ -416,7 +431,8 @@ async def measure_latency(database_url: str, transport: TracingTransport, args: 
         await p.warm_up()
         trace = p.trace
         writes: list[asyncio.Task[None]] = []
-        start = clock() + 0.05
+        watch = Stopwatch()
+        start = watch.wall + 0.05
         for seq in seqs:
             trace.intended[seq] = intended = start + seq / args.rate
             if (delay := intended - clock()) > 0:
@@ -424,6 +440,8 @@ async def measure_latency(database_url: str, transport: TracingTransport, args: 
             writes.append(asyncio.create_task(p.write([seq])))
         await asyncio.gather(*writes)
         await p.until_handled(count)
+        # Below the offered rate when the pipeline cannot keep up: latency then measures a growing queue.
+        sustained = watch.rate(count, since=start, until=max(trace.handled[s] for s in seqs))
 
     stages = {
         "end_to_end": gaps(seqs, trace.intended, trace.handled),
@@ -437,6 +455,7 @@ async def measure_latency(database_url: str, transport: TracingTransport, args: 
         "seconds": args.seconds,
         "events": count,
         "events_per_transaction": 1,
+        "sustained": sustained,
         "mean_relay_batch": mean(trace.publish_sizes),
         "mean_consumer_batch": mean(trace.poll_sizes),
         "ms": {name: asdict(Distribution.of(values)) for name, values in stages.items()},
@@ -481,41 +500,46 @@ LATENCY_ROWS = (
 
 def report(result: dict[str, Any]) -> str:
     env = result["environment"]
+    kafka = f"Kafka {env['kafka']}, " if result["transport"] == "kafka" else ""
     lines = [
         "",
-        f"== {result['transport']} ==  PostgreSQL {env['postgresql']} (durable), "
-        + (f"Kafka {env['kafka']}, " if result["transport"] == "kafka" else "")
-        + f"Python {env['python']}, {env['cpus']} CPUs",
+        f"== {result['transport']} ==  PostgreSQL {env['postgresql']} (durable), {kafka}"
+        f"Python {env['python']}, {env['cpus']} CPUs; writer, relay and consumer in this one process",
     ]
     if tp := result.get("throughput"):
         pipe = tp["pipeline"]
         lines += [
             f"Throughput: {tp['events']:,} events, {tp['events_per_transaction']} per writer transaction",
-            f"  {'':44}{'events/s':>10}{'seconds':>10}",
+            f"  {'':44}{'events/s':>10}{'seconds':>9}{'CPU ms/event':>14}",
             _rate_row("pipeline (write + relay + consume at once)", pipe),
             _rate_row("  writer alone", tp["writer_alone"]),
             _rate_row("  relay alone (drains the outbox backlog)", tp["relay_alone"]),
             _rate_row("  consumer alone (drains the topic)", tp["consumer_alone"]),
             f"  pipeline: writer done after {pipe['writer_done_after_s']:.2f} s; mean batch "
-            f"{pipe['mean_relay_batch']:.0f} per publish, {pipe['mean_consumer_batch']:.0f} per poll",
+            f"{pipe['mean_relay_batch']:.0f} per publish, {pipe['mean_consumer_batch']:.0f} per poll. "
+            "CPU: this Python process, all threads",
         ]
     if lat := result.get("latency"):
+        sustained = lat["sustained"]["events_per_second"]
         lines += [
             f"Latency: open loop, {lat['rate']:g} events/s for {lat['seconds']:g} s "
-            f"({lat['events']:,} events, 1 per transaction); mean batch {lat['mean_relay_batch']:.1f} "
-            f"per publish, {lat['mean_consumer_batch']:.1f} per poll",
+            f"({lat['events']:,} events, 1 per transaction); sustained {sustained:,.0f} events/s; "
+            f"mean batch {lat['mean_relay_batch']:.1f} per publish, "
+            f"{lat['mean_consumer_batch']:.1f} per poll",
             f"  {'ms':<46}" + "".join(f"{h:>9}" for h in ("p50", "p90", "p99", "p99.9", "max")),
         ]
         for key, label in LATENCY_ROWS:
             d = lat["ms"][key]
-            lines.append(
-                f"  {label:<46}" + "".join(f"{d[k]:9.1f}" for k in ("p50", "p90", "p99", "p99_9", "max"))
-            )
+            cells = "".join(f"{d[k]:9.1f}" for k in ("p50", "p90", "p99", "p99_9", "max"))
+            lines.append(f"  {label:<46}{cells}")
     return "\n".join(lines)
 
 
 def _rate_row(label: str, figures: dict[str, float]) -> str:
-    return f"  {label:<44}{figures['events_per_second']:>10,.0f}{figures['seconds']:>10.2f}"
+    return (
+        f"  {label:<44}{figures['events_per_second']:>10,.0f}{figures['seconds']:>9.2f}"
+        f"{figures['python_cpu_ms_per_event']:>14.2f}"
+    )
 
 
 def summary(results: list[dict[str, Any]]) -> str:

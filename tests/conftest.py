@@ -91,11 +91,10 @@ async def reset_database(db: Database, seeds: dict[str, list[dict[str, object]]]
         await session.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
         for table, rows in seeds.items():
             columns = list(rows[0])
+            quoted = ", ".join(f'"{c}"' for c in columns)
+            params = ", ".join(f":{c}" for c in columns)
             await session.execute(
-                text(
-                    f"INSERT INTO {table} ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in columns)}) "
-                    f"VALUES ({', '.join(':' + c for c in columns)})"
-                ),
+                text(f"INSERT INTO {table} ({quoted}) VALUES ({params})"),
                 rows,
             )
 

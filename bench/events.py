@@ -65,6 +65,7 @@ SERVICE = "accounts"
 ACCOUNTS = 1_000  # events are spread over this many account ids (the message key)
 PER_TRANSACTION = 50  # events per writer transaction in the throughput runs
 WARMUP_EVENTS = 100  # sent through each pipeline before measuring: topics exist, the group has joined
+WRITERS = 8  # concurrent writer transactions at most; later writes queue for one (not for a pool timeout)
 STALL_SECONDS = 60.0  # give up when no event has been handled for this long
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -224,6 +225,7 @@ class Pipeline:
             schema=SERVICE,
             batch_size=args.consumer_batch,
         )
+        self.write_slots = asyncio.Semaphore(WRITERS)
         self.tasks: list[asyncio.Task[None]] = []
 
     async def handle(self, session: AsyncSession, envelope: Envelope) -> None:
@@ -246,7 +248,7 @@ class Pipeline:
 
     async def write(self, seqs: Sequence[int]) -> None:
         """Commit these events to the outbox in one transaction."""
-        async with self.service_db.transaction() as session:
+        async with self.write_slots, self.service_db.transaction() as session:
             for seq in seqs:
                 await self.outbox.emit(session, self.topic, subject_of(seq), event_of(seq))
         t = clock()

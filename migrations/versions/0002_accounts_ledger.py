@@ -62,7 +62,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("kind", "reference", name="uq_journal_entries_kind_reference"),
         schema=S,
     )
-    op.create_index("ix_journal_entries_account_created", "journal_entries", ["account_id", "created"], schema=S)
+    op.create_index(
+        "ix_journal_entries_account_created", "journal_entries", ["account_id", "created"], schema=S
+    )
     op.create_table(
         "postings",
         sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
@@ -95,7 +97,11 @@ def upgrade() -> None:
         schema=S,
     )
     op.create_index(
-        "ix_holds_active_expiry", "holds", ["expires_at"], schema=S, postgresql_where=sa.text("status = 'active'")
+        "ix_holds_active_expiry",
+        "holds",
+        ["expires_at"],
+        schema=S,
+        postgresql_where=sa.text("status = 'active'"),
     )
     op.create_index("ix_holds_account_created", "holds", ["account_id", "created"], schema=S)
     op.create_table(
@@ -139,11 +145,8 @@ def upgrade() -> None:
             FOR EACH ROW EXECUTE FUNCTION {S}.postings_are_append_only();
         """
     )
-    accounts = sa.table(
-        "accounts",
-        sa.column("id"), sa.column("kind"), sa.column("description"), sa.column("type"), sa.column("currency"),
-        schema=S,
-    )  # fmt: skip
+    columns = ("id", "kind", "description", "type", "currency")
+    accounts = sa.table("accounts", *(sa.column(c) for c in columns), schema=S)
     op.bulk_insert(
         accounts,
         [

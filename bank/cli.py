@@ -16,7 +16,9 @@ postgres = typer.Typer(no_args_is_help=True, help="The embedded PostgreSQL (from
 kafka = typer.Typer(
     no_args_is_help=True, help="A local Apache Kafka broker (KRaft, jars from Maven Central)."
 )
+ledger = typer.Typer(no_args_is_help=True, help="The accounts ledger.")
 app.add_typer(infra, name="infra")
+app.add_typer(ledger, name="ledger")
 infra.add_typer(postgres, name="postgres")
 infra.add_typer(kafka, name="kafka")
 
@@ -94,6 +96,29 @@ def kafka_down() -> None:
 
     stopped = kafka_infra.down(Path(load(BankSettings).data_dir) / "kafka")
     typer.echo("stopped" if stopped else "no broker was running")
+
+
+@ledger.command("verify")
+def ledger_verify() -> None:
+    """Recompute every balance from the postings; exit 1 on any mismatch."""
+    import asyncio
+
+    from services.accounts.verify import verify_ledger
+    from shared.db import Database
+
+    async def run() -> list[str]:
+        db = Database(load(BankSettings).database_url, pool_size=1)
+        try:
+            return await verify_ledger(db)
+        finally:
+            await db.dispose()
+
+    problems = asyncio.run(run())
+    for problem in problems:
+        typer.echo(problem, err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo("ledger verified: every entry balances and every balance matches its postings")
 
 
 @app.command()

@@ -285,15 +285,13 @@ class LedgerService:
         )  # fmt: skip
         return PostingResult(entry_id, account)
 
-    async def expire_holds(self, session: AsyncSession, now: datetime, limit: int = 200) -> int:
-        expired = 0
-        for account_id, network_txn_id in await repo.expired_holds(session, now, limit):
-            account = await self._lock_customer(session, account_id)
-            hold = await repo.hold_by_network_id(session, network_txn_id)
-            if hold is not None and hold.status == "active" and hold.expires_at <= now:
-                await self._end_hold(session, hold, account, "expired")
-                expired += 1
-        return expired
+    async def expire_hold(self, session: AsyncSession, network_txn_id: str, now: datetime) -> bool:
+        """Release a hold whose time is up (the clearing never came). False if it is no longer due."""
+        hold, account = await self._locked_hold(session, network_txn_id)
+        if hold.status != "active" or hold.expires_at > now:
+            return False
+        await self._end_hold(session, hold, account, "expired")
+        return True
 
     # Internals --------------------------------------------------------------------------------
 

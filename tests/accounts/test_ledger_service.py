@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from services.accounts import repository as repo
+from services.accounts.jobs import expire_due_holds
 from services.accounts.ledger import CARD_SCHEME, TOPUP_FUNDING
 from services.accounts.service import LedgerService
 from services.accounts.verify import verify_ledger
@@ -172,8 +173,8 @@ async def test_expired_holds_are_released(db: Database, ledger: LedgerService) -
             currency="GBP",
             expires_at=now + timedelta(days=7),
         )
-    async with db.transaction() as s:
-        assert await ledger.expire_holds(s, datetime.now(UTC)) == 1
+    assert await expire_due_holds(db, ledger) == 1
+    assert await expire_due_holds(db, ledger) == 0
     assert await account_state(db, c.account_id) == (1_000, 200)
     assert (await events(db))[-1] == "account.hold.expired"
 

@@ -48,9 +48,15 @@ class RequestContextMiddleware:
         parent = context.TraceContext.parse(_header(headers, b"traceparent"))
         trace = parent.child() if parent else context.TraceContext.new()
         context.set_trace(trace)
-        context.set_deadline(context.deadline_from_header(_header(headers, b"x-deadline-ms")))
+        deadline = context.deadline_from_header(_header(headers, b"x-deadline-ms"))
+        context.set_deadline(deadline)
         started = time.perf_counter()
         status = 500
+        if deadline is not None and deadline <= time.monotonic():
+            # The caller has already given up: doing the work would only waste it.
+            expired = BankError("timeout.deadline_exceeded", "the caller's deadline passed before we started")
+            await error_response(expired)(scope, receive, send)
+            return
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status

@@ -136,3 +136,11 @@ async def test_bad_traceparent_starts_a_new_trace(base_url: str, header: str) ->
         r = await client.get("/missing", headers={"traceparent": header})
     assert r.headers["traceparent"].startswith("00-")
     assert "0" * 32 not in r.headers["traceparent"]
+
+
+async def test_a_request_whose_deadline_has_passed_is_not_started(base_url: str) -> None:
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        r = await client.get("/missing", headers={"x-deadline-ms": "0"})
+        ok = await client.get("/missing", headers={"x-deadline-ms": "5000"})
+    assert r.status_code == 504 and r.json()["code"] == "timeout.deadline_exceeded"
+    assert ok.status_code == 404

@@ -14,7 +14,8 @@ from typing import IO
 import httpx
 
 from bank.migrate import upgrade
-from shared.config import SERVICES, BankSettings
+from services.accounts.config import AccountsSettings
+from shared.config import SERVICES, BankSettings, load
 
 READY_TIMEOUT = 60.0
 
@@ -133,6 +134,8 @@ def run_bank(settings: BankSettings, *, kafka_bootstrap: str | None = None) -> i
             f"  ops page   {settings.gateway_url}/ops\n"
             f"  services   "
             + ", ".join(f"{n} {settings.url_of(n)}" for n in SERVICES if n != "gateway")
+            + f"\n  mobile app OAuth client id: {load(AccountsSettings).first_party_client_id}"
+            + "\n  a customer to try the API as: .venv/bin/bank demo"
             + "\nPress Ctrl-C to stop.",
             flush=True,
         )

@@ -70,6 +70,7 @@ class Runtime:
         routers: Iterable[APIRouter] = (),
         checkers: dict[str, Checker] | None = None,
         background: Iterable[Background] = (),
+        on_startup: Iterable[Hook] = (),
         on_shutdown: Iterable[Hook] = (),
         **fastapi_kwargs: Any,
     ) -> FastAPI:
@@ -84,7 +85,7 @@ class Runtime:
             routers=routers,
             checkers=all_checkers,
             background=jobs,
-            on_startup=[self.transport.start],
+            on_startup=[self.transport.start, *on_startup],
             on_shutdown=[*on_shutdown, self._shutdown],
             **fastapi_kwargs,
         )

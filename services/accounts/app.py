@@ -1,8 +1,28 @@
 from fastapi import FastAPI
 
+from services.accounts.api import internal_router, public_router
+from services.accounts.config import AccountsSettings
+from services.accounts.identity import IdentityService, identity_routers
+from services.accounts.jobs import hold_expiry_job
+from services.accounts.service import LedgerService
+from shared.config import load
 from shared.runtime import Runtime
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     runtime = runtime or Runtime("accounts")
-    return runtime.app()
+    settings = load(AccountsSettings)
+    ledger = LedgerService(runtime.outbox, settings)
+    identity = IdentityService(runtime.db, ledger, settings)
+    app = runtime.app(
+        routers=[
+            *identity_routers(identity),
+            public_router(runtime.db, ledger),
+            internal_router(runtime.db, ledger),
+        ],
+        on_startup=[identity.start],
+        background=[identity.housekeeping, hold_expiry_job(runtime.db, ledger, settings.expiry_job_seconds)],
+    )
+    app.state.token_verifier = identity.verifier()
+    app.state.internal_token = runtime.settings.internal_token
+    return app

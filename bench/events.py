@@ -5,21 +5,21 @@
 
 Everything is real and thrown away afterwards: a durable PostgreSQL (default settings, fsync on) in a
 temporary folder on a free port, one database per transport migrated with `bank.migrate.upgrade`, and
-for Kafka a KRaft broker in a temporary folder. One process hosts the writer, the `Relay` and the
-`Consumer`; the writer and the relay share a connection pool (they are the accounts service), the
-consumer has its own (it stands for another service).
+for Kafka a KRaft broker in a temporary folder. The processes are laid out as in production: this one is
+the accounts service (the writer commits events with `Outbox.emit`, its `Relay` publishes them), and the
+`Consumer` runs in a child process of its own, as another service would, with its own pool and client.
 
 Per transport:
 
 * Throughput. `--events` events, 50 per transaction, written as fast as one task can while the relay and
   the consumer run: events/s = N / (first write started -> last event handled and committed). Then each
   stage alone on a fresh topic: the writer with nothing else running, the relay draining that N-event
-  outbox backlog, and the consumer working through the N published events (from the moment its first
-  poll returns them).
+  outbox backlog, and the consumer working through the N published events (from its first poll).
 * Latency. An open-loop writer, one event per transaction, `--rate` events/s for `--seconds`: write k is
   started at start + k/rate whether or not earlier writes have finished. Latency = the consumer's commit
   of the event minus its scheduled write time, also split into stages from timestamps taken at each
-  hand-over (outbox commit, transport acknowledgement, consumer poll).
+  hand-over (outbox commit, transport acknowledgement, consumer poll). Both processes stamp with
+  `time.perf_counter`, which is CLOCK_MONOTONIC on Linux: one clock for the whole machine.
 
 The consumer's handler is a typical projection: it parses the payload and inserts one row.
 Figures go to stdout and to bench/results/events-<transport>.json. Nothing is asserted.
@@ -29,21 +29,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import re
 import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -65,11 +69,12 @@ SERVICE = "accounts"
 ACCOUNTS = 1_000  # events are spread over this many account ids (the message key)
 PER_TRANSACTION = 50  # events per writer transaction in the throughput runs
 WARMUP_EVENTS = 100  # sent through each pipeline before measuring: topics exist, the group has joined
-WRITERS = 8  # concurrent writer transactions at most; later writes queue for one (not for a pool timeout)
+WRITERS = 8  # concurrent writer transactions at most; later writes queue for a slot, not for a pool timeout
 STALL_SECONDS = 60.0  # give up when no event has been handled for this long
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-clock = time.perf_counter  # one monotonic clock for every timestamp below
+clock = time.perf_counter  # every timestamp, in both processes
+T = TypeVar("T")
 
 log = logging.getLogger("bench.events")
 
@@ -102,58 +107,46 @@ handled_table = sa.Table(
 )
 
 
-# -- timestamps at each hand-over ----------------------------------------------------------------------
+# -- infrastructure as seen by both processes ----------------------------------------------------------
 
 
-@dataclass
-class Trace:
-    """When each event of one topic passed each stage (clock() seconds), by sequence number."""
+@dataclass(frozen=True)
+class Setup:
+    """Where the database and the transport are, and the batch sizes (sent to the consumer process)."""
 
-    intended: dict[int, float] = field(default_factory=dict)  # open-loop runs only
-    written: dict[int, float] = field(default_factory=dict)  # writer's transaction committed
-    published: dict[int, float] = field(default_factory=dict)  # transport acknowledged the publish
-    polled: dict[int, float] = field(default_factory=dict)  # a consumer poll returned it
-    handled: dict[int, float] = field(default_factory=dict)  # consumer's transaction committed
-    publish_sizes: list[int] = field(default_factory=list)
-    poll_sizes: list[int] = field(default_factory=list)
-    measured_done: int = 0
-    warmup_done: int = 0
-    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    transport: str  # "pglog" or "kafka"
+    database_url: str
+    bootstrap: str | None
+    relay_batch: int
+    consumer_batch: int
 
-    def mark_handled(self, seqs: Iterable[int]) -> None:
-        t = clock()
-        for seq in seqs:
-            self.handled[seq] = t
-            if seq >= 0:
-                self.measured_done += 1
-            else:
-                self.warmup_done += 1
-        self.progress.set()
+    def make_transport(self, client_id: str) -> Transport:
+        if self.transport == "kafka":
+            assert self.bootstrap is not None
+            return KafkaTransport(self.bootstrap, client_id=client_id)
+        return PgLogTransport(self.database_url)
 
 
 _SEQ = re.compile(rb'"seq":(-?\d+)')
 
+# Called with (topic, sequence numbers, clock()) when a publish is acknowledged or a poll returns.
+Stamp = Callable[[str, list[int], float], None]
 
-def seq_of(value: bytes) -> int | None:
-    """The sequence number inside an envelope's JSON, without paying for a full parse."""
-    match = _SEQ.search(value)
-    return int(match.group(1)) if match else None
+
+def seqs_of(records: Iterable[OutgoingRecord | IncomingRecord]) -> list[int]:
+    """The sequence numbers inside the envelopes' JSON, without paying for a full parse."""
+    return [int(m.group(1)) for r in records if (m := _SEQ.search(r.value))]
 
 
 class TracingSubscription:
-    def __init__(self, inner: Subscription, traces: dict[str, Trace]) -> None:
+    def __init__(self, inner: Subscription, on_poll: Stamp) -> None:
         self.inner = inner
-        self.traces = traces
+        self.on_poll = on_poll
 
     async def poll(self, max_records: int = 500, timeout: float = 0.5) -> list[IncomingRecord]:
         records = await self.inner.poll(max_records, timeout)
-        t = clock()
-        for r in records:
-            trace, seq = self.traces.get(r.topic), seq_of(r.value)
-            if trace is not None and seq is not None:
-                trace.polled.setdefault(seq, t)
-        if records and (trace := self.traces.get(records[0].topic)) is not None:
-            trace.poll_sizes.append(len(records))
+        if records:
+            self.on_poll(records[0].topic, seqs_of(records), clock())
         return records
 
     async def commit(self, records: list[IncomingRecord]) -> None:
@@ -167,28 +160,28 @@ class TracingSubscription:
 
 
 class TracingTransport:
-    """A transport that timestamps each record when its publish is acknowledged and when a poll returns it."""
+    """A transport that reports each record when its publish is acknowledged and when a poll returns it.
 
-    def __init__(self, inner: Transport) -> None:
+    A publish holds one topic's records here: each benchmark pipeline has its own topic and drains it.
+    """
+
+    def __init__(self, inner: Transport, *, on_publish: Stamp | None = None, on_poll: Stamp | None = None):
         self.inner = inner
         self.name = inner.name
-        self.traces: dict[str, Trace] = {}
+        self.on_publish = on_publish
+        self.on_poll = on_poll
 
     async def start(self) -> None:
         await self.inner.start()
 
     async def publish(self, records: list[OutgoingRecord]) -> None:
         await self.inner.publish(records)
-        t = clock()
-        for r in records:
-            trace, seq = self.traces.get(r.topic), seq_of(r.value)
-            if trace is not None and seq is not None:
-                trace.published.setdefault(seq, t)
-        if records and (trace := self.traces.get(records[0].topic)) is not None:
-            trace.publish_sizes.append(len(records))
+        if records and self.on_publish is not None:
+            self.on_publish(records[0].topic, seqs_of(records), clock())
 
     async def subscribe(self, group: str, topics: list[str]) -> Subscription:
-        return TracingSubscription(await self.inner.subscribe(group, topics), self.traces)
+        sub = await self.inner.subscribe(group, topics)
+        return sub if self.on_poll is None else TracingSubscription(sub, self.on_poll)
 
     def checker(self) -> Checker:
         return self.inner.checker()
@@ -197,38 +190,27 @@ class TracingTransport:
         await self.inner.close()
 
 
-# -- one pipeline: writer, relay and consumer on one topic ---------------------------------------------
+# -- the consuming service: a child process ------------------------------------------------------------
 
+# What the child sends after each poll and each commit: (kind, seqs, clock(), the child's CPU seconds).
+Report = tuple[str, list[int], float, float]
 _PENDING = "bench.pending"
 
 
-class Pipeline:
-    """A topic with its own writer/relay pool, relay, consumer group and consumer pool.
+def consumer_process(setup: Setup, topic: str, conn: Connection) -> None:
+    """Entry point of the consumer process: runs one Consumer on `topic` until the parent says stop."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches the whole process group; exit quietly
+        asyncio.run(_consume(setup, topic, conn))
 
-    Each pipeline gets fresh pools, so nothing (the relay's advisory lock included) carries over to the next.
-    """
 
-    def __init__(self, database_url: str, transport: TracingTransport, topic: str, args: Args) -> None:
-        self.topic = topic
-        self.trace = transport.traces.setdefault(topic, Trace())
-        self.service_db = Database(database_url, pool_size=10, application_name="bench-accounts")
-        self.consumer_db = Database(database_url, pool_size=5, application_name="bench-consumer")
-        self.outbox = Outbox(SERVICE)
-        self.relay = Relay(self.service_db, self.outbox, transport, batch_size=args.relay_batch)
-        self.consumer = Consumer(
-            f"{SERVICE}.{topic}",
-            service=SERVICE,
-            db=self.consumer_db,
-            transport=transport,
-            handlers={BenchEvent.event_type: self.handle},
-            topics=[topic],
-            schema=SERVICE,
-            batch_size=args.consumer_batch,
-        )
-        self.write_slots = asyncio.Semaphore(WRITERS)
-        self.tasks: list[asyncio.Task[None]] = []
+async def _consume(setup: Setup, topic: str, conn: Connection) -> None:
+    def send(kind: str, seqs: list[int], t: float) -> None:
+        with contextlib.suppress(OSError):  # the parent is gone: the stop below follows
+            conn.send((kind, seqs, t, time.process_time()))
 
-    async def handle(self, session: AsyncSession, envelope: Envelope) -> None:
+    async def handle(session: AsyncSession, envelope: Envelope) -> None:
         data = envelope.data_as(BenchEvent)
         await session.execute(
             handled_table.insert().values(
@@ -238,17 +220,152 @@ class Pipeline:
                 amount_minor=data.amount_minor,
             )
         )
-        # Stamp the event when the consumer's transaction commits: one callback per transaction.
+        # Report the event when the consumer's transaction commits: one callback per transaction.
         pending: list[int] | None = session.info.get(_PENDING)
         if pending is None:
             batch: list[int] = []
             session.info[_PENDING] = pending = batch
-            after_commit(session, lambda: self.trace.mark_handled(batch))
+            after_commit(session, lambda: send("handled", batch, clock()))
         pending.append(data.seq)
+
+    transport = TracingTransport(
+        setup.make_transport("bench-consumer"), on_poll=lambda _, seqs, t: send("polled", seqs, t)
+    )
+    db = Database(setup.database_url, pool_size=5, application_name="bench-consumer")
+    consumer = Consumer(
+        f"{SERVICE}.{topic}",
+        service=SERVICE,
+        db=db,
+        transport=transport,
+        handlers={BenchEvent.event_type: handle},
+        topics=[topic],
+        schema=SERVICE,
+        batch_size=setup.consumer_batch,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(conn.fileno(), stop.set)  # "stop", or end of file when the parent has died
+    await transport.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await stop.wait()
+    finally:
+        loop.remove_reader(conn.fileno())
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await transport.close()
+        await db.dispose()
+
+
+class ConsumerProcess:
+    """The parent's handle on a consumer process; its reports land in `trace` on the parent's loop."""
+
+    def __init__(self, setup: Setup, topic: str, trace: Trace) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child_end = context.Pipe()
+        self.process = context.Process(
+            target=consumer_process, args=(setup, topic, child_end), name=f"consumer {topic}", daemon=True
+        )
+        self.process.start()
+        child_end.close()
+        self.trace = trace
+        self.loop = asyncio.get_running_loop()
+        self.reader = threading.Thread(target=self._read, name=f"reports {topic}", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(EOFError, OSError, RuntimeError):  # child gone, or our loop closed
+            while True:
+                report: Report = self.conn.recv()
+                self.loop.call_soon_threadsafe(self.trace.receive, report)
+
+    def check(self) -> None:
+        if self.process.exitcode is not None:
+            raise RuntimeError(f"the consumer process exited with code {self.process.exitcode}")
+
+    async def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send("stop")
+        await asyncio.to_thread(self.process.join, 30)
+        if self.process.exitcode is None:
+            self.process.kill()
+            await asyncio.to_thread(self.process.join, 10)
+        self.conn.close()
+
+
+# -- timestamps at each hand-over ----------------------------------------------------------------------
+
+
+@dataclass
+class Trace:
+    """When each event of one topic passed each stage (clock() seconds), by sequence number."""
+
+    intended: dict[int, float] = field(default_factory=dict)  # open-loop runs only
+    written: dict[int, float] = field(default_factory=dict)  # writer's transaction committed
+    published: dict[int, float] = field(default_factory=dict)  # transport acknowledged the publish
+    polled: dict[int, float] = field(default_factory=dict)  # a consumer poll returned it
+    handled: dict[int, float] = field(default_factory=dict)  # consumer's transaction committed
+    publish_sizes: list[int] = field(default_factory=list)  # of the publishes and polls that carry
+    poll_sizes: list[int] = field(default_factory=list)  # measured events (not only warm-up ones)
+    consumer_cpu: list[tuple[float, float]] = field(default_factory=list)  # (clock(), its CPU seconds)
+    measured_done: int = 0
+    warmup_done: int = 0
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stamp_published(self, seqs: list[int], t: float) -> None:
+        if any(seq >= 0 for seq in seqs):
+            self.publish_sizes.append(len(seqs))
+        for seq in seqs:
+            self.published.setdefault(seq, t)
+
+    def receive(self, report: Report) -> None:
+        kind, seqs, t, cpu = report
+        self.consumer_cpu.append((t, cpu))
+        if kind == "polled":
+            if any(seq >= 0 for seq in seqs):
+                self.poll_sizes.append(len(seqs))
+            for seq in seqs:
+                self.polled.setdefault(seq, t)
+            return
+        for seq in seqs:
+            self.handled[seq] = t
+        self.measured_done += sum(1 for seq in seqs if seq >= 0)
+        self.warmup_done += sum(1 for seq in seqs if seq < 0)
+        self.progress.set()
+
+    def consumer_cpu_between(self, since: float, until: float) -> float:
+        """CPU seconds the consumer process used in [since, until], from its last report at or before each."""
+
+        def at(t: float) -> float:
+            i = bisect.bisect_right(self.consumer_cpu, t, key=lambda sample: sample[0])
+            return self.consumer_cpu[i - 1][1] if i else 0.0
+
+        return at(until) - at(since)
+
+
+# -- one pipeline: writer, relay and consumer on one topic ---------------------------------------------
+
+
+class Pipeline:
+    """A topic with its own writer/relay pool, relay, and consumer process and group.
+
+    Each pipeline gets fresh pools, so nothing (the relay's advisory lock included) carries over to the next.
+    """
+
+    def __init__(self, setup: Setup, transport: TracingTransport, topic: str, trace: Trace) -> None:
+        self.setup = setup
+        self.topic = topic
+        self.trace = trace
+        self.db = Database(setup.database_url, pool_size=10, application_name="bench-accounts")
+        self.outbox = Outbox(SERVICE)
+        self.relay = Relay(self.db, self.outbox, transport, batch_size=setup.relay_batch)
+        self.write_slots = asyncio.Semaphore(WRITERS)
+        self.relay_task: asyncio.Task[None] | None = None
+        self.consumer: ConsumerProcess | None = None
 
     async def write(self, seqs: Sequence[int]) -> None:
         """Commit these events to the outbox in one transaction."""
-        async with self.write_slots, self.service_db.transaction() as session:
+        async with self.write_slots, self.db.transaction() as session:
             for seq in seqs:
                 await self.outbox.emit(session, self.topic, subject_of(seq), event_of(seq))
         t = clock()
@@ -260,10 +377,10 @@ class Pipeline:
             await self.write(seqs[i : i + per_transaction])
 
     def start_relay(self) -> None:
-        self.tasks.append(asyncio.create_task(self.relay.run(), name=f"relay {self.topic}"))
+        self.relay_task = asyncio.create_task(self.relay.run(), name=f"relay {self.topic}")
 
     def start_consumer(self) -> None:
-        self.tasks.append(asyncio.create_task(self.consumer.run(), name=f"consumer {self.topic}"))
+        self.consumer = ConsumerProcess(self.setup, self.topic, self.trace)
 
     async def warm_up(self) -> None:
         await self.write_many(range(-1, -WARMUP_EVENTS - 1, -1))
@@ -273,16 +390,17 @@ class Pipeline:
         await self.until(lambda: self.trace.measured_done >= count, f"{count} events")
 
     async def until(self, done: Callable[[], bool], what: str) -> None:
-        """Wait for `done()`; fail if a background task died or nothing was handled for STALL_SECONDS."""
+        """Wait for `done()`; fail if the relay or the consumer died, or nothing was handled for a while."""
         last_seen, last_change = -1, clock()
         while True:
             self.trace.progress.clear()
             if done():
                 return
-            for task in self.tasks:
-                if task.done():
-                    task.result()  # raises the task's error
-                    raise RuntimeError(f"{task.get_name()} stopped")
+            if self.relay_task is not None and self.relay_task.done():
+                self.relay_task.result()  # raises the relay's error
+                raise RuntimeError("the relay stopped")
+            if self.consumer is not None:
+                self.consumer.check()
             seen = self.trace.measured_done + self.trace.warmup_done
             if seen != last_seen:
                 last_seen, last_change = seen, clock()
@@ -292,18 +410,20 @@ class Pipeline:
                 await asyncio.wait_for(self.trace.progress.wait(), 1.0)
 
     async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.service_db.dispose()
-        await self.consumer_db.dispose()
+        if self.relay_task is not None:
+            self.relay_task.cancel()
+            await asyncio.gather(self.relay_task, return_exceptions=True)
+        if self.consumer is not None:
+            await self.consumer.stop()
+        await self.db.dispose()
 
 
 @contextlib.asynccontextmanager
 async def pipeline(
-    database_url: str, transport: TracingTransport, topic: str, args: Args
+    setup: Setup, transport: TracingTransport, traces: dict[str, Trace], topic: str
 ) -> AsyncIterator[Pipeline]:
-    p = Pipeline(database_url, transport, topic, args)
+    trace = traces[topic] = Trace()
+    p = Pipeline(setup, transport, topic, trace)
     try:
         yield p
     finally:
@@ -350,20 +470,25 @@ class Distribution:
 
 
 class Stopwatch:
-    """Wall time on `clock()`, and this process's CPU time (all its threads), since it was made."""
+    """Wall time on `clock()`, and the service process's CPU time (all its threads), since it was made."""
 
     def __init__(self) -> None:
         self.wall = clock()
         self.cpu = time.process_time()
 
-    def rate(self, count: int, *, since: float | None = None, until: float | None = None) -> dict[str, float]:
+    def rate(
+        self, count: int, trace: Trace, *, since: float | None = None, until: float | None = None
+    ) -> dict[str, float]:
         """events/s over [since, until] (default: from the start until now), and CPU ms per event."""
-        seconds = (clock() if until is None else until) - (self.wall if since is None else since)
-        cpu = time.process_time() - self.cpu
+        since = self.wall if since is None else since
+        until = clock() if until is None else until
+        service_cpu = time.process_time() - self.cpu
+        consumer_cpu = trace.consumer_cpu_between(since, until)
         return {
-            "seconds": round(seconds, 3),
-            "events_per_second": round(count / seconds, 1),
-            "python_cpu_ms_per_event": round(cpu * 1000 / count, 3),
+            "seconds": round(until - since, 3),
+            "events_per_second": round(count / (until - since), 1),
+            "service_cpu_ms_per_event": round(service_cpu * 1000 / count, 3),
+            "consumer_cpu_ms_per_event": round(consumer_cpu * 1000 / count, 3),
         }
 
 
@@ -379,10 +504,11 @@ def gaps(seqs: range, start: dict[int, float], end: dict[int, float]) -> list[fl
 # -- the measurements ------------------------------------------------------------------------------------
 
 
-async def measure_throughput(database_url: str, transport: TracingTransport, args: Args) -> dict[str, Any]:
-    n = args.events
+async def measure_throughput(
+    setup: Setup, transport: TracingTransport, traces: dict[str, Trace], n: int
+) -> dict[str, Any]:
     seqs = range(n)
-    async with pipeline(database_url, transport, "bench.throughput", args) as p:
+    async with pipeline(setup, transport, traces, "bench.throughput") as p:
         p.start_relay()
         p.start_consumer()
         await p.warm_up()
@@ -391,27 +517,27 @@ async def measure_throughput(database_url: str, transport: TracingTransport, arg
         await p.until_handled(n)
         trace = p.trace
         together = {
-            **watch.rate(n, until=max(trace.handled[s] for s in seqs)),
+            **watch.rate(n, trace, until=max(trace.handled[s] for s in seqs)),
             "writer_done_after_s": round(max(trace.written[s] for s in seqs) - watch.wall, 3),
-            "mean_relay_batch": mean(trace.publish_sizes[1:]),
-            "mean_consumer_batch": mean(trace.poll_sizes[1:]),
+            "mean_relay_batch": mean(trace.publish_sizes),
+            "mean_consumer_batch": mean(trace.poll_sizes),
         }
 
-    async with pipeline(database_url, transport, "bench.stages", args) as p:
+    async with pipeline(setup, transport, traces, "bench.stages") as p:
+        trace = p.trace
         await p.write_many(range(-1, -WARMUP_EVENTS - 1, -1))
         await p.relay.drain()  # the topic exists and the producer knows it before anything is timed
         watch = Stopwatch()
         await p.write_many(seqs)
-        writer_alone = watch.rate(n)
+        writer_alone = watch.rate(n, trace)
         watch = Stopwatch()
         await p.relay.drain()
-        relay_alone = watch.rate(n)
+        relay_alone = watch.rate(n, trace)
         watch = Stopwatch()
         p.start_consumer()
         await p.until_handled(n)
-        trace = p.trace
-        consumer_alone = watch.rate(  # timed from its first poll: joining the group is not consuming
-            n, since=min(trace.polled[s] for s in seqs), until=max(trace.handled[s] for s in seqs)
+        consumer_alone = watch.rate(  # from its first poll: starting up and joining are not consuming
+            n, trace, since=min(trace.polled[s] for s in seqs), until=max(trace.handled[s] for s in seqs)
         )
 
     return {
@@ -424,10 +550,12 @@ async def measure_throughput(database_url: str, transport: TracingTransport, arg
     }
 
 
-async def measure_latency(database_url: str, transport: TracingTransport, args: Args) -> dict[str, Any]:
-    count = round(args.rate * args.seconds)
+async def measure_latency(
+    setup: Setup, transport: TracingTransport, traces: dict[str, Trace], rate: float, seconds: float
+) -> dict[str, Any]:
+    count = round(rate * seconds)
     seqs = range(count)
-    async with pipeline(database_url, transport, "bench.latency", args) as p:
+    async with pipeline(setup, transport, traces, "bench.latency") as p:
         p.start_relay()
         p.start_consumer()
         await p.warm_up()
@@ -436,14 +564,14 @@ async def measure_latency(database_url: str, transport: TracingTransport, args: 
         watch = Stopwatch()
         start = watch.wall + 0.05
         for seq in seqs:
-            trace.intended[seq] = intended = start + seq / args.rate
+            trace.intended[seq] = intended = start + seq / rate
             if (delay := intended - clock()) > 0:
                 await asyncio.sleep(delay)
             writes.append(asyncio.create_task(p.write([seq])))
         await asyncio.gather(*writes)
         await p.until_handled(count)
         # Below the offered rate when the pipeline cannot keep up: latency then measures a growing queue.
-        sustained = watch.rate(count, since=start, until=max(trace.handled[s] for s in seqs))
+        sustained = watch.rate(count, trace, since=start, until=max(trace.handled[s] for s in seqs))
 
     stages = {
         "end_to_end": gaps(seqs, trace.intended, trace.handled),
@@ -453,8 +581,8 @@ async def measure_latency(database_url: str, transport: TracingTransport, args: 
         "consume": gaps(seqs, trace.polled, trace.handled),
     }
     return {
-        "rate": args.rate,
-        "seconds": args.seconds,
+        "rate": rate,
+        "seconds": seconds,
         "events": count,
         "events_per_transaction": 1,
         "sustained": sustained,
@@ -464,26 +592,34 @@ async def measure_latency(database_url: str, transport: TracingTransport, args: 
     }
 
 
-async def run_transport(
-    name: str, database_url: str, bootstrap: str | None, args: Args, environment: dict[str, str]
-) -> dict[str, Any]:
-    if name == "kafka":
-        assert bootstrap is not None
-        inner: Transport = KafkaTransport(bootstrap, client_id="bench")
-    else:
-        inner = PgLogTransport(database_url)
-    transport = TracingTransport(inner)
+async def run_transport(setup: Setup, args: Args, environment: dict[str, str]) -> dict[str, Any]:
+    traces: dict[str, Trace] = {}
+
+    def on_publish(topic: str, seqs: list[int], t: float) -> None:
+        if topic in traces:
+            traces[topic].stamp_published(seqs, t)
+
+    transport = TracingTransport(setup.make_transport("bench"), on_publish=on_publish)
     await transport.start()
     try:
-        db = Database(database_url, pool_size=1, application_name="bench-setup")
+        db = Database(setup.database_url, pool_size=1, application_name="bench-setup")
         async with db.engine.begin() as conn:
             await conn.run_sync(handled_table.metadata.create_all)
         await db.dispose()
-        result: dict[str, Any] = {"transport": name, "environment": environment}
+        result: dict[str, Any] = {
+            "transport": setup.transport,
+            "environment": environment,
+            "config": {
+                **asdict(args),
+                "accounts": ACCOUNTS,
+                "writers": WRITERS,
+                "warmup_events": WARMUP_EVENTS,
+            },
+        }
         if args.events > 0:
-            result["throughput"] = await measure_throughput(database_url, transport, args)
+            result["throughput"] = await measure_throughput(setup, transport, traces, args.events)
         if args.rate > 0 and args.seconds > 0:
-            result["latency"] = await measure_latency(database_url, transport, args)
+            result["latency"] = await measure_latency(setup, transport, traces, args.rate, args.seconds)
         return result
     finally:
         await transport.close()
@@ -506,20 +642,21 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         "",
         f"== {result['transport']} ==  PostgreSQL {env['postgresql']} (durable), {kafka}"
-        f"Python {env['python']}, {env['cpus']} CPUs; writer, relay and consumer in this one process",
+        f"Python {env['python']}, {env['cpus']} CPUs",
     ]
     if tp := result.get("throughput"):
         pipe = tp["pipeline"]
         lines += [
-            f"Throughput: {tp['events']:,} events, {tp['events_per_transaction']} per writer transaction",
-            f"  {'':44}{'events/s':>10}{'seconds':>9}{'CPU ms/event':>14}",
+            f"Throughput: {tp['events']:,} events, {tp['events_per_transaction']} per writer transaction"
+            f"{'CPU ms/event':>29}",
+            f"  {'':44}{'events/s':>10}{'seconds':>9}{'service':>10}{'consumer':>10}",
             _rate_row("pipeline (write + relay + consume at once)", pipe),
             _rate_row("  writer alone", tp["writer_alone"]),
             _rate_row("  relay alone (drains the outbox backlog)", tp["relay_alone"]),
             _rate_row("  consumer alone (drains the topic)", tp["consumer_alone"]),
             f"  pipeline: writer done after {pipe['writer_done_after_s']:.2f} s; mean batch "
-            f"{pipe['mean_relay_batch']:.0f} per publish, {pipe['mean_consumer_batch']:.0f} per poll. "
-            "CPU: this Python process, all threads",
+            f"{pipe['mean_relay_batch']:.0f} per publish, {pipe['mean_consumer_batch']:.0f} per poll",
+            "  CPU: user + system, all threads, of the service process (writer + relay) and the consumer's",
         ]
     if lat := result.get("latency"):
         sustained = lat["sustained"]["events_per_second"]
@@ -540,30 +677,29 @@ def report(result: dict[str, Any]) -> str:
 def _rate_row(label: str, figures: dict[str, float]) -> str:
     return (
         f"  {label:<44}{figures['events_per_second']:>10,.0f}{figures['seconds']:>9.2f}"
-        f"{figures['python_cpu_ms_per_event']:>14.2f}"
+        f"{figures['service_cpu_ms_per_event']:>10.2f}{figures['consumer_cpu_ms_per_event']:>10.2f}"
     )
 
 
 def summary(results: list[dict[str, Any]]) -> str:
-    names = [r["transport"] for r in results]
-    lines = ["", "== summary ==", f"  {'':28}" + "".join(f"{n:>12}" for n in names)]
-
-    def row(label: str, pick: Any, fmt: str) -> None:
+    rows = [
+        ("throughput, events/s", ("throughput", "pipeline", "events_per_second"), ",.0f"),
+        ("  relay alone, events/s", ("throughput", "relay_alone", "events_per_second"), ",.0f"),
+        ("  consumer alone, events/s", ("throughput", "consumer_alone", "events_per_second"), ",.0f"),
+        *(
+            (f"latency {q}, ms", ("latency", "ms", "end_to_end", key), ".1f")
+            for q, key in (("p50", "p50"), ("p99", "p99"), ("p99.9", "p99_9"), ("max", "max"))
+        ),
+    ]
+    lines = ["", "== summary ==", f"  {'':28}" + "".join(f"{r['transport']:>12}" for r in results)]
+    for label, path, fmt in rows:
         cells = []
-        for r in results:
-            try:
-                cells.append(format(pick(r), fmt))
-            except KeyError:
-                cells.append("-")
+        for result in results:
+            value: Any = result
+            for key in path:
+                value = value.get(key, {}) if isinstance(value, dict) else {}
+            cells.append(format(value, fmt) if isinstance(value, int | float) else "-")
         lines.append(f"  {label:<28}" + "".join(f"{c:>12}" for c in cells))
-
-    row("throughput, events/s", lambda r: r["throughput"]["pipeline"]["events_per_second"], ",.0f")
-    row("  relay alone, events/s", lambda r: r["throughput"]["relay_alone"]["events_per_second"], ",.0f")
-    row(
-        "  consumer alone, events/s", lambda r: r["throughput"]["consumer_alone"]["events_per_second"], ",.0f"
-    )
-    for q, key in (("p50", "p50"), ("p99", "p99"), ("p99.9", "p99_9"), ("max", "max")):
-        row(f"latency {q}, ms", lambda r, key=key: r["latency"]["ms"]["end_to_end"][key], ".1f")
     return "\n".join(lines)
 
 
@@ -629,6 +765,23 @@ def kafka_version() -> str:
     return jar.stem.split("-", 1)[1] if jar else "?"
 
 
+def run_async(work: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, where SIGTERM cancels the work as Ctrl-C does, so that every `finally` runs."""
+
+    async def cancellable() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await work
+
+    try:
+        return asyncio.run(cancellable())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    finally:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # the loop's exit reset it
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -651,11 +804,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     environment = {**environment, "kafka": kafka_version()}
                 url = pg.create_database(f"bench_{name}")
                 upgrade(url)
+                setup = Setup(name, url, bootstrap, args.relay_batch, args.consumer_batch)
                 print(f"benchmarking {name} ...", file=sys.stderr)
-                result = asyncio.run(run_transport(name, url, bootstrap, args, environment))
+                result = run_async(run_transport(setup, args, environment))
                 results.append(result)
                 print(report(result), flush=True)
-                print(f"  (saved to {save(result)})")
+                print(f"  (saved to {save(result)})", flush=True)
     except KeyboardInterrupt:
         print("\ninterrupted; everything started here has been stopped", file=sys.stderr)
         return 130

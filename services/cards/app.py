@@ -1,8 +1,62 @@
+import logging
+
 from fastapi import FastAPI
 
+from services.cards.accounts_client import AccountsClient
+from services.cards.advices import Advices
+from services.cards.api import public_router
+from services.cards.authorise import Authoriser
+from services.cards.clearing import Clearing
+from services.cards.compensation import compensation_job
+from services.cards.config import CardsSettings, decode_key
+from services.cards.network_api import document_messages, network_router
+from services.cards.reversals import Reverser
+from services.cards.service import CardService
+from services.cards.tokens import accounts_token_verifier
+from services.cards.vault import Vault
+from shared.config import load
 from shared.runtime import Runtime
 
+log = logging.getLogger("services.cards")
 
-def create_app(runtime: Runtime | None = None) -> FastAPI:
+
+def create_app(runtime: Runtime | None = None, settings: CardsSettings | None = None) -> FastAPI:
     runtime = runtime or Runtime("cards")
-    return runtime.app()
+    settings = settings or load(CardsSettings)
+    accounts_url = runtime.settings.url_of("accounts")
+    vault = Vault(
+        decode_key(settings.encryption_key),
+        decode_key(settings.fingerprint_key),
+        decode_key(settings.cvc_key),
+    )
+    accounts = AccountsClient(accounts_url, runtime.settings.internal_token, settings)
+    cards = CardService(runtime.db, vault, accounts, settings)
+    authoriser = Authoriser(runtime.db, runtime.outbox, vault, accounts, settings)
+    advices = Advices(runtime.db, runtime.outbox, vault, accounts)
+    reverser = Reverser(runtime.db, runtime.outbox, accounts)
+    clearing = Clearing(runtime.db, runtime.outbox, vault, accounts, settings)
+    verifier, revocations, token_client = accounts_token_verifier(
+        accounts_url,
+        min_refresh_seconds=settings.jwks_min_refresh_seconds,
+        poll_seconds=settings.revocation_poll_seconds,
+    )
+
+    async def warn_about_dev_keys() -> None:
+        if dev := settings.dev_keys_in_use():
+            log.warning("development keys in use (set them in production): %s", ", ".join(dev))
+
+    async def close_clients() -> None:
+        await accounts.aclose()
+        await token_client.aclose()
+
+    app = runtime.app(
+        routers=[public_router(cards), network_router(authoriser, advices, reverser, clearing)],
+        background=[compensation_job(runtime.db, accounts, settings), revocations.run],
+        on_startup=[warn_about_dev_keys],
+        on_shutdown=[close_clients],
+    )
+    document_messages(app)
+    app.state.token_verifier = verifier
+    app.state.internal_token = runtime.settings.internal_token
+    app.state.network_api_key = settings.network_api_key
+    return app

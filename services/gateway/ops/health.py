@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -40,13 +41,18 @@ class ServiceHealth:
             await client.aclose()
 
 
-def router(health: ServiceHealth) -> APIRouter:
+def router(health: ServiceHealth, gateway: Callable[[], dict[str, Any]] | None = None) -> APIRouter:
+    """`gateway`, if given, reports the gateway's own state (circuits, token keys, rate-limit buckets)."""
     api = APIRouter(prefix="/ops", tags=["ops"])
 
     @api.get("/health")
     async def health_json() -> dict[str, Any]:
+        """Every service's readiness, as the gateway sees it, and the gateway's own state."""
         services = await health.all()
-        return {"ok": all(s["ok"] for s in services.values()), "services": services}
+        body: dict[str, Any] = {"ok": all(s["ok"] for s in services.values()), "services": services}
+        if gateway is not None:
+            body["gateway"] = gateway()
+        return body
 
     @api.get("", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
@@ -56,7 +62,10 @@ def router(health: ServiceHealth) -> APIRouter:
             f"{'ready' if s['ok'] else 'DOWN'}</td><td>{html.escape(_summary(s))}</td></tr>"
             for name, s in services.items()
         )
-        return _PAGE.format(rows=rows)
+        circuits = ", ".join(
+            f"{n}: {s}" for n, s in (gateway() if gateway else {}).get("circuits", {}).items()
+        )
+        return _PAGE.format(rows=rows, circuits=html.escape(circuits or "n/a"))
 
     return api
 
@@ -75,4 +84,5 @@ _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>bank ops</tit
 <style>body{{font:14px system-ui;margin:2em}}td,th{{padding:.3em 1em;text-align:left}}
 .ok{{color:#0a0}}.down{{color:#c00;font-weight:bold}}</style></head>
 <body><h1>Bank operations</h1><table><tr><th>service</th><th>state</th><th>checks</th></tr>{rows}</table>
+<p>gateway circuits: {circuits}</p>
 <p>JSON: <a href="/ops/health">/ops/health</a> · metrics: <a href="/metrics">/metrics</a></p></body></html>"""

@@ -1,0 +1,646 @@
+"""Benchmark of card authorisation: network -> cards -> accounts (place hold) -> answer.
+
+    .venv/bin/python -m bench.cards [--cards 10000] [--connections 100] [--seconds 20]
+                                    [--rate 300] [--rate-seconds 20] [--profile-seconds 10]
+
+Embedded mode, laid out as `bank up` runs it: a durable PostgreSQL (default settings, fsync on) in a
+temporary folder, migrated; accounts and cards each in its own process (`python -m services.<name>`,
+uvicorn, pglog transport, their relays running); this process is the card network, calling cards'
+`POST /network/authorisations` directly (no gateway) over `--connections` keep-alive connections.
+`--cards` customers each get a funded account and one card (seeded with SQL and COPY).
+
+* Max rate: closed loop, `--connections` workers sending back to back for `--seconds`.
+* Offered rate: open loop at `--rate` authorisations/s for `--rate-seconds`; request k is due at
+  start + k/rate whether or not earlier ones have answered, and its latency counts from then.
+* Where the time goes: each process's CPU per authorisation (psutil), the server-side latency of cards'
+  route and accounts' hold route (their Prometheus histograms), and a cProfile of both service
+  processes during one more closed-loop run (switched on and off by signal, so start-up is not in it),
+  summed by package.
+
+Figures go to stdout and bench/results/cards.json. Nothing is asserted. On 2 cores the load
+generator, both services and PostgreSQL share the CPUs; run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import json
+import os
+import platform
+import pstats
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import psutil
+
+from bank.infra.kafka import free_port
+from bank.infra.postgres import EmbeddedPostgres
+from bank.migrate import upgrade
+from services.cards.config import CardsSettings, decode_key
+from services.cards.vault import Expiry, Vault, new_cvc, new_pan
+from shared.config import to_libpq
+from shared.runtime import serve
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+NETWORK_KEY = "bench-network-key"
+BALANCE = 10**9  # per account: nobody runs out during a run
+clock = time.perf_counter
+
+
+@dataclass(frozen=True)
+class Card:
+    pan: str
+    expiry: str  # YYMM
+    cvc: str
+
+
+# -- seeding ---------------------------------------------------------------------------------------------
+
+
+ACCOUNTS_SQL = """
+INSERT INTO accounts.users (id, email, name, password_hash)
+    SELECT 'user_b' || i, 'b' || i || '@bench.example', 'Bench ' || i, 'x' FROM generate_series(1, $1::int) i;
+INSERT INTO accounts.accounts (id, kind, user_id, description, type, currency, balance, held)
+    SELECT 'acc_b' || i, 'customer', 'user_b' || i, 'bench', 'uk_prepaid', 'GBP', $2::bigint, 0
+    FROM generate_series(1, $1::int) i;
+INSERT INTO accounts.journal_entries (id, kind, account_id, reference, description)
+    SELECT 'je_b' || i, 'topup', 'acc_b' || i, 'topup_b' || i, 'Top up' FROM generate_series(1, $1::int) i;
+INSERT INTO accounts.postings (entry_id, account_id, amount, currency)
+    SELECT 'je_b' || i, 'acc_b' || i, $2::bigint, 'GBP' FROM generate_series(1, $1::int) i
+    UNION ALL
+    SELECT 'je_b' || i, 'int_topup_funding_gbp', -$2::bigint, 'GBP' FROM generate_series(1, $1::int) i;
+"""
+
+
+async def seed(url: str, count: int) -> list[Card]:
+    """`count` customers with a funded account and one card each (the cards process's dev keys)."""
+    settings = CardsSettings()
+    vault = Vault(
+        *(decode_key(k) for k in (settings.encryption_key, settings.fingerprint_key, settings.cvc_key))
+    )
+    now = datetime.now(UTC)
+    expiry = Expiry.after(now, 3)
+    cards: list[Card] = []
+    rows: list[tuple[Any, ...]] = []
+    for i in range(1, count + 1):
+        pan, cvc, card_id = new_pan(settings.bin), new_cvc(), f"card_b{i}"
+        cards.append(Card(pan, expiry.yymm, cvc))
+        secrets = (vault.fingerprint(pan), vault.encrypt_pan(pan, card_id), pan[-4:])
+        card_expiry = (expiry.month, expiry.year, vault.cvc_digest(card_id, cvc))
+        rows.append(
+            (card_id, f"acc_b{i}", f"user_b{i}", "GBP", *secrets, *card_expiry, "active", [], True, now, now)
+        )
+    conn = await asyncpg.connect(to_libpq(url))
+    try:
+        async with conn.transaction():
+            for statement in filter(str.strip, ACCOUNTS_SQL.split(";")):
+                args = [a for n, a in ((1, count), (2, BALANCE)) if f"${n}" in statement]
+                await conn.execute(statement, *args)
+            await conn.copy_records_to_table(
+                "cards", schema_name="cards", records=rows,
+                columns=("id", "account_id", "user_id", "currency", "fingerprint", "pan_ciphertext", "last4",
+                         "expiry_month", "expiry_year", "cvc_digest", "status", "blocked_mccs", "atm_enabled",
+                         "created", "updated"),
+            )  # fmt: skip
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+    return cards
+
+
+# -- the services ----------------------------------------------------------------------------------------
+
+
+class Service:
+    """One bank service as its own OS process (`python -m services.<name>`, through `serve_profiled`
+    below so that a cProfile can be switched on and off from outside with SIGUSR1 / SIGUSR2)."""
+
+    def __init__(self, name: str, env: dict[str, str], port: int, profile_to: Path) -> None:
+        self.name, self.port, self.url, self.profile_to = name, port, f"http://127.0.0.1:{port}", profile_to
+        command = [sys.executable, "-m", "bench.cards", "_serve_profiled", name, str(profile_to)]
+        self.log = profile_to.with_suffix(".log")
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def start_profile(self) -> None:
+        self.proc.send_signal(signal.SIGUSR1)
+
+    async def stop_profile(self) -> Path:
+        self.proc.send_signal(signal.SIGUSR2)
+        for _ in range(300):
+            if self.profile_to.exists():
+                return self.profile_to
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name} wrote no profile")
+
+    async def ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2) as http:
+            while True:
+                if self.proc.poll() is not None:
+                    tail = self.log.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{self.url}/readyz")).status_code == 200:
+                        return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} not ready after {timeout}s")
+                await asyncio.sleep(0.1)
+
+    def log_lines(self) -> int:
+        return len(self.log.read_bytes().splitlines())
+
+    def cpu(self) -> float:
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (every process, ours and others')."""
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0))
+
+
+def postgres_cpu(pg: EmbeddedPostgres) -> float:
+    """CPU seconds of the postmaster and every backend (all of PostgreSQL)."""
+    pid = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+# -- load ------------------------------------------------------------------------------------------------
+
+_seq = 0
+
+
+def message(cards: Sequence[Card]) -> dict[str, Any]:
+    global _seq
+    _seq += 1
+    card = random.choice(cards)
+    return {
+        "mti": "0100", "pan": card.pan, "expiry": card.expiry, "cvc": card.cvc, "processing_code": "000000",
+        "amount": random.randint(100, 5_000), "currency": "GBP", "stan": f"{_seq % 1_000_000:06d}",
+        "rrn": f"{_seq:012d}", "transmission_time": datetime.now(UTC).isoformat(),
+        "network_transaction_id": f"BENCH{os.getpid()}X{_seq}",
+        "merchant": {"id": "BB0001", "name": "BRIGHTBIRD ESPRESSO", "mcc": "5814", "city": "London",
+                     "country": "GB", "postcode": "N1 3JD"},
+    }  # fmt: skip
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.codes: Counter[str] = Counter()
+
+
+_RESPONSE_CODE = re.compile(rb'"response_code":\s*"(\d\d)"')
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection to cards, as lean as a load generator should be: httpx costs
+    milliseconds of CPU per request, which on 2 cores would be taken from the services measured."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (
+            f"POST /network/authorisations HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Authorization: Bearer {NETWORK_KEY}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        try:
+            status_line = await self.reader.readuntil(b"\r\n")
+            length, close = 0, False
+            while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+                elif name.lower() == b"connection" and b"close" in value.lower():
+                    close = True
+            payload = await self.reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError):
+            self.writer.close()
+            raise
+        if close:
+            self.writer.close()
+        return int(status_line.split()[1]), payload
+
+    async def send(self, rec: Recorder, cards: Sequence[Card], due: float | None = None) -> None:
+        body = json.dumps(message(cards)).encode()
+        started = clock() if due is None else due
+        try:
+            status, payload = await self.post(body)
+            match = _RESPONSE_CODE.search(payload) if status == 200 else None
+            code = match.group(1).decode() if match else f"http_{status}"
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            code = type(exc).__name__
+        rec.latencies.append(clock() - started)
+        rec.codes[code] += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def closed_loop(url: str, cards: Sequence[Card], connections: int, seconds: float) -> Recorder:
+    """`connections` clients, each sending its next request as soon as the last is answered."""
+    rec = Recorder()
+    end = clock() + seconds
+    host, port = url.removeprefix("http://").split(":")
+
+    async def client() -> None:
+        conn = Connection(host, int(port))
+        try:
+            while clock() < end:
+                await conn.send(rec, cards)
+        finally:
+            conn.close()
+
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return rec
+
+
+async def open_loop(
+    url: str, cards: Sequence[Card], connections: int, rate: float, seconds: float
+) -> Recorder:
+    """Request k is due at start + k/rate; a free connection takes the oldest due request. Latency
+    counts from the due time, so waiting for a connection (the system falling behind) is included."""
+    rec = Recorder()
+    due: asyncio.Queue[float | None] = asyncio.Queue()
+    host, port = url.removeprefix("http://").split(":")
+
+    async def client() -> None:
+        conn = Connection(host, int(port))
+        try:
+            while (when := await due.get()) is not None:
+                await conn.send(rec, cards, when)
+        finally:
+            conn.close()
+
+    clients = [asyncio.create_task(client()) for _ in range(connections)]
+    start, total = clock() + 0.05, int(rate * seconds)
+    for k in range(total):
+        when = start + k / rate
+        if (wait := when - clock()) > 0:
+            await asyncio.sleep(wait)
+        due.put_nowait(when)
+    for _ in clients:
+        due.put_nowait(None)
+    await asyncio.gather(*clients)
+    return rec
+
+
+# -- what the services say about themselves ---------------------------------------------------------------
+
+_SAMPLE = re.compile(r"^(\w+)_(sum|count|bucket)\{([^}]*)\} ([0-9.e+-]+)$", re.M)
+STAGES = ("admission", "lookup", "decision", "accounts", "record")
+HTTP = "http_request_duration_seconds"
+
+
+async def histograms(url: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every histogram series a service exposes: (metric, selecting label) -> sum, count, buckets.
+
+    The selecting label is the route for HTTP latency and the stage for cards' timing spans."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        text = (await http.get(f"{url}/metrics")).text
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for metric, kind, labels, value in _SAMPLE.findall(text):
+        key_label = re.search(r'(?:route|stage)="([^"]+)"', labels)
+        if key_label is None or ('method="' in labels and 'method="POST"' not in labels):
+            continue
+        series = out.setdefault((metric, key_label.group(1)), {"sum": 0.0, "count": 0.0, "buckets": {}})
+        if kind == "bucket":
+            le = re.search(r'le="([^"]+)"', labels)
+            assert le is not None
+            series["buckets"][float(le.group(1))] = float(value)
+        else:
+            series[kind] = float(value)
+    return out
+
+
+def server_side(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, float]:
+    before = before or {"sum": 0.0, "count": 0.0, "buckets": {}}
+    count = after["count"] - before["count"]
+    if not count:
+        return {"count": 0}
+    buckets = sorted((le, after["buckets"][le] - before["buckets"].get(le, 0.0)) for le in after["buckets"])
+
+    def quantile(q: float) -> float:
+        """Upper bound of the histogram bucket holding the q-quantile (Prometheus buckets are coarse)."""
+        return next((le for le, n in buckets if n >= q * count), float("inf"))
+
+    return {"count": count, "mean_ms": (after["sum"] - before["sum"]) / count * 1000,
+            "p50_le_ms": quantile(0.5) * 1000, "p99_le_ms": quantile(0.99) * 1000}  # fmt: skip
+
+
+@dataclass
+class Stack:
+    pg: EmbeddedPostgres
+    accounts: Service
+    cards: Service
+
+
+async def measure(name: str, stack: Stack, run: Any) -> dict[str, Any]:
+    urls = (stack.cards.url, stack.accounts.url)
+    metrics_before = [await histograms(u) for u in urls]
+    me = psutil.Process()
+
+    def cpu_now() -> tuple[float, ...]:
+        ours = (stack.cards.cpu(), stack.accounts.cpu(), postgres_cpu(stack.pg), sum(me.cpu_times()[:2]))
+        return (*ours, machine_busy() - sum(ours))
+
+    cpu_before = cpu_now()
+    log_lines_before = stack.cards.log_lines()
+    started = clock()
+    rec: Recorder = await run
+    elapsed = clock() - started
+    cpu_after = cpu_now()
+    metrics_after = [await histograms(u) for u in urls]
+
+    def delta(service: int, metric: str, label: str) -> dict[str, float]:
+        after = metrics_after[service].get((metric, label))
+        return server_side(metrics_before[service].get((metric, label)), after) if after else {"count": 0}
+
+    n = len(rec.latencies)
+    lat = sorted(rec.latencies)
+
+    def pct(q: float) -> float:
+        return lat[min(n - 1, int(q * n))] * 1000 if n else float("nan")
+
+    parts = ("cards", "accounts", "postgres", "load generator", "other processes")
+    cpu_ms = {
+        k: (a - b) / n * 1000 if n else 0.0 for k, a, b in zip(parts, cpu_after, cpu_before, strict=True)
+    }
+    return {
+        "phase": name, "authorisations": n, "seconds": round(elapsed, 2), "per_second": n / elapsed,
+        "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": lat[-1] * 1000 if n else 0,
+        "codes": dict(rec.codes), "cpu_ms_per_authorisation": cpu_ms,
+        "machine_cpu_busy_percent": sum(a - b for a, b in zip(cpu_after, cpu_before, strict=True))
+                                    / (elapsed * (os.cpu_count() or 1)) * 100,
+        "cards_log_lines": stack.cards.log_lines() - log_lines_before,
+        "server": {"cards /network/authorisations": delta(0, HTTP, "/network/authorisations"),
+                   "accounts /internal/holds": delta(1, HTTP, "/internal/holds")},
+        "cards_stages": {stage: delta(0, "card_authorisation_stage_seconds", stage) for stage in STAGES},
+    }  # fmt: skip
+
+
+# -- the profile ------------------------------------------------------------------------------------------
+
+PACKAGES = [
+    ("services/cards", "services.cards"), ("services/accounts", "services.accounts"), ("shared/", "shared"),
+    ("sqlalchemy", "sqlalchemy"),
+    ("asyncpg", "asyncpg"), ("pydantic", "pydantic"), ("fastapi", "fastapi+starlette"),
+    ("starlette", "fastapi+starlette"), ("uvicorn", "uvicorn"), ("h11", "h11 (HTTP/1.1, server and client)"),
+    ("httpx", "httpx+httpcore"), ("httpcore", "httpx+httpcore"), ("anyio", "anyio"),
+    ("asyncio", "asyncio event loop"), ("selectors", "asyncio event loop"), ("json", "json"),
+    ("cryptography", "crypto (hmac, AES)"), ("hmac", "crypto (hmac, AES)"), ("hashlib", "crypto (hmac, AES)"),
+    ("logging", "logging"), ("prometheus_client", "prometheus"), ("email", "httpx+httpcore"),
+]  # fmt: skip
+
+
+def bucket_of(filename: str) -> str:
+    if filename.startswith("~") or filename == "<built-in>":
+        return "builtins (sockets, C calls)"
+    return next((label for needle, label in PACKAGES if needle in filename), "other")
+
+
+def summarise_profile(path: Path, authorisations: int) -> dict[str, Any]:
+    stats = pstats.Stats(str(path))
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    by_bucket: Counter[str] = Counter()
+    functions = []
+    for (filename, line, func), (_cc, _nc, tottime, _ct, _callers) in raw.items():
+        by_bucket[bucket_of(filename)] += tottime
+        functions.append((tottime, f"{Path(filename).name}:{line}({func})"))
+    total = sum(by_bucket.values()) or 1.0
+    functions.sort(reverse=True)
+    return {
+        "profiled_authorisations": authorisations,
+        "share_by_package": {k: round(v / total * 100, 1) for k, v in by_bucket.most_common()},
+        "us_per_authorisation_by_package": {
+            k: round(v / max(authorisations, 1) * 1e6) for k, v in by_bucket.most_common()
+        },
+        "top_functions_ms_total": [(name, round(t * 1000)) for t, name in functions[:15]],
+    }
+
+
+# -- the run -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Args:
+    cards: int
+    connections: int
+    seconds: float
+    rate: float
+    rate_seconds: float
+    profile_seconds: float
+
+
+async def run(args: Args, pg: EmbeddedPostgres, url: str, folder: Path) -> dict[str, Any]:
+    print(f"seeding {args.cards} customers, accounts and cards ...", file=sys.stderr)
+    cards = await seed(url, args.cards)
+    ports = {"accounts": free_port(), "cards": free_port()}
+    env = {
+        **os.environ,
+        "BANK_DATABASE_URL": url,
+        "BANK_TRANSPORT": "pglog",
+        "BANK_LOG_LEVEL": "WARNING",
+        "BANK_ACCOUNTS_URL": f"http://127.0.0.1:{ports['accounts']}",
+        "BANK_CARDS_URL": f"http://127.0.0.1:{ports['cards']}",
+        "CARDS_NETWORK_API_KEY": NETWORK_KEY,
+    }
+    accounts = Service("accounts", env, ports["accounts"], folder / "accounts.prof")
+    cards_service = Service("cards", env, ports["cards"], folder / "cards.prof")
+    stack = Stack(pg, accounts, cards_service)
+    result: dict[str, Any] = {}
+    try:
+        await accounts.ready()
+        await cards_service.ready()
+        url = cards_service.url
+        print("warming up ...", file=sys.stderr)
+        await closed_loop(url, cards, args.connections, 3)
+        print(f"max rate: {args.connections} connections for {args.seconds:.0f}s ...", file=sys.stderr)
+        result["max_rate"] = await measure(
+            "max rate", stack, closed_loop(url, cards, args.connections, args.seconds)
+        )
+        print(brief(result["max_rate"]), file=sys.stderr)
+        if args.rate:
+            print(f"open loop: {args.rate:.0f}/s for {args.rate_seconds:.0f}s ...", file=sys.stderr)
+            offered = open_loop(url, cards, args.connections, args.rate, args.rate_seconds)
+            result["offered"] = await measure(f"{args.rate:.0f}/s offered", stack, offered)
+            print(brief(result["offered"]), file=sys.stderr)
+        if args.profile_seconds:
+            print(f"profiling both services for {args.profile_seconds:.0f}s ...", file=sys.stderr)
+            await asyncio.sleep(1)
+            for service in (cards_service, accounts):
+                service.start_profile()
+            rec = await closed_loop(url, cards, args.connections, args.profile_seconds)
+            for service in (cards_service, accounts):
+                profile = await service.stop_profile()
+                result[f"profile_{service.name}"] = summarise_profile(profile, len(rec.latencies))
+    finally:
+        cards_service.stop()
+        accounts.stop()
+    return result
+
+
+def brief(r: dict[str, Any]) -> str:
+    return (
+        f"  {r['per_second']:.0f}/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, codes {r['codes']}"
+    )
+
+
+def report(result: dict[str, Any], env: dict[str, str]) -> str:
+    lines = [f"Card authorisation benchmark ({', '.join(f'{k} {v}' for k, v in env.items())})"]
+    for key in ("max_rate", "offered"):
+        if key not in result:
+            continue
+        r = result[key]
+        cpu = "  ".join(f"{k} {v:.2f}" for k, v in r["cpu_ms_per_authorisation"].items())
+        lines += [
+            f"\n{r['phase']}: {r['per_second']:.0f} authorisations/s"
+            f" ({r['authorisations']} in {r['seconds']} s)",
+            f"  latency ms  p50 {r['p50_ms']:.1f}  p90 {r['p90_ms']:.1f}  p99 {r['p99_ms']:.1f}"
+            f"  max {r['max_ms']:.1f}",
+            f"  response codes {r['codes']}",
+            f"  CPU ms per authorisation  {cpu}",
+            f"  machine CPU busy {r['machine_cpu_busy_percent']:.0f} %,"
+            f" cards log lines {r['cards_log_lines']}",
+        ]
+        stages = r.get("cards_stages", {})
+        if any(v.get("count") for v in stages.values()):
+            spans = "  ".join(f"{k} {v['mean_ms']:.1f}" for k, v in stages.items() if v.get("count"))
+            lines.append(f"  inside cards, mean ms per stage: {spans}")
+        for route, s in r["server"].items():
+            if s.get("count"):
+                lines.append(
+                    f"  server time {route}: mean {s['mean_ms']:.1f} ms, "
+                    f"p50 <= {s['p50_le_ms']:g} ms, p99 <= {s['p99_le_ms']:g} ms"
+                )
+    for name in ("cards", "accounts"):
+        if (p := result.get(f"profile_{name}")) is None:
+            continue
+        lines.append(
+            f"\n{name} process under cProfile, max rate, {p['profiled_authorisations']} authorisations:"
+        )
+        lines.append("  own time by package (share, microseconds per authorisation)")
+        us = p["us_per_authorisation_by_package"]
+        lines += [
+            f"    {k:<36}{v:>6.1f} %{us[k]:>8} us" for k, v in p["share_by_package"].items() if v >= 0.5
+        ]
+        lines.append("  top functions by own time (ms in total)")
+        lines += [f"    {t:>7}  {fn}" for fn, t in p["top_functions_ms_total"]]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> Args:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.cards", description=(__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument("--cards", type=int, default=10_000)
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=20, help="length of the max-rate run")
+    parser.add_argument("--rate", type=float, default=300, help="offered authorisations/s (0: skip)")
+    parser.add_argument("--rate-seconds", type=float, default=20)
+    parser.add_argument("--profile-seconds", type=float, default=10, help="0: no profile")
+    ns = parser.parse_args(argv)
+    return Args(ns.cards, ns.connections, ns.seconds, ns.rate, ns.rate_seconds, ns.profile_seconds)
+
+
+@contextlib.contextmanager
+def postgres(folder: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(folder / "postgres", free_port())  # durable: PostgreSQL's default settings
+    try:
+        print(f"starting PostgreSQL on port {server.port} ...", file=sys.stderr)
+        server.start()
+        yield server
+    finally:
+        server.stop("immediate")
+
+
+def serve_profiled(service: str, out: str) -> None:
+    """A service process whose cProfile SIGUSR1 switches on and SIGUSR2 switches off and writes."""
+    profiler = cProfile.Profile()
+
+    def start(*_: object) -> None:
+        profiler.enable()
+
+    def stop(*_: object) -> None:
+        profiler.disable()
+        profiler.dump_stats(out + ".part")
+        os.replace(out + ".part", out)  # whole, or not there at all
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+    serve(service, f"services.{service}.app:create_app")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["_serve_profiled"]:
+        serve_profiled(argv[1], argv[2])
+        return 0
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
+    with tempfile.TemporaryDirectory(prefix="bench-cards-") as tmp, postgres(Path(tmp)) as pg:
+        url = pg.create_database("bench_cards")
+        upgrade(url)
+        env = {
+            "postgresql": pg.psql("SHOW server_version").strip(),
+            "python": platform.python_version(),
+            "cpus": str(os.cpu_count()),
+            "load average before": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        }
+        result = asyncio.run(run(args, pg, url, Path(tmp)))
+    print(report(result, env), flush=True)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / "cards.json"
+    path.write_text(
+        json.dumps({"environment": env, "args": args.__dict__, **result}, indent=2, default=str) + "\n"
+    )
+    print(f"\nwritten to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Cards' own settings (prefix `CARDS_`).
+
+The three keys default to values derived from a fixed label, so every process
+of a development bank agrees on them without configuration. Anyone who reads
+this file can derive them: production must set CARDS_ENCRYPTION_KEY,
+CARDS_FINGERPRINT_KEY and CARDS_CVC_KEY (base64 of 32 random bytes each,
+e.g. `python -c "import os, base64; print(base64.b64encode(os.urandom(32)).decode())"`).
+The service logs a warning at start-up while any of them is a development default.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_NETWORK_KEY = "dev-network-key"
+KEY_BYTES = 32
+
+
+def dev_key(purpose: str) -> str:
+    """A development key: deterministic, public, never for production."""
+    return base64.b64encode(
+        hashlib.sha256(f"mondo-bank development key: cards {purpose}".encode()).digest()
+    ).decode()
+
+
+DEV_KEYS = {name: dev_key(name) for name in ("encryption", "fingerprint", "cvc")}
+
+
+def decode_key(value: str) -> bytes:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64") from None
+    if len(raw) != KEY_BYTES:
+        raise ValueError(f"must decode to {KEY_BYTES} bytes, not {len(raw)}")
+    return raw
+
+
+class CardsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CARDS_", extra="ignore")
+
+    # Issuer identification number: the PAN's first digits (a Mastercard range by default).
+    bin: str = Field(default="535522", pattern=r"^[2-6][0-9]{5,7}$")
+    encryption_key: str = DEV_KEYS["encryption"]  # AES-256-GCM key for PANs at rest
+    fingerprint_key: str = DEV_KEYS["fingerprint"]  # HMAC-SHA256 key: PAN -> lookup fingerprint
+    cvc_key: str = DEV_KEYS["cvc"]  # HMAC-SHA256 key for the stored CVC digest
+    network_api_key: str = Field(default=DEV_NETWORK_KEY, min_length=1)
+    card_validity_years: int = Field(default=3, ge=1, le=10)
+
+    # The authorisation's one call to accounts: its whole budget, retries included.
+    accounts_deadline_ms: int = Field(default=150, ge=10, le=10_000)
+    accounts_connections: int = Field(default=200, ge=1)
+    # Authorisations worked on at once per process (the others wait, parsed, for their turn).
+    authorisation_concurrency: int = Field(default=8, ge=1)
+    accounts_breaker_failures: int = Field(default=5, ge=1)
+    accounts_breaker_reset_seconds: float = Field(default=2.0, gt=0)
+
+    # Clearing may exceed the authorised amount by this share of it (tips, taxis).
+    over_capture_percent: int = Field(default=15, ge=0, le=100)
+    hospitality_over_capture_percent: int = Field(default=20, ge=0, le=100)
+    hospitality_mccs: frozenset[str] = frozenset({"5812", "5813", "5814", "4121"})
+    hold_days: int = Field(default=7, ge=1)
+    long_hold_days: int = Field(default=31, ge=1)  # lodging and car rental
+
+    # Releasing holds the accounts call may have left behind (issuer unavailable, 91).
+    compensation_poll_seconds: float = Field(default=1.0, gt=0)
+    # A release that finds no hold is retried this long: a late hold request may still land.
+    compensation_settle_seconds: float = Field(default=60.0, ge=0)
+
+    # Card holders' access tokens: accounts' JWKS and revocation list.
+    jwks_min_refresh_seconds: float = Field(default=5.0, ge=0)
+    revocation_poll_seconds: float = Field(default=2.0, gt=0)
+
+    @field_validator("encryption_key", "fingerprint_key", "cvc_key")
+    @classmethod
+    def _is_a_key(cls, value: str) -> str:
+        decode_key(value)
+        return value
+
+    def dev_keys_in_use(self) -> list[str]:
+        return [
+            f"CARDS_{name.upper()}_KEY"
+            for name, default in DEV_KEYS.items()
+            if getattr(self, f"{name}_key") == default
+        ]

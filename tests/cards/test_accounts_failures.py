@@ -1,0 +1,112 @@
+"""accounts down or late: the authorisation answers 91 within its deadline and no hold is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import text
+
+from shared.config import BankSettings
+from shared.db import Database
+from tests.cards.conftest import Bank, authorisation, presentment, reversal, running_bank
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def compensation_done(bank: Bank, hold_id: str) -> bool:
+    rows = await bank.rows("SELECT status FROM cards.compensations WHERE hold_id = :id", id=hold_id)
+    return bool(rows) and rows[0]["status"] == "done"
+
+
+async def test_accounts_down_answers_91_and_leaves_no_hold_after_recovery(bank: Bank) -> None:
+    ada = await bank.customer(balance=10_000)
+    card = await bank.issue(ada)
+    await bank.accounts.stop()
+    message = authorisation(card, 2_000)
+    started = time.monotonic()
+    answer = await bank.authorise(message)
+    assert answer["response_code"] == "91" and "approval_code" not in answer
+    assert time.monotonic() - started < 3.0
+    assert await bank.authorise(message) == answer  # a repeat: the same answer
+    [event] = await bank.events("card.authorisation.declined")
+    assert (
+        event["data"]["decline_reason"] == "OTHER" and event["data"]["decline_detail"] == "issuer_unavailable"
+    )
+    [comp] = await bank.rows(
+        "SELECT status FROM cards.compensations WHERE hold_id = :id", id=message["network_transaction_id"]
+    )
+    assert comp["status"] == "pending"
+
+    await bank.accounts.start()
+    await eventually(lambda: compensation_done(bank, message["network_transaction_id"]))
+    assert await bank.hold(message["network_transaction_id"]) is None
+    assert await bank.money(ada) == (10_000, 0)
+    await asyncio.sleep(0.3)  # past the breaker's reset time: authorisations flow again
+    assert (await bank.authorise(authorisation(card, 2_000)))["response_code"] == "00"
+
+
+async def test_accounts_late_answers_91_and_the_late_hold_is_released(
+    db: Database, settings: BankSettings
+) -> None:
+    async with running_bank(db, settings, accounts_deadline_ms=150, compensation_settle_seconds=30.0) as bank:
+        ada = await bank.customer(balance=10_000)
+        card = await bank.issue(ada)
+        message = authorisation(card, 2_500)
+        nid = message["network_transaction_id"]
+        async with db.transaction() as session:  # accounts' hold request queues behind this row lock
+            await session.execute(
+                text("SELECT 1 FROM accounts.accounts WHERE id = :id FOR UPDATE"), {"id": ada.account_id}
+            )
+            started = time.monotonic()
+            answer = await bank.authorise(message)
+            elapsed = time.monotonic() - started
+            assert answer["response_code"] == "91"
+            assert elapsed < 1.0, elapsed
+            await asyncio.sleep(0.3)  # the job finds no hold yet, and keeps the compensation pending
+            assert not await compensation_done(bank, nid)
+        # The lock is gone: the request we gave up on now places its hold...
+        await eventually(lambda: compensation_done(bank, nid))
+        hold = await bank.hold(nid)
+        assert hold is not None and hold["status"] == "released"  # ...and the job released it
+        assert await bank.money(ada) == (10_000, 0)
+        [comp] = await bank.rows("SELECT outcome FROM cards.compensations WHERE hold_id = :id", id=nid)
+        assert comp["outcome"] == "released"
+
+
+async def test_a_reversal_while_accounts_is_down_is_accepted_and_applied_later(bank: Bank) -> None:
+    ada = await bank.customer(balance=10_000)
+    card = await bank.issue(ada)
+    message = authorisation(card, 4_000)
+    assert (await bank.authorise(message))["response_code"] == "00"
+    await bank.accounts.stop()
+    assert (await bank.reverse(reversal(message)))["response_code"] == "00"
+    await bank.accounts.start()
+    await eventually(lambda: compensation_done(bank, message["network_transaction_id"]))
+    assert (await bank.hold(message["network_transaction_id"]) or {})["status"] == "released"
+
+
+async def test_partial_reversal_and_clearing_ask_to_be_sent_again_while_accounts_is_down(bank: Bank) -> None:
+    ada = await bank.customer(balance=10_000)
+    card = await bank.issue(ada)
+    message = authorisation(card, 4_000)
+    assert (await bank.authorise(message))["response_code"] == "00"
+    await bank.accounts.stop()
+    assert (await bank.reverse(reversal(message, replacement_amount=3_000)))["response_code"] == "91"
+    clearing = presentment(card, 3_000, message["network_transaction_id"])
+    result = await bank.present(clearing)
+    assert (result["status"], result["outcome"]) == ("retry", "issuer_unavailable")
+    await bank.accounts.start()
+    await asyncio.sleep(0.3)  # past the circuit breaker's reset time (0.2 s in tests)
+
+    assert (await bank.reverse(reversal(message, replacement_amount=3_000)))["response_code"] == "00"
+    assert await bank.money(ada) == (10_000, 3_000)
+    result = await bank.present(clearing)
+    assert (result["status"], result["outcome"]) == ("settled", "captured")
+    assert await bank.money(ada) == (7_000, 0)

@@ -1,0 +1,215 @@
+"""The gateway's HTTP/1.1 transport under httpx, against real sockets: framing, keep-alive, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+
+from services.gateway.transport import LeanTransport
+from tests.conftest import free_port
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawServer:
+    """A TCP server answering with bytes we choose, counting connections and keeping requests."""
+
+    def __init__(self, answer: Callable[[bytes], bytes | None], close_after: bool = False) -> None:
+        self.answer = answer
+        self.close_after = close_after
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> RawServer:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                body = b""
+                lower = head.lower()
+                if b"content-length:" in lower:
+                    at = lower.index(b"content-length:") + 15
+                    body = await reader.readexactly(int(lower[at : lower.index(b"\r\n", at)]))
+                elif b"transfer-encoding: chunked" in lower:
+                    while True:
+                        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                        chunk = await reader.readexactly(size + 2)
+                        if size == 0:
+                            break
+                        body += chunk[:-2]
+                self.requests.append(head + body)
+                out = self.answer(head + body)
+                if out is None:
+                    await asyncio.sleep(10)
+                    return
+                writer.write(out)
+                await writer.drain()
+                if self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+def ok(body: bytes = b"hello", extra: bytes = b"") -> Callable[[bytes], bytes]:
+    return lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+async def client_for(server: RawServer, **kw: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=server.url, transport=LeanTransport(**kw), timeout=2)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def started() -> AsyncIterator[list[RawServer]]:
+    servers: list[RawServer] = []
+    yield servers
+    for s in servers:
+        await s.stop()
+
+
+async def serve(started: list[RawServer], answer: Callable[[bytes], bytes | None], **kw: bool) -> RawServer:
+    server = await RawServer(answer, **kw).start()
+    started.append(server)
+    return server
+
+
+async def test_keep_alive_reuses_one_connection(started: list[RawServer]) -> None:
+    server = await serve(started, ok(extra=b"X-Up: 1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"))
+    async with await client_for(server) as client:
+        for _ in range(5):
+            r = await client.get("/x?q=1", headers={"x-custom": "yes"})
+            assert r.status_code == 200 and r.content == b"hello"
+            assert r.headers["x-up"] == "1" and r.headers.get_list("set-cookie") == ["a=1", "b=2"]
+    assert server.connections == 1
+    first = server.requests[0]
+    assert first.startswith(b"GET /x?q=1 HTTP/1.1\r\n")
+    assert b"\r\nx-custom: yes\r\n" in first and b"\r\nHost: 127.0.0.1:" in first
+
+
+async def test_chunked_and_close_delimited_answers(started: list[RawServer]) -> None:
+    chunked = await serve(
+        started,
+        lambda _: (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+        ),
+    )
+    delimited = await serve(
+        started, lambda _: b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", close_after=True
+    )
+    async with await client_for(chunked) as client:
+        assert (await client.get("/")).content == b"hello world"
+        assert (await client.get("/")).content == b"hello world"
+    assert chunked.connections == 1
+    async with await client_for(delimited) as client:
+        assert (await client.get("/")).content == b"until the end"
+        assert (await client.get("/")).content == b"until the end"
+    assert delimited.connections == 2  # Connection: close is honoured
+
+
+async def test_interim_and_bodiless_answers(started: list[RawServer]) -> None:
+    def answer(request: bytes) -> bytes:
+        if request.startswith(b"HEAD"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n"
+        if b"/none" in request:
+            return b"HTTP/1.1 204 No Content\r\n\r\n"
+        return b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+
+    server = await serve(started, answer)
+    async with await client_for(server) as client:
+        r = await client.head("/")
+        assert r.status_code == 200 and r.content == b"" and r.headers["content-length"] == "42"
+        assert (await client.get("/none")).status_code == 204
+        r = await client.post("/", content=b"data")
+        assert r.status_code == 201 and r.content == b"ok"
+    assert server.connections == 1
+
+
+async def test_streamed_request_bodies_are_sent_chunked(started: list[RawServer]) -> None:
+    server = await serve(started, ok())
+
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"abc"
+        yield b""
+        yield b"defgh"
+
+    async with await client_for(server) as client:
+        assert (await client.post("/", content=parts())).status_code == 200
+    assert server.requests[0].endswith(b"\r\n\r\nabcdefgh")
+    assert b"Transfer-Encoding: chunked" in server.requests[0]
+
+
+async def test_stale_idle_connections_are_not_reused(started: list[RawServer]) -> None:
+    server = await serve(started, ok(), close_after=True)  # the server closes after each answer
+    async with await client_for(server) as client:
+        assert (await client.get("/")).status_code == 200
+        await asyncio.sleep(0.05)  # the close reaches us while the connection is idle
+        assert (await client.get("/")).status_code == 200
+    assert server.connections == 2
+    expiring = await serve(started, ok())
+    async with await client_for(expiring, keepalive_expiry=0.05) as client:
+        await client.get("/")
+        await asyncio.sleep(0.1)
+        await client.get("/")
+    assert expiring.connections == 2
+
+
+async def test_failures_are_httpx_errors(started: list[RawServer]) -> None:
+    async with httpx.AsyncClient(transport=LeanTransport(), timeout=1) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"http://127.0.0.1:{free_port()}/")
+    silent = await serve(started, lambda _: None)
+    async with await client_for(silent) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get("/", timeout=0.2)
+    hangup = await serve(
+        started, lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", close_after=True
+    )
+    async with await client_for(hangup) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get("/")
+    garbage = await serve(started, lambda _: b"SMTP ready\r\n\r\n")
+    async with await client_for(garbage) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get("/")
+    huge = await serve(started, lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n")
+    async with await client_for(huge, max_body_bytes=1000) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get("/")
+    fine = await serve(started, ok())
+    async with await client_for(fine) as client:
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.get("/", headers={"x-evil": "a\r\nX-Injected: 1"})
+    assert fine.requests == []
+
+
+async def test_pool_bound_and_pool_timeout(started: list[RawServer]) -> None:
+    server = await serve(started, ok())
+    async with await client_for(server, max_connections=1) as client:
+        results = await asyncio.gather(*(client.get("/") for _ in range(10)))
+        assert all(r.status_code == 200 for r in results)
+    assert server.connections == 1
+    slow = await serve(started, lambda _: None)
+    transport = LeanTransport(max_connections=1)
+    async with httpx.AsyncClient(base_url=slow.url, transport=transport) as client:
+        first = asyncio.create_task(client.get("/", timeout=1))
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx.PoolTimeout):
+            await client.get("/", timeout=httpx.Timeout(1, pool=0.1))
+        with pytest.raises(httpx.ReadTimeout):
+            await first

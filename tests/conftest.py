@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -35,11 +38,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres") / "data", free_port(), durable=False)
+def pg_server() -> Iterator[EmbeddedPostgres]:
+    # Not under pytest's temp root: each new pytest session as root makes that owner-only, which
+    # would lock the server's own (non-root) user out of a concurrently running session's data.
+    folder = Path(tempfile.mkdtemp(prefix="bank-test-pg-"))
+    server = EmbeddedPostgres(folder / "data", free_port(), durable=False)
     server.start()
     yield server
     server.stop("immediate")
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,15 @@ async def entry_by_reference(session: AsyncSession, kind: str, reference: str) -
     )
 
 
+async def posted_amount(session: AsyncSession, entry_id: str, account_id: str) -> int:
+    total = await session.scalar(
+        select(func.coalesce(func.sum(Posting.amount), 0)).where(
+            Posting.entry_id == entry_id, Posting.account_id == account_id
+        )
+    )
+    return int(total or 0)
+
+
 async def add_entry(
     session: AsyncSession, *, kind: str, account_id: str, reference: str, description: str, lines: list[Line]
 ) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.accounts import repository as repo
@@ -184,7 +185,14 @@ class LedgerService:
             if reason
             else (expires_at or now + timedelta(days=self.settings.hold_default_expiry_days)),
         )
-        session.add(hold)
+        try:
+            async with session.begin_nested():  # the same network id on another account, concurrently
+                session.add(hold)
+                await session.flush()
+        except IntegrityError:
+            raise conflict(
+                "network_txn_id_reused", "that network transaction id was used for another hold"
+            ) from None
         if reason is None:
             account.held += amount
             await self.outbox.emit(
@@ -260,6 +268,9 @@ class LedgerService:
         entry_kind = "card_force_debit" if kind == "debit" else "card_credit"
         account = await self._lock_customer(session, account_id)
         if (existing := await repo.entry_by_reference(session, entry_kind, network_txn_id)) is not None:
+            posted = await repo.posted_amount(session, existing.id, account.id)
+            if existing.account_id != account.id or abs(posted) != amount:
+                raise conflict("network_txn_id_reused", "that network transaction id was posted differently")
             return PostingResult(existing.id, account)
         if currency != account.currency:
             raise bad_request(
@@ -271,7 +282,13 @@ class LedgerService:
             else transfer(CARD_SCHEME, account.id, amount, currency)
         )
         description = "Card payment (forced)" if kind == "debit" else "Card refund"
-        entry_id = await self._post(session, account, entry_kind, network_txn_id, description, lines)
+        try:
+            async with session.begin_nested():
+                entry_id = await self._post(session, account, entry_kind, network_txn_id, description, lines)
+        except IntegrityError:
+            raise conflict(
+                "network_txn_id_reused", "that network transaction id was posted differently"
+            ) from None
         signed = -amount if kind == "debit" else amount
         await self.outbox.emit(
             session,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -215,3 +216,50 @@ async def test_verify_finds_a_tampered_balance(db: Database, ledger: LedgerServi
         )
     problems = await verify_ledger(db)
     assert len(problems) == 1 and c.account_id in problems[0]
+
+
+async def test_one_network_id_on_two_accounts_at_once_is_a_conflict_not_a_crash(
+    db: Database, ledger: LedgerService
+) -> None:
+    a = await create_customer(db, ledger, balance=100)
+    b = await create_customer(db, ledger, balance=100)
+
+    async def hold(account_id: str) -> str:
+        try:
+            async with db.transaction() as s:
+                await ledger.place_hold(
+                    s, account_id=account_id, network_txn_id="dup", amount=10, currency="GBP"
+                )
+            return "ok"
+        except BankError as exc:
+            return exc.code
+
+    for _ in range(5):
+        outcomes = sorted(await asyncio.gather(hold(a.account_id), hold(b.account_id)))
+        assert outcomes in (["conflict.network_txn_id_reused", "ok"], ["conflict.network_txn_id_reused"] * 2)
+    assert await verify_ledger(db) == []
+
+
+async def test_a_forced_posting_repeated_differently_is_a_conflict(
+    db: Database, ledger: LedgerService
+) -> None:
+    a = await create_customer(db, ledger, balance=100)
+    b = await create_customer(db, ledger, balance=100)
+    async with db.transaction() as s:
+        await ledger.force_post(
+            s, account_id=a.account_id, network_txn_id="seq-1", amount=10, currency="GBP", kind="debit"
+        )
+    for account_id, amount in ((b.account_id, 10), (a.account_id, 99)):
+        with pytest.raises(BankError) as err:
+            async with db.transaction() as s:
+                await ledger.force_post(
+                    s,
+                    account_id=account_id,
+                    network_txn_id="seq-1",
+                    amount=amount,
+                    currency="GBP",
+                    kind="debit",
+                )
+        assert err.value.code == "conflict.network_txn_id_reused"
+    assert await account_state(db, b.account_id) == (100, 0)
+    assert await account_state(db, a.account_id) == (90, 0)

@@ -303,10 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         GATEWAY_NETWORK_API_KEY="bench-network-key",
         GATEWAY_UPSTREAM_TRANSPORT=args.upstream_transport,
     )
+    load_before = round(os.getloadavg()[0], 2)
     print(
-        f"gateway benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"{args.concurrency} connections, {args.warmup:g} s warm-up + {args.seconds:g} s per run, "
-        f"upstream transport {args.upstream_transport}",
+        f"gateway benchmark: {os.cpu_count()} CPUs (load average {load_before}), Python "
+        f"{platform.python_version()}, {args.concurrency} connections, {args.warmup:g} s warm-up + "
+        f"{args.seconds:g} s per run, upstream transport {args.upstream_transport}",
         flush=True,
     )
     upstream_env = dict(os.environ, BENCH_KEY_PEM=key.private_pem())
@@ -361,6 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "concurrency": args.concurrency,
                     "warmup_s": args.warmup,
                     "seconds": args.seconds,
+                    "upstream_transport": args.upstream_transport,
+                    # Other work on the machine skews every figure: the 1-minute load, before and after.
+                    "load_average_before": load_before,
+                    "load_average_after": round(os.getloadavg()[0], 2),
                 },
                 "runs": runs,
                 "summary": summary,

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,7 @@ class Scenario:
     latency_ms: dict[str, float]
     cpu_ms_per_hold: dict[str, float]
     machine_cpu_busy_percent: float
+    postgres_sessions_opened: int  # new connections during the measured run: the server pool's churn
     ledger_problems: list[str]
 
 
@@ -161,7 +162,13 @@ class CpuMeter:
 
 
 async def drive(
-    base_url: str, name: str, accounts: list[str], seconds: float, concurrency: int, cpu: CpuMeter
+    base_url: str,
+    name: str,
+    accounts: list[str],
+    seconds: float,
+    concurrency: int,
+    cpu: CpuMeter,
+    sessions: Callable[[], int],
 ) -> tuple[list[float], Counter[str], float, dict[str, float]]:
     """`concurrency` closed-loop clients for `seconds`; client i uses accounts[i % len(accounts)]."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -204,12 +211,14 @@ async def drive(
                 outcomes[outcome] += 1
                 seq += 1
 
+        opened = await asyncio.to_thread(sessions)
         cpu.start()
         started = clock()
         deadline = started + seconds
         await asyncio.gather(*(client(w) for w in range(concurrency)))
         elapsed = clock() - started
         used = cpu.stop()
+        used["sessions_opened"] = await asyncio.to_thread(sessions) - opened
     return latencies, outcomes, elapsed, used
 
 
@@ -250,9 +259,10 @@ def run_scenario(
     accounts: list[str],
     args: Args,
     cpu: CpuMeter,
+    sessions: Callable[[], int],
 ) -> Scenario:
     latencies, outcomes, elapsed, used = asyncio.run(
-        drive(base_url, name, accounts, args.seconds, args.concurrency, cpu)
+        drive(base_url, name, accounts, args.seconds, args.concurrency, cpu, sessions)
     )
     ms = sorted(x * 1000 for x in latencies)
     requests = len(latencies)
@@ -278,9 +288,10 @@ def run_scenario(
         cpu_ms_per_hold={
             k: round(v * 1000 / requests, 2) if requests else math.nan
             for k, v in used.items()
-            if k != "machine_busy_fraction"
+            if k not in ("machine_busy_fraction", "sessions_opened")
         },
         machine_cpu_busy_percent=round(used["machine_busy_fraction"] * 100, 1),
+        postgres_sessions_opened=int(used["sessions_opened"]),
         ledger_problems=asyncio.run(check_ledger(database_url)),
     )
 
@@ -378,7 +389,10 @@ def report(result: dict[str, Any]) -> str:
         if s["declined"] or s["errors"]:
             lines.append(f"    declined {s['declined']}, errors {s['errors']}")
         verdict = "sound" if not s["ledger_problems"] else f"{len(s['ledger_problems'])} problems"
-        lines.append(f"    ledger verify after the run: {verdict}")
+        lines.append(
+            f"    new PostgreSQL connections during the run: {s['postgres_sessions_opened']}; "
+            f"ledger verify after the run: {verdict}"
+        )
     return "\n".join(lines)
 
 
@@ -427,6 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             accounts = asyncio.run(seed(url, args.concurrency + 1))
             distinct, hot = accounts[:-1], accounts[-1:]
             base_url, server = stack.enter_context(accounts_server(url, args.pool_size))
+
+            def sessions() -> int:
+                """Connections PostgreSQL has accepted to the benchmark's database so far."""
+                return int(pg.psql("SELECT sessions FROM pg_stat_database WHERE datname = 'bench_holds'"))
+
             cpu = CpuMeter(
                 {"server": psutil.Process(server.pid), "client": psutil.Process()}, postmaster_of(pg)
             )
@@ -436,7 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("hot", "every client on one account (all queue on its row lock)", hot),
             ):
                 print(f"running {name} for {args.seconds:g} s ...", file=sys.stderr)
-                scenarios.append(asdict(run_scenario(name, description, base_url, url, targets, args, cpu)))
+                scenario = run_scenario(name, description, base_url, url, targets, args, cpu, sessions)
+                scenarios.append(asdict(scenario))
             result = {
                 "benchmark": "holds",
                 "endpoint": "POST /internal/holds",

@@ -1,7 +1,8 @@
 """Benchmark of card authorisation: network -> cards -> accounts (place hold) -> answer.
 
     .venv/bin/python -m bench.cards [--cards 10000] [--connections 100] [--seconds 20]
-                                    [--rate 300] [--rate-seconds 20] [--profile-seconds 10]
+                                    [--rates 300,30] [--rate-seconds 20] [--profile-seconds 10]
+                                    [--what-if relay-linger,no-pre-ping]
 
 Embedded mode, laid out as `bank up` runs it: a durable PostgreSQL (default settings, fsync on) in a
 temporary folder, migrated; accounts and cards each in its own process (`python -m services.<name>`,
@@ -10,8 +11,8 @@ uvicorn, pglog transport, their relays running); this process is the card networ
 `--cards` customers each get a funded account and one card (seeded with SQL and COPY).
 
 * Max rate: closed loop, `--connections` workers sending back to back for `--seconds`.
-* Offered rate: open loop at `--rate` authorisations/s for `--rate-seconds`; request k is due at
-  start + k/rate whether or not earlier ones have answered, and its latency counts from then.
+* Offered rate: open loop at each of `--rates` authorisations/s for `--rate-seconds`; request k is due
+  at start + k/rate whether or not earlier ones have answered, and its latency counts from then.
 * Where the time goes: each process's CPU per authorisation (psutil), the server-side latency of cards'
   route and accounts' hold route (their Prometheus histograms), and a cProfile of both service
   processes during one more closed-loop run (switched on and off by signal, so start-up is not in it),
@@ -98,8 +99,12 @@ async def seed(url: str, count: int) -> list[Card]:
     expiry = Expiry.after(now, 3)
     cards: list[Card] = []
     rows: list[tuple[Any, ...]] = []
+    drawn: set[str] = set()
     for i in range(1, count + 1):
-        pan, cvc, card_id = new_pan(settings.bin), new_cvc(), f"card_b{i}"
+        while (pan := new_pan(settings.bin)) in drawn:  # 10,000 draws from 10^9 numbers do collide
+            pass
+        drawn.add(pan)
+        cvc, card_id = new_cvc(), f"card_b{i}"
         cards.append(Card(pan, expiry.yymm, cvc))
         secrets = (vault.fingerprint(pan), vault.encrypt_pan(pan, card_id), pan[-4:])
         card_expiry = (expiry.month, expiry.year, vault.cvc_digest(card_id, cvc))
@@ -357,6 +362,16 @@ async def histograms(url: str) -> dict[tuple[str, str], dict[str, Any]]:
     return out
 
 
+_COUNTER = re.compile(r'^card_issuer_unavailable_total\{cause="(\w+)"\} ([0-9.e+-]+)$', re.M)
+
+
+async def unavailable_causes(url: str) -> Counter[str]:
+    """cards' 91s so far, by why accounts did not answer (timeout, circuit_open, ...)."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        text = (await http.get(f"{url}/metrics")).text
+    return Counter({cause: int(float(value)) for cause, value in _COUNTER.findall(text)})
+
+
 def server_side(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, float]:
     before = before or {"sum": 0.0, "count": 0.0, "buckets": {}}
     count = after["count"] - before["count"]
@@ -382,6 +397,7 @@ class Stack:
 async def measure(name: str, stack: Stack, run: Any) -> dict[str, Any]:
     urls = (stack.cards.url, stack.accounts.url)
     metrics_before = [await histograms(u) for u in urls]
+    causes_before = await unavailable_causes(stack.cards.url)
     me = psutil.Process()
 
     def cpu_now() -> tuple[float, ...]:
@@ -395,6 +411,7 @@ async def measure(name: str, stack: Stack, run: Any) -> dict[str, Any]:
     elapsed = clock() - started
     cpu_after = cpu_now()
     metrics_after = [await histograms(u) for u in urls]
+    causes = await unavailable_causes(stack.cards.url) - causes_before
 
     def delta(service: int, metric: str, label: str) -> dict[str, float]:
         after = metrics_after[service].get((metric, label))
@@ -413,7 +430,7 @@ async def measure(name: str, stack: Stack, run: Any) -> dict[str, Any]:
     return {
         "phase": name, "authorisations": n, "seconds": round(elapsed, 2), "per_second": n / elapsed,
         "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": lat[-1] * 1000 if n else 0,
-        "codes": dict(rec.codes), "cpu_ms_per_authorisation": cpu_ms,
+        "codes": dict(rec.codes), "why_91": dict(causes), "cpu_ms_per_authorisation": cpu_ms,
         "machine_cpu_busy_percent": sum(a - b for a, b in zip(cpu_after, cpu_before, strict=True))
                                     / (elapsed * (os.cpu_count() or 1)) * 100,
         "cards_log_lines": stack.cards.log_lines() - log_lines_before,
@@ -437,6 +454,16 @@ PACKAGES = [
 ]  # fmt: skip
 
 
+# Where a process's time starts: HTTP handlers and background loops (inclusive time, % of all own time).
+ENTRY_POINTS = {
+    "uvicorn: a request, end to end": ("h11_impl.py", "run_asgi"),
+    "cards: /network/authorisations handler": ("network_api.py", "authorisation"),
+    "accounts: /internal/holds handler": ("services/accounts/api.py", "place_hold"),
+    "outbox relay: publish_batch": ("relay.py", "publish_batch"),
+    "cards: compensation job": ("compensation.py", "compensate_due"),
+}
+
+
 def bucket_of(filename: str) -> str:
     if filename.startswith("~") or filename == "<built-in>":
         return "builtins (sockets, C calls)"
@@ -453,6 +480,16 @@ def summarise_profile(path: Path, authorisations: int) -> dict[str, Any]:
         functions.append((tottime, f"{Path(filename).name}:{line}({func})"))
     total = sum(by_bucket.values()) or 1.0
     functions.sort(reverse=True)
+
+    def inclusive(file: str, func: str) -> float:
+        seconds = sum(
+            ct
+            for (f, _line, fn), (_c, _n, _t, ct, _callers) in raw.items()
+            if f.endswith(file) and fn == func
+        )
+        return round(seconds / total * 100, 1)
+
+    entries = {label: inclusive(file, func) for label, (file, func) in ENTRY_POINTS.items()}
     return {
         "profiled_authorisations": authorisations,
         "share_by_package": {k: round(v / total * 100, 1) for k, v in by_bucket.most_common()},
@@ -460,6 +497,7 @@ def summarise_profile(path: Path, authorisations: int) -> dict[str, Any]:
             k: round(v / max(authorisations, 1) * 1e6) for k, v in by_bucket.most_common()
         },
         "top_functions_ms_total": [(name, round(t * 1000)) for t, name in functions[:15]],
+        "inclusive_share_of_entry_points": entries,
     }
 
 
@@ -471,9 +509,10 @@ class Args:
     cards: int
     connections: int
     seconds: float
-    rate: float
+    rates: tuple[float, ...]
     rate_seconds: float
     profile_seconds: float
+    what_if: str
 
 
 async def run(args: Args, pg: EmbeddedPostgres, url: str, folder: Path) -> dict[str, Any]:
@@ -488,6 +527,7 @@ async def run(args: Args, pg: EmbeddedPostgres, url: str, folder: Path) -> dict[
         "BANK_ACCOUNTS_URL": f"http://127.0.0.1:{ports['accounts']}",
         "BANK_CARDS_URL": f"http://127.0.0.1:{ports['cards']}",
         "CARDS_NETWORK_API_KEY": NETWORK_KEY,
+        "BENCH_WHAT_IF": args.what_if,
     }
     accounts = Service("accounts", env, ports["accounts"], folder / "accounts.prof")
     cards_service = Service("cards", env, ports["cards"], folder / "cards.prof")
@@ -499,16 +539,18 @@ async def run(args: Args, pg: EmbeddedPostgres, url: str, folder: Path) -> dict[
         url = cards_service.url
         print("warming up ...", file=sys.stderr)
         await closed_loop(url, cards, args.connections, 3)
-        print(f"max rate: {args.connections} connections for {args.seconds:.0f}s ...", file=sys.stderr)
-        result["max_rate"] = await measure(
-            "max rate", stack, closed_loop(url, cards, args.connections, args.seconds)
-        )
-        print(brief(result["max_rate"]), file=sys.stderr)
-        if args.rate:
-            print(f"open loop: {args.rate:.0f}/s for {args.rate_seconds:.0f}s ...", file=sys.stderr)
-            offered = open_loop(url, cards, args.connections, args.rate, args.rate_seconds)
-            result["offered"] = await measure(f"{args.rate:.0f}/s offered", stack, offered)
-            print(brief(result["offered"]), file=sys.stderr)
+        if args.seconds:
+            print(f"max rate: {args.connections} connections for {args.seconds:.0f}s ...", file=sys.stderr)
+            result["max_rate"] = await measure(
+                "max rate", stack, closed_loop(url, cards, args.connections, args.seconds)
+            )
+            print(brief(result["max_rate"]), file=sys.stderr)
+        for rate in args.rates:
+            print(f"open loop: {rate:g}/s for {args.rate_seconds:.0f}s ...", file=sys.stderr)
+            await asyncio.sleep(3)  # let the previous run's backlog (relay, compensations) settle
+            offered = open_loop(url, cards, args.connections, rate, args.rate_seconds)
+            result[f"offered_{rate:g}"] = await measure(f"{rate:g}/s offered", stack, offered)
+            print(brief(result[f"offered_{rate:g}"]), file=sys.stderr)
         if args.profile_seconds:
             print(f"profiling both services for {args.profile_seconds:.0f}s ...", file=sys.stderr)
             await asyncio.sleep(1)
@@ -532,9 +574,7 @@ def brief(r: dict[str, Any]) -> str:
 
 def report(result: dict[str, Any], env: dict[str, str]) -> str:
     lines = [f"Card authorisation benchmark ({', '.join(f'{k} {v}' for k, v in env.items())})"]
-    for key in ("max_rate", "offered"):
-        if key not in result:
-            continue
+    for key in [k for k in result if k == "max_rate" or k.startswith("offered_")]:
         r = result[key]
         cpu = "  ".join(f"{k} {v:.2f}" for k, v in r["cpu_ms_per_authorisation"].items())
         lines += [
@@ -542,7 +582,7 @@ def report(result: dict[str, Any], env: dict[str, str]) -> str:
             f" ({r['authorisations']} in {r['seconds']} s)",
             f"  latency ms  p50 {r['p50_ms']:.1f}  p90 {r['p90_ms']:.1f}  p99 {r['p99_ms']:.1f}"
             f"  max {r['max_ms']:.1f}",
-            f"  response codes {r['codes']}",
+            f"  response codes {r['codes']}; 91s by cause {r['why_91']}",
             f"  CPU ms per authorisation  {cpu}",
             f"  machine CPU busy {r['machine_cpu_busy_percent']:.0f} %,"
             f" cards log lines {r['cards_log_lines']}",
@@ -568,6 +608,8 @@ def report(result: dict[str, Any], env: dict[str, str]) -> str:
         lines += [
             f"    {k:<36}{v:>6.1f} %{us[k]:>8} us" for k, v in p["share_by_package"].items() if v >= 0.5
         ]
+        lines.append("  inclusive time of entry points (% of the process's time)")
+        lines += [f"    {k:<44}{v:>6.1f} %" for k, v in p["inclusive_share_of_entry_points"].items() if v]
         lines.append("  top functions by own time (ms in total)")
         lines += [f"    {t:>7}  {fn}" for fn, t in p["top_functions_ms_total"]]
     return "\n".join(lines)
@@ -579,12 +621,23 @@ def parse_args(argv: Sequence[str] | None) -> Args:
     )
     parser.add_argument("--cards", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=100)
-    parser.add_argument("--seconds", type=float, default=20, help="length of the max-rate run")
-    parser.add_argument("--rate", type=float, default=300, help="offered authorisations/s (0: skip)")
+    parser.add_argument("--seconds", type=float, default=20, help="length of the max-rate run (0: none)")
+    parser.add_argument(
+        "--rates",
+        default="300,30",
+        help="comma-separated offered authorisations/s, one open-loop run each ('': none)",
+    )
     parser.add_argument("--rate-seconds", type=float, default=20)
     parser.add_argument("--profile-seconds", type=float, default=10, help="0: no profile")
+    parser.add_argument(
+        "--what-if", default="", help=f"comma-separated platform experiments: {', '.join(WHAT_IF)}"
+    )
     ns = parser.parse_args(argv)
-    return Args(ns.cards, ns.connections, ns.seconds, ns.rate, ns.rate_seconds, ns.profile_seconds)
+    unknown = set(filter(None, ns.what_if.split(","))) - set(WHAT_IF)
+    if unknown:
+        parser.error(f"unknown --what-if {', '.join(sorted(unknown))}")
+    rates = tuple(float(r) for r in ns.rates.split(",") if r.strip())
+    return Args(ns.cards, ns.connections, ns.seconds, rates, ns.rate_seconds, ns.profile_seconds, ns.what_if)
 
 
 @contextlib.contextmanager
@@ -598,8 +651,41 @@ def postgres(folder: Path) -> Iterator[EmbeddedPostgres]:
         server.stop("immediate")
 
 
+WHAT_IF = ("relay-linger", "no-pre-ping")
+
+
+def apply_what_if(options: list[str]) -> None:
+    """Experiments on the platform, in the service processes of this benchmark only, to size what the
+    lead might change in shared/: the code under test stays as it is unless asked."""
+    if "relay-linger" in options:
+        from shared.events.relay import Relay
+
+        async def drain(self: Relay) -> int:
+            # Let commits that arrive within 5 ms share one publish, and do not ask again for more
+            # when the batch came back short (the wake-up event reports new commits anyway).
+            await asyncio.sleep(0.005)
+            total = 0
+            while (
+                (sent := await self.publish_batch()) and (total := total + sent) and sent == self.batch_size
+            ):
+                pass
+            return total
+
+        Relay.drain = drain  # type: ignore[method-assign]
+    if "no-pre-ping" in options:
+        from shared import db
+
+        create = db.create_async_engine
+
+        def no_ping(*args: Any, **kwargs: Any) -> Any:
+            return create(*args, **{**kwargs, "pool_pre_ping": False})
+
+        db.create_async_engine = no_ping
+
+
 def serve_profiled(service: str, out: str) -> None:
     """A service process whose cProfile SIGUSR1 switches on and SIGUSR2 switches off and writes."""
+    apply_what_if([o for o in os.environ.get("BENCH_WHAT_IF", "").split(",") if o])
     profiler = cProfile.Profile()
 
     def start(*_: object) -> None:
@@ -630,6 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python": platform.python_version(),
             "cpus": str(os.cpu_count()),
             "load average before": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+            "what if": args.what_if or "-",
         }
         result = asyncio.run(run(args, pg, url, Path(tmp)))
     print(report(result, env), flush=True)

@@ -31,12 +31,18 @@ from shared.http import CircuitBreaker, ServiceClient
 
 # ServiceClient errors raised before a request was written.
 _NOT_SENT = frozenset({"service_unavailable.circuit_open", "timeout.deadline_exceeded"})
+_CAUSES = {
+    "service_unavailable.circuit_open": "circuit_open",
+    "timeout.deadline_exceeded": "deadline",
+    "timeout.accounts": "timeout",
+}
 
 
 class AccountsUnavailable(Exception):
-    def __init__(self, message: str, *, maybe_applied: bool) -> None:
+    def __init__(self, message: str, *, maybe_applied: bool, cause: str) -> None:
         super().__init__(message)
         self.maybe_applied = maybe_applied
+        self.cause = cause  # circuit_open | deadline | timeout | unreachable | http_5xx
 
 
 class AccountsRefused(Exception):
@@ -130,9 +136,15 @@ class AccountsClient:
         try:
             resp = await client.request(method, path, json=json, headers=self._headers, idempotent=True)
         except BankError as exc:
-            raise AccountsUnavailable(exc.message, maybe_applied=exc.code not in _NOT_SENT) from None
+            raise AccountsUnavailable(
+                exc.message,
+                maybe_applied=exc.code not in _NOT_SENT,
+                cause=_CAUSES.get(exc.code, "unreachable"),
+            ) from None
         if resp.status_code >= 500:
-            raise AccountsUnavailable(f"accounts answered HTTP {resp.status_code}", maybe_applied=True)
+            raise AccountsUnavailable(
+                f"accounts answered HTTP {resp.status_code}", maybe_applied=True, cause="http_5xx"
+            )
         return resp
 
     # The authorisation path: one call, within the deadline --------------------------------------

@@ -52,10 +52,12 @@ from services.cards.network import (
     AuthorisationRequest,
     ResponseCode,
 )
-from services.cards.observability import AUTHORISATIONS, Stopwatch, Throttled
+from services.cards.observability import AUTHORISATIONS, ISSUER_UNAVAILABLE, SHED, Stopwatch, Throttled
 from services.cards.schemas import controls_of, expiry_of
 from services.cards.vault import Expiry, Vault
+from shared.context import remaining_seconds
 from shared.db import Database
+from shared.errors import BankError
 from shared.events.outbox import Outbox
 from shared.ids import new_id
 from shared.observability import log_fields
@@ -137,18 +139,39 @@ class Authoriser:
         self.accounts = accounts
         self.settings = settings
         self._releases: set[asyncio.Task[None]] = set()
-        # Fewer authorisations interleaved on the event loop finish sooner each, so the accounts
-        # deadline measures accounts rather than our own queue; the rest wait here, at no cost.
+        # Fewer authorisations interleaved on one event loop finish sooner each, so the accounts
+        # deadline measures accounts rather than our own queue (decision 0009).
         self._admission = asyncio.Semaphore(settings.authorisation_concurrency)
         self._unavailable = Throttled(log)
 
     async def authorise(self, msg: AuthorisationRequest) -> dict[str, Any]:
         watch = Stopwatch()
-        async with self._admission:
+        await self._admit()
+        try:
             watch.lap("admission")
             answer = await self._authorise(msg, watch)
+        finally:
+            self._admission.release()
         AUTHORISATIONS.labels(answer["response_code"]).inc()
         return answer
+
+    async def _admit(self) -> None:
+        """Wait for a turn, but not past the point where the network has stopped waiting for us: an
+        answer it no longer reads would cost as much as one it does. Unanswered is not recorded, so
+        a repeat is decided afresh (nothing was decided the first time)."""
+        wait = self.settings.authorisation_queue_seconds
+        if (budget := remaining_seconds()) is not None:
+            wait = min(wait, budget)
+        try:
+            async with asyncio.timeout(wait):
+                await self._admission.acquire()
+        except TimeoutError:
+            SHED.inc()
+            raise BankError(
+                "rate_limited.authorisations",
+                "too many authorisations at once: not answered, send it again",
+                headers={"Retry-After": "1"},
+            ) from None
 
     async def _authorise(self, msg: AuthorisationRequest, watch: Stopwatch) -> dict[str, Any]:
         nid = msg.network_transaction_id
@@ -228,6 +251,7 @@ class Authoriser:
                 card.account_id, nid, msg.amount, msg.currency, expires_at, hot=True
             )
         except AccountsUnavailable as exc:
+            ISSUER_UNAVAILABLE.labels(exc.cause).inc()
             if exc.maybe_applied:
                 await repo.add_compensation(session, nid, Outcome.ISSUER_UNAVAILABLE.value)
             self._unavailable.warning(

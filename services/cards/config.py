@@ -55,10 +55,15 @@ class CardsSettings(BaseSettings):
     # The authorisation's one call to accounts: its whole budget, retries included.
     accounts_deadline_ms: int = Field(default=150, ge=10, le=10_000)
     accounts_connections: int = Field(default=200, ge=1)
-    # Authorisations worked on at once per process (the others wait, parsed, for their turn).
+    # Authorisations worked on at once per process (the others wait, parsed, for their turn), and how
+    # long one waits for its turn before it is refused with a 429 (the gateway gives /network 2 s).
     authorisation_concurrency: int = Field(default=8, ge=1)
-    accounts_breaker_failures: int = Field(default=5, ge=1)
-    accounts_breaker_reset_seconds: float = Field(default=2.0, gt=0)
+    authorisation_queue_seconds: float = Field(default=1.0, gt=0)
+    # Consecutive failures that open the circuit to accounts, and how long it stays open. Tripping on
+    # a handful of slow calls turns a latency blip into seconds of blanket 91s; at 100/s, 10 failures
+    # still open it within a tenth of a second when accounts is really gone.
+    accounts_breaker_failures: int = Field(default=10, ge=1)
+    accounts_breaker_reset_seconds: float = Field(default=1.0, gt=0)
 
     # Clearing may exceed the authorised amount by this share of it (tips, taxis).
     over_capture_percent: int = Field(default=15, ge=0, le=100)

@@ -22,6 +22,12 @@ STAGE_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5),
 )
 _STAGE = {stage: STAGE_SECONDS.labels(stage) for stage in STAGES}
+ISSUER_UNAVAILABLE = Counter(
+    "card_issuer_unavailable_total", "91 answers by why accounts did not answer in time", ["cause"]
+)
+SHED = Counter(
+    "card_authorisations_shed_total", "Authorisations not answered (429): their turn did not come in time"
+)
 COMPENSATIONS = Counter(
     "card_compensations_total", "Holds the compensation job finished with, by outcome", ["outcome"]
 )

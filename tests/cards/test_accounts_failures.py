@@ -110,3 +110,31 @@ async def test_partial_reversal_and_clearing_ask_to_be_sent_again_while_accounts
     result = await bank.present(clearing)
     assert (result["status"], result["outcome"]) == ("settled", "captured")
     assert await bank.money(ada) == (7_000, 0)
+
+
+async def test_authorisations_that_cannot_get_a_turn_in_time_are_not_answered(
+    db: Database, settings: BankSettings
+) -> None:
+    overrides = {
+        "authorisation_concurrency": 1,
+        "authorisation_queue_seconds": 0.2,
+        "accounts_deadline_ms": 2_000,
+    }
+    async with running_bank(db, settings, **overrides) as bank:
+        ada = await bank.customer(balance=10_000)
+        card = await bank.issue(ada)
+        first, second = authorisation(card, 1_000), authorisation(card, 2_000)
+        async with db.transaction() as session:  # the first one's hold waits behind this lock
+            await session.execute(
+                text("SELECT 1 FROM accounts.accounts WHERE id = :id FOR UPDATE"), {"id": ada.account_id}
+            )
+            slow = asyncio.create_task(bank.authorise(first))
+            await asyncio.sleep(0.3)
+            r = await bank.network("authorisations", second)
+            assert r.status_code == 429 and r.json()["code"] == "rate_limited.authorisations"
+            assert r.headers["retry-after"] == "1"
+        assert (await slow)["response_code"] == "00"
+        assert await bank.rows("SELECT 1 FROM cards.authorisations WHERE network_transaction_id = :n",
+                               n=second["network_transaction_id"]) == []  # fmt: skip
+        assert (await bank.authorise(second))["response_code"] == "00"  # sent again: decided afresh
+        assert await bank.money(ada) == (10_000, 3_000)

@@ -49,6 +49,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import psutil
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -75,8 +76,6 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 clock = time.perf_counter  # every timestamp, in both processes
 T = TypeVar("T")
-
-log = logging.getLogger("bench.events")
 
 
 # -- the events and what the consumer writes -----------------------------------------------------------
@@ -349,7 +348,7 @@ class Trace:
 class Pipeline:
     """A topic with its own writer/relay pool, relay, and consumer process and group.
 
-    Each pipeline gets fresh pools, so nothing (the relay's advisory lock included) carries over to the next.
+    Each pipeline gets fresh pools and processes, so nothing carries over to the next.
     """
 
     def __init__(self, setup: Setup, transport: TracingTransport, topic: str, trace: Trace) -> None:
@@ -470,11 +469,20 @@ class Distribution:
 
 
 class Stopwatch:
-    """Wall time on `clock()`, and the service process's CPU time (all its threads), since it was made."""
+    """Wall time on `clock()`, the service process's CPU time (all its threads), and the whole machine's
+    busy CPU time (PostgreSQL, the broker, and anything else running too), since it was made."""
 
     def __init__(self) -> None:
         self.wall = clock()
         self.cpu = time.process_time()
+        self.machine = psutil.cpu_times()
+
+    def machine_busy_percent(self) -> float:
+        """How much of all the machine's CPUs was busy since the start: near 100, the machine is the limit."""
+        before, after = self.machine, psutil.cpu_times()
+        idle = (after.idle - before.idle) + (after.iowait - before.iowait)
+        busy = sum(after) - sum(before) - idle
+        return round(100 * busy / ((clock() - self.wall) * (os.cpu_count() or 1)), 1)
 
     def rate(
         self, count: int, trace: Trace, *, since: float | None = None, until: float | None = None
@@ -518,6 +526,7 @@ async def measure_throughput(
         trace = p.trace
         together = {
             **watch.rate(n, trace, until=max(trace.handled[s] for s in seqs)),
+            "machine_busy_percent": watch.machine_busy_percent(),
             "writer_done_after_s": round(max(trace.written[s] for s in seqs) - watch.wall, 3),
             "mean_relay_batch": mean(trace.publish_sizes),
             "mean_consumer_batch": mean(trace.poll_sizes),
@@ -571,10 +580,14 @@ async def measure_latency(
         await asyncio.gather(*writes)
         await p.until_handled(count)
         # Below the offered rate when the pipeline cannot keep up: latency then measures a growing queue.
-        sustained = watch.rate(count, trace, since=start, until=max(trace.handled[s] for s in seqs))
+        sustained = {
+            **watch.rate(count, trace, since=start, until=max(trace.handled[s] for s in seqs)),
+            "machine_busy_percent": watch.machine_busy_percent(),
+        }
 
     stages = {
         "end_to_end": gaps(seqs, trace.intended, trace.handled),
+        "after_write": gaps(seqs, trace.written, trace.handled),
         "write": gaps(seqs, trace.intended, trace.written),
         "relay": gaps(seqs, trace.written, trace.published),
         "transport": gaps(seqs, trace.published, trace.polled),
@@ -629,6 +642,7 @@ async def run_transport(setup: Setup, args: Args, environment: dict[str, str]) -
 
 LATENCY_ROWS = (
     ("end_to_end", "end to end (scheduled write -> handler commit)"),
+    ("after_write", "event path (outbox commit -> handler commit)"),
     ("write", "  write     (scheduled -> outbox commit)"),
     ("relay", "  relay     (outbox commit -> transport ack)"),
     ("transport", "  transport (ack -> consumer poll returns it)"),
@@ -655,16 +669,20 @@ def report(result: dict[str, Any]) -> str:
             _rate_row("  relay alone (drains the outbox backlog)", tp["relay_alone"]),
             _rate_row("  consumer alone (drains the topic)", tp["consumer_alone"]),
             f"  pipeline: writer done after {pipe['writer_done_after_s']:.2f} s; mean batch "
-            f"{pipe['mean_relay_batch']:.0f} per publish, {pipe['mean_consumer_batch']:.0f} per poll",
+            f"{pipe['mean_relay_batch']:.0f} per publish, {pipe['mean_consumer_batch']:.0f} per poll; "
+            f"machine CPUs {pipe['machine_busy_percent']:.0f}% busy",
             "  CPU: user + system, all threads, of the service process (writer + relay) and the consumer's",
         ]
     if lat := result.get("latency"):
-        sustained = lat["sustained"]["events_per_second"]
+        sustained = lat["sustained"]
         lines += [
             f"Latency: open loop, {lat['rate']:g} events/s for {lat['seconds']:g} s "
-            f"({lat['events']:,} events, 1 per transaction); sustained {sustained:,.0f} events/s; "
-            f"mean batch {lat['mean_relay_batch']:.1f} per publish, "
-            f"{lat['mean_consumer_batch']:.1f} per poll",
+            f"({lat['events']:,} events, 1 per transaction)",
+            f"  sustained {sustained['events_per_second']:,.0f} events/s; CPU ms/event: service "
+            f"{sustained['service_cpu_ms_per_event']:.2f}, "
+            f"consumer {sustained['consumer_cpu_ms_per_event']:.2f}; "
+            f"machine CPUs {sustained['machine_busy_percent']:.0f}% busy; mean batch "
+            f"{lat['mean_relay_batch']:.1f} per publish, {lat['mean_consumer_batch']:.1f} per poll",
             f"  {'ms':<46}" + "".join(f"{h:>9}" for h in ("p50", "p90", "p99", "p99.9", "max")),
         ]
         for key, label in LATENCY_ROWS:

@@ -12,9 +12,9 @@ from services.cards.config import CardsSettings, decode_key
 from services.cards.network_api import document_messages, network_router
 from services.cards.reversals import Reverser
 from services.cards.service import CardService
-from services.cards.tokens import accounts_token_verifier
 from services.cards.vault import Vault
 from shared.config import load
+from shared.remote_auth import accounts_token_verifier
 from shared.runtime import Runtime
 
 log = logging.getLogger("services.cards")

@@ -1,4 +1,4 @@
-"""Card holders' access tokens, verified here with accounts' public keys (decision 0006).
+"""Access tokens verified by any service with accounts' public keys (decision 0006).
 
 Keys: `GET {accounts}/oauth2/jwks.json`, cached; a token naming an unknown kid
 refreshes them, at most once per `jwks_min_refresh_seconds`. Revocations:
@@ -21,7 +21,7 @@ from shared.auth import TokenVerifier, public_keys_from_jwks
 from shared.errors import BankError
 from shared.http import ServiceClient, raise_for_upstream_error
 
-log = logging.getLogger("services.cards.tokens")
+log = logging.getLogger("shared.remote_auth")
 
 OVERLAP = timedelta(minutes=1)  # a revocation can commit a moment after the time it records
 

@@ -1,0 +1,1 @@
+"""The card-network simulator: population, scenarios, open-loop load, reports."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
 
 from services.accounts.ledger import Line
 from services.accounts.models import Account, Hold, JournalEntry, Posting, User
@@ -32,6 +34,22 @@ async def customer_accounts(session: AsyncSession, user_id: str) -> list[Account
 
 async def get_user(session: AsyncSession, user_id: str) -> User | None:
     return await session.get(User, user_id)
+
+
+async def insert_hold_if_new(session: AsyncSession, hold: Hold) -> bool:
+    """Insert the hold unless its network id is taken; on success it joins the session as if loaded."""
+    values = {c.key: getattr(hold, c.key) for c in Hold.__table__.columns}
+    inserted = await session.scalar(
+        pg_insert(Hold)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["network_txn_id"])
+        .returning(Hold.id)
+    )
+    if inserted is None:
+        return False
+    make_transient_to_detached(hold)
+    session.add(hold)
+    return True
 
 
 async def hold_by_network_id(session: AsyncSession, network_txn_id: str) -> Hold | None:

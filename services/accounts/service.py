@@ -159,13 +159,6 @@ class LedgerService:
     ) -> HoldResult:
         """Reserve money for an authorisation, or record why not. Idempotent on the network's id."""
         account = await self._lock_customer(session, account_id)
-        existing = await repo.hold_by_network_id(session, network_txn_id)
-        if existing is not None:
-            if existing.account_id != account_id or existing.amount != amount:
-                raise conflict(
-                    "network_txn_id_reused", "that network transaction id was used for another hold"
-                )
-            return HoldResult(existing, account)
         now = datetime.now(UTC)
         reason = hold_decline_reason(
             available=account.available, amount=amount, closed=account.closed,
@@ -179,20 +172,23 @@ class LedgerService:
             currency=currency,
             status="declined" if reason else "active",
             decline_reason=reason,
+            captured_amount=None,
+            entry_id=None,
             created=now,
             updated=now,
             expires_at=now
             if reason
             else (expires_at or now + timedelta(days=self.settings.hold_default_expiry_days)),
         )
-        try:
-            async with session.begin_nested():  # the same network id on another account, concurrently
-                session.add(hold)
-                await session.flush()
-        except IntegrityError:
-            raise conflict(
-                "network_txn_id_reused", "that network transaction id was used for another hold"
-            ) from None
+        # Insert first, look for a repeat only if the network id is taken: the common case costs one
+        # statement, and a concurrent first use of the id on another account cannot slip in between.
+        if not await repo.insert_hold_if_new(session, hold):
+            existing = await repo.hold_by_network_id(session, network_txn_id)
+            if existing is None or existing.account_id != account_id or existing.amount != amount:
+                raise conflict(
+                    "network_txn_id_reused", "that network transaction id was used for another hold"
+                )
+            return HoldResult(existing, account)
         if reason is None:
             account.held += amount
             await self.outbox.emit(

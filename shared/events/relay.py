@@ -43,32 +43,42 @@ class Relay:
         self._lock_key = zlib.crc32(f"relay:{outbox.table.schema}".encode())
 
     async def publish_batch(self) -> int:
-        """Publish up to one batch of unpublished events; return how many were sent."""
+        """Publish up to one batch of unpublished events; return how many were sent.
+
+        The rows are marked and read in one statement, published, then committed: if publishing
+        fails the marks roll back, so nothing is marked that was not sent."""
         table = self.outbox.table
+        oldest = (
+            select(table.c.id)
+            .where(table.c.published_at.is_(None))
+            .order_by(table.c.id)
+            .limit(self.batch_size)
+            .scalar_subquery()
+        )
+        mark = (
+            table.update()
+            .where(table.c.id.in_(oldest))
+            .values(published_at=func.now())
+            .returning(table.c.id, table.c.topic, table.c.key, table.c.payload)
+        )
         async with self.db.transaction() as session:
-            rows = (
-                await session.execute(
-                    select(table.c.id, table.c.topic, table.c.key, table.c.payload)
-                    .where(table.c.published_at.is_(None))
-                    .order_by(table.c.id)
-                    .limit(self.batch_size)
-                )
-            ).all()
+            rows = sorted((await session.execute(mark)).all(), key=lambda r: r.id)
             if not rows:
                 return 0
             await self.transport.publish([OutgoingRecord(r.topic, r.key, r.payload.encode()) for r in rows])
-            await session.execute(
-                table.update().where(table.c.id.in_([r.id for r in rows])).values(published_at=func.now())
-            )
         for r in rows:
             EVENTS_PRODUCED.labels(self.outbox.service, r.topic).inc()
         return len(rows)
 
     async def drain(self) -> int:
+        """Publish until a batch comes back short: that batch emptied the outbox as of its read, so
+        asking again would cost a transaction for nothing (later commits wake the relay again)."""
         total = 0
-        while sent := await self.publish_batch():
+        while True:
+            sent = await self.publish_batch()
             total += sent
-        return total
+            if sent < self.batch_size:
+                return total
 
     async def backlog(self) -> int:
         table = self.outbox.table

@@ -34,6 +34,32 @@ log = logging.getLogger("shared.events.pglog")
 CHANNEL = "events_log"
 
 
+# Offsets are reserved under each partition row's lock, taken in a fixed order (so two publishers
+# cannot deadlock) and held until the statement commits: offsets become visible strictly in order.
+_APPEND = f"""
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::bytea[])
+        AS b(topic, partition, seq, key, payload)
+), counts AS (
+    SELECT topic, partition, count(*) AS n FROM batch GROUP BY topic, partition
+), locked AS MATERIALIZED (
+    SELECT p.topic, p.partition FROM events.partitions p JOIN counts c USING (topic, partition)
+    ORDER BY p.topic, p.partition FOR UPDATE OF p
+), bumped AS (
+    UPDATE events.partitions p SET next_offset = p.next_offset + c.n
+    FROM counts c JOIN locked l USING (topic, partition)
+    WHERE p.topic = c.topic AND p.partition = c.partition
+    RETURNING p.topic, p.partition, p.next_offset - c.n AS first
+), appended AS (
+    INSERT INTO events.log (topic, partition, "offset", key, payload)
+    SELECT b.topic, b.partition, u.first + b.seq, b.key, b.payload
+    FROM batch b JOIN bumped u USING (topic, partition)
+    RETURNING 1
+)
+SELECT pg_notify('{CHANNEL}', '') FROM (SELECT 1 FROM appended LIMIT 1) AS any_row
+"""
+
+
 def partition_for(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
 
@@ -51,6 +77,8 @@ class PgLogTransport:
         self.member_ttl = member_ttl
         self._pool: asyncpg.Pool | None = None
         self._partitions: dict[str, int] = {}
+        self._publish_conn: Any = None
+        self._publish_lock = asyncio.Lock()
 
     async def start(self) -> None:
         if self._pool is None:
@@ -78,27 +106,38 @@ class PgLogTransport:
         return self._partitions[topic]
 
     async def publish(self, records: list[OutgoingRecord]) -> None:
+        """Append a batch in one statement (one round trip, atomic on its own): reserve each
+        partition's offsets, insert the records, notify the listeners."""
         if not records:
             return
-        async with self.pool.acquire() as conn, conn.transaction():
-            groups: dict[tuple[str, int], list[OutgoingRecord]] = defaultdict(list)
-            for record in records:
-                partition = partition_for(record.key, await self.partitions_of(conn, record.topic))
-                groups[(record.topic, partition)].append(record)
-            rows: list[tuple[str, int, int, str, bytes]] = []
-            # A fixed lock order across publishers, so two relays can never deadlock.
-            for (topic, partition), batch in sorted(groups.items()):
-                first = await conn.fetchval(
-                    """UPDATE events.partitions SET next_offset = next_offset + $3
-                       WHERE topic = $1 AND partition = $2 RETURNING next_offset - $3""",
-                    topic, partition, len(batch),
-                )  # fmt: skip
-                rows.extend((topic, partition, first + i, r.key, r.value) for i, r in enumerate(batch))
-            await conn.copy_records_to_table(
-                "log", schema_name="events", columns=("topic", "partition", "offset", "key", "payload"),
-                records=rows,
-            )  # fmt: skip
-            await conn.execute(f"NOTIFY {CHANNEL}")
+        async with self._publish_lock:
+            conn = await self._publisher()
+            try:
+                seen: dict[tuple[str, int], int] = defaultdict(int)
+                columns: tuple[list[Any], ...] = ([], [], [], [], [])
+                for record in records:
+                    partition = partition_for(record.key, await self.partitions_of(conn, record.topic))
+                    seq = seen[(record.topic, partition)]
+                    seen[(record.topic, partition)] += 1
+                    for column, value in zip(
+                        columns, (record.topic, partition, seq, record.key, record.value), strict=True
+                    ):
+                        column.append(value)
+                await conn.execute(_APPEND, *columns)
+            except BaseException:
+                await self._drop_publisher()
+                raise
+
+    async def _publisher(self) -> Any:
+        # A connection of its own: a pooled one would cost a reset round trip on every release.
+        if self._publish_conn is None or self._publish_conn.is_closed():
+            self._publish_conn = await asyncpg.connect(self.dsn)
+        return self._publish_conn
+
+    async def _drop_publisher(self) -> None:
+        conn, self._publish_conn = self._publish_conn, None
+        if conn is not None:
+            conn.terminate()
 
     async def subscribe(self, group: str, topics: list[str]) -> PgLogSubscription:
         sub = PgLogSubscription(self, group, topics)
@@ -114,6 +153,7 @@ class PgLogTransport:
         return check
 
     async def close(self) -> None:
+        await self._drop_publisher()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

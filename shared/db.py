@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from sqlalchemy import MetaData, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared.config import to_asyncpg
@@ -70,10 +71,18 @@ class Database:
     async def dispose(self) -> None:
         await self.engine.dispose()
 
+    async def _server_version(self) -> str:
+        async with self.engine.connect() as conn:
+            return str((await conn.execute(text("show server_version"))).scalar_one())
+
     def checker(self) -> Checker:
         async def check() -> tuple[str | None, dict[str, str]]:
-            async with self.engine.connect() as conn:
-                version = (await conn.execute(text("show server_version"))).scalar_one()
+            try:
+                version = await self._server_version()
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                version = await self._server_version()  # a pooled connection outlived a restart
             return None, {"server_version": str(version)}
 
         return check

@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 import uvicorn
 from fastapi import APIRouter, Form
+from sqlalchemy import text
 
 from bank.infra.postgres import EmbeddedPostgres
 from shared.db import Database
@@ -123,6 +124,38 @@ async def test_readyz_reports_the_database_going_away(tmp_path: Path) -> None:
 
             await asyncio.to_thread(pg.start)
             assert (await client.get("/readyz")).status_code == 200
+    finally:
+        server.should_exit = True
+        await task
+        await db.dispose()
+        pg.stop("immediate")
+
+
+async def test_a_connection_lost_to_a_database_restart_is_a_503_then_recovers(tmp_path: Path) -> None:
+    pg = EmbeddedPostgres(tmp_path / "pg", free_port(), durable=False)
+    pg.start()
+    db = Database(pg.url, pool_size=2)
+    queries = APIRouter()
+
+    @queries.get("/now")
+    async def now() -> dict[str, str]:
+        async with db.read() as session:
+            return {"now": str((await session.execute(text("SELECT now()"))).scalar_one())}
+
+    server, task, url = await serve(create_app("test", routers=[queries]))
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            assert (await client.get("/now")).status_code == 200
+            await asyncio.to_thread(pg.stop, "immediate")
+            await asyncio.to_thread(pg.start)
+            # The pooled connection died with the old server: its first use fails, typed and
+            # retryable, never a 500; the pool is invalidated and the next request reconnects.
+            first = await client.get("/now")
+            assert first.status_code in (200, 503)
+            if first.status_code == 503:
+                assert first.json()["code"] == "service_unavailable.database"
+                assert first.headers["retry-after"] == "1"
+            assert (await client.get("/now")).status_code == 200
     finally:
         server.should_exit = True
         await task

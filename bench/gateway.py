@@ -5,7 +5,7 @@
 
 Every piece is its own OS process, as in production: the upstream (uvicorn, an app from
 shared.web.create_app answering `GET /bench/ping` with a small JSON body; it also serves a JWKS and an
-empty revocation list, playing accounts), the gateway (uvicorn, `create_edge_app` with a two-route
+empty revocation list, playing accounts), the gateway (uvicorn, `create_app` with a two-route
 table: `/bench` without a token and `/bench-user` with one, both in a rate-limit class high enough
 never to refuse, so the limiter still runs), and the load generator (asyncio on raw keep-alive
 sockets, so the client is not what is measured).
@@ -103,7 +103,7 @@ def serve_gateway(port: int, profile: str | None) -> None:
 
     def run() -> None:
         uvicorn.run(
-            "services.gateway.app:create_edge_app",
+            "services.gateway.app:create_app",
             factory=True,
             host="127.0.0.1",
             port=port,

@@ -1,8 +1,8 @@
 """The gateway: the bank's one front door (routing, identity, limits, tracing, /ops, /docs).
 
-`create_app` is the production factory (a Runtime, like every service);
-`create_edge_app` is the same gateway on the bare app factory, without a
-database, for tests and benchmarks (the gateway keeps no state in one).
+The gateway keeps no state: it runs on the bare app factory, without a database or an event
+transport, so its readiness depends only on what it needs to route (the token keys), not on
+PostgreSQL or Kafka being up.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from services.gateway.proxy import Proxy, upstream_client
 from services.gateway.routes import RouteTable, RouteTableError, parse_table
 from shared.config import SERVICES, BankSettings, load
 from shared.http import ServiceClient
-from shared.runtime import Runtime
 from shared.web import create_app as create_web_app
 
 log = logging.getLogger("gateway")
@@ -134,13 +133,7 @@ class Gateway:
         await self.health.close()
 
 
-def create_app(runtime: Runtime | None = None) -> FastAPI:
-    runtime = runtime or Runtime("gateway")
-    gateway = Gateway(runtime.settings, load(GatewaySettings))
-    return gateway.install(runtime.app(**gateway.app_parts()))
-
-
-def create_edge_app(
+def create_app(
     settings: BankSettings | None = None,
     config: GatewaySettings | None = None,
     table: RouteTable | None = None,

@@ -24,7 +24,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from services.gateway.app import create_edge_app
+from services.gateway.app import create_app as create_gateway_app
 from services.gateway.config import GatewaySettings, RateLimit
 from services.gateway.routes import RouteTable, parse_table
 from shared.auth import SigningKey
@@ -268,7 +268,7 @@ class Gateway:
 async def start_gateway(
     settings: BankSettings, config: GatewaySettings, table: RouteTable | None = None
 ) -> Gateway:
-    app = create_edge_app(settings, config, table)
+    app = create_gateway_app(settings, config, table)
     server = await serve(app)
     return Gateway(server.url, app, server)
 

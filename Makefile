@@ -4,7 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench kafka-jars clean
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint bench kafka-jars system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +19,13 @@ run: $(STAMP)
 	$(BIN)/bank up
 
 ## test: the whole suite on its own PostgreSQL and its own Apache Kafka broker
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## system-deps: Debian packages the tests drive (compose validation, the ops page in a real browser)
+system-deps:
+	@command -v docker-compose >/dev/null && test -x /usr/bin/chromium || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q docker-compose chromium chromium-driver; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

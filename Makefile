@@ -32,8 +32,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+## bench: the standard benchmark set (simulator, baseline, events); results under bench/results/
 bench: $(STAMP)
-	$(BIN)/python -m bench.events
+	$(BIN)/python -m bench.standard
 
 kafka-jars: $(STAMP)
 	$(BIN)/python -c "from bank.infra.kafka import ensure_jars; print(ensure_jars(quiet=False))"

@@ -10,6 +10,7 @@ import typer
 
 from bank.accounts_cli import clients as clients_cli
 from bank.accounts_cli import demo as demo_command
+from bank.sim_cli import sim_app
 from shared.config import SERVICES, BankSettings, load, to_libpq
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run and operate the Mondo-style bank.")
@@ -22,6 +23,7 @@ ledger = typer.Typer(no_args_is_help=True, help="The accounts ledger.")
 app.add_typer(infra, name="infra")
 app.add_typer(ledger, name="ledger")
 app.add_typer(clients_cli, name="clients")
+app.add_typer(sim_app, name="sim")
 app.command("demo")(demo_command)
 infra.add_typer(postgres, name="postgres")
 infra.add_typer(kafka, name="kafka")

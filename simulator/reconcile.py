@@ -1,0 +1,103 @@
+"""After a run: what the network thinks each card spent, against what the bank's public API says.
+
+`start_balances` reads every customer's `/balance` before a run (the network's opening books);
+`reconcile` compares the books' expected available balance per account with `/balance` after it. The
+bank settles some things a moment later (a compensation releasing the hold of an authorisation it
+answered 91, a reversal it took while accounts was away), so differences are re-checked for up to
+`settle_seconds` before they are reported. `ledger_problems` runs `bank ledger verify`'s checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import httpx
+
+from simulator.books import Books
+from simulator.population import Customer, sign_in
+
+
+class _Reader:
+    def __init__(self, base_url: str, client: httpx.AsyncClient, concurrency: int) -> None:
+        self.base, self.client, self.gate = base_url.rstrip("/"), client, asyncio.Semaphore(concurrency)
+
+    async def balance(self, c: Customer) -> int:
+        async with self.gate:
+            for attempt in range(6):
+                try:
+                    r = await self.client.get(
+                        f"{self.base}/balance",
+                        params={"account_id": c.account_id},
+                        headers={"Authorization": f"Bearer {c.token}"},
+                    )
+                except httpx.TransportError:
+                    await asyncio.sleep(0.2 * (attempt + 1))
+                    continue
+                if r.status_code == 401:
+                    await sign_in(self.base, c, self.client)
+                    continue
+                if r.status_code in (429, 502, 503, 504):
+                    await asyncio.sleep(float(r.headers.get("retry-after", "0.5") or 0.5))
+                    continue
+                if r.status_code != 200:
+                    raise RuntimeError(f"{c.account_id}: /balance answered {r.status_code} {r.text[:200]}")
+                return int(r.json()["balance"])
+        raise RuntimeError(f"{c.account_id}: /balance did not answer")
+
+
+async def balances(base_url: str, customers: Sequence[Customer], concurrency: int = 16) -> list[int]:
+    """Every customer's available balance, in population order."""
+    async with httpx.AsyncClient(timeout=15) as client:
+        reader = _Reader(base_url, client, concurrency)
+        return list(await asyncio.gather(*(reader.balance(c) for c in customers)))
+
+
+start_balances = balances
+
+
+async def reconcile(
+    books: Books,
+    customers: Sequence[Customer],
+    base_url: str,
+    *,
+    settle_seconds: float = 30.0,
+    database_url: str | None = None,
+) -> list[str]:
+    """Every difference between the network's books and the bank, as a sentence; empty when clean."""
+    differences = list(books.problems)
+    expected = books.expected()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settle_seconds
+    pending = list(range(len(customers)))
+    actual: dict[int, int] = {}
+    async with httpx.AsyncClient(timeout=15) as client:
+        reader = _Reader(base_url, client, 16)
+        while True:
+            got = await asyncio.gather(*(reader.balance(customers[i]) for i in pending))
+            actual.update(zip(pending, got, strict=True))
+            pending = [i for i in pending if actual[i] != expected[i]]
+            if not pending or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.5)
+    for i in pending:
+        c = customers[i]
+        differences.append(
+            f"{c.account_id} (card {c.pan[-4:]}, customer {i}): the network expects available "
+            f"{expected[i]}, the bank says {actual[i]} (bank - network = {actual[i] - expected[i]:+d})"
+        )
+    if database_url:
+        differences.extend(f"ledger: {p}" for p in await ledger_problems(database_url))
+    return differences
+
+
+async def ledger_problems(database_url: str) -> list[str]:
+    """`bank ledger verify`: every balance recomputed from its postings, every entry sums to zero."""
+    from services.accounts.verify import verify_ledger
+    from shared.db import Database
+
+    db = Database(database_url, pool_size=1, application_name="bank-sim")
+    try:
+        return await verify_ledger(db)
+    finally:
+        await db.dispose()

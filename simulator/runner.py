@@ -1,0 +1,118 @@
+"""One simulator run end to end: population, opening books, schedule, open-loop load, reconciliation,
+report."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simulator import report as reporting
+from simulator.books import Books
+from simulator.live import live_view
+from simulator.loadgen import Network, Pool, Stats
+from simulator.population import Population, seed_population
+from simulator.reconcile import balances, reconcile
+from simulator.scenarios import generate, summary
+
+DEV_NETWORK_KEY = "dev-network-key"
+
+
+@dataclass
+class RunConfig:
+    scenario: str = "day"
+    rate: float = 50.0
+    duration: float = 60.0
+    seed: int = 1
+    customers: int = 1_000
+    base_url: str = "http://127.0.0.1:8000"
+    network_key: str = DEV_NETWORK_KEY
+    signup_url: str | None = None  # where sign-up and sign-in go (default: base_url)
+    population: Path | None = None  # reuse a population file from `bank sim seed`
+    results: Path | None = None  # the results folder (default bench/results/sim-<timestamp>)
+    live: bool = True
+    database_url: str | None = None  # for the ledger checks; none: skipped (reported in the run)
+    settle_seconds: float = 30.0
+    timeout: float = 10.0  # the network's own timeout per message
+    connections: int = 512
+    write_report: bool = True
+    prefix: str = field(default_factory=lambda: f"S{int(time.time() * 1000) % 10**10:010d}")
+
+
+@dataclass
+class RunResult:
+    report: dict[str, Any]
+    differences: list[str]
+    books: Books
+    stats: Stats
+    population: Population
+    folder: Path | None
+
+
+During = Callable[[float], Coroutine[Any, Any, dict[str, Any] | None]]
+
+
+async def population_for(cfg: RunConfig, say: Callable[[str], None] = print) -> Population:
+    if cfg.population is not None and cfg.population.exists():
+        pop = Population.load(cfg.population)
+        say(f"population: {len(pop.customers)} customers from {cfg.population}")
+        return pop
+    began = time.monotonic()
+    pop = await seed_population(cfg.base_url, cfg.customers, cfg.seed, signup_url=cfg.signup_url)
+    say(f"population: {cfg.customers} customers seeded in {time.monotonic() - began:.1f}s")
+    if cfg.population is not None:
+        pop.save(cfg.population)
+    return pop
+
+
+async def run_scenario(
+    cfg: RunConfig,
+    population: Population | None = None,
+    *,
+    during: During | None = None,
+    say: Callable[[str], None] = print,
+) -> RunResult:
+    """Run `cfg.scenario`; `during(start)` runs alongside the load (chaos), its result goes in the report."""
+    pop = population or await population_for(cfg, say)
+    customers = pop.customers
+    start = await balances(cfg.base_url, customers)
+    books = Books(start=list(start))
+    schedule = generate(cfg.scenario, rate=cfg.rate, duration=cfg.duration, seed=cfg.seed, budgets=start,
+                        prefix=cfg.prefix)  # fmt: skip
+    say(f"{cfg.scenario}: {len(schedule)} messages planned {summary(schedule)}")
+    stats = Stats()
+    pool = Pool(cfg.base_url, {"x-network-key": cfg.network_key}, size=cfg.connections)
+    network = Network(pool, customers, books, stats, timeout=cfg.timeout)
+    chaos: dict[str, Any] | None = None
+    try:
+        async with live_view(stats, f"bank sim {cfg.scenario}", len(schedule), enabled=cfg.live):
+            if during is None:
+                await network.run(schedule)
+            else:
+                side: list[asyncio.Task[dict[str, Any] | None]] = []
+
+                def started(at: float) -> None:
+                    side.append(asyncio.get_running_loop().create_task(during(at)))
+
+                await network.run(schedule, on_start=started)
+                chaos = await side[0] if side else None
+    finally:
+        pool.close()
+    say(f"{cfg.scenario}: sent {stats.offered} in {stats.elapsed:.1f}s; reconciling")
+    differences = await reconcile(books, customers, cfg.base_url, settle_seconds=cfg.settle_seconds,
+                                  database_url=cfg.database_url)  # fmt: skip
+    run = {k: v for k, v in asdict(cfg).items() if k not in ("network_key", "live", "write_report")}
+    run = {k: (str(v) if isinstance(v, Path) else v) for k, v in run.items()}
+    run["ledger_checked"] = bool(cfg.database_url)
+    run["customers"] = len(customers)
+    extra: dict[str, Any] = {"planned": summary(schedule), "clearing_outcomes": dict(books.outcomes)}
+    if chaos is not None:
+        extra["chaos"] = chaos
+    doc = reporting.build(stats, run=run, differences=differences, extra=extra)
+    folder = None
+    if cfg.write_report:
+        folder = reporting.write(doc, cfg.results or reporting.results_dir())
+    return RunResult(doc, differences, books, stats, pop, folder)

@@ -1,0 +1,87 @@
+"""The open-loop generator does not coordinate with the system under test.
+
+A real local HTTP server holds every answer until it has received every request of the schedule. A
+closed-loop generator (next request after the last answer) would never get there; an open-loop one
+sends each request on its schedule, so the server sees them all in flight at once, and each latency
+counts from the request's scheduled time, including the time the server sat on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from simulator.books import Books
+from simulator.loadgen import Network, Pool, Stats
+from simulator.population import Customer
+from simulator.scenarios import AUTHORISATION, generate
+
+REQUESTS = 20
+
+
+class HoldingServer:
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.received = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.all_in = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                body = json.loads(await reader.readexactly(length))
+                self.received += 1
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                if self.received >= self.expected:
+                    self.all_in.set()
+                await self.all_in.wait()
+                self.in_flight -= 1
+                nid = body["network_transaction_id"]
+                answer = json.dumps({"mti": "0110", "response_code": "00", "authorisation_id": "auth_x",
+                                     "network_transaction_id": nid}).encode()  # fmt: skip
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(answer)).encode() + b"\r\n\r\n" + answer)  # fmt: skip
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+async def test_requests_leave_on_schedule_whatever_the_answers() -> None:
+    server = HoldingServer(REQUESTS)
+    port = await server.start()
+    customers = [Customer(i, f"c{i}@x", "pw", "C", 10_000, pan=f"535522{i:010d}", cvc="123", expiry="2911")
+                 for i in range(4)]  # fmt: skip
+    schedule = generate("steady", rate=20, duration=REQUESTS / 20, seed=1, budgets=[100_000] * 4, prefix="T")
+    assert len(schedule) == REQUESTS
+    stats, books = Stats(), Books(start=[100_000] * 4)
+    pool = Pool(f"http://127.0.0.1:{port}", {"x-network-key": "k"})
+    try:
+        await asyncio.wait_for(Network(pool, customers, books, stats, timeout=60).run(schedule), 120)
+    finally:
+        pool.close()
+        await server.stop()
+
+    assert server.max_in_flight == REQUESTS, "every request was out before any answer came back"
+    assert stats.codes[AUTHORISATION] == {"00": REQUESTS}
+    assert books.problems == []
+    # Latency counts from the scheduled time: the first request waited for the last to be sent.
+    span_us = (schedule[-1].at - schedule[0].at) * 1e6
+    assert stats.latency[AUTHORISATION].get_max_value() >= span_us * 0.99
+    assert stats.latency[AUTHORISATION].get_total_count() == REQUESTS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,6 +57,32 @@ def start_services(settings: BankSettings, env: dict[str, str]) -> dict[str, sub
         name: subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, start_new_session=True)
         for name in order
     }
+
+
+FAKE_PUSH_PORT = 8010
+
+
+def _free_port(preferred: int) -> int:
+    """`preferred` if nothing listens there, else any free port (a second bank, the e2e tests)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_fake_push(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str] | None:
+    """The local APNs/FCM stand-in (services/notifications/providers/fake.py), its URL given to
+    notifications through `env`; none when real provider URLs are already configured."""
+    if env.get("NOTIFICATIONS_APNS_URL") or env.get("NOTIFICATIONS_FCM_URL"):
+        return None
+    port = _free_port(FAKE_PUSH_PORT)
+    url = f"http://127.0.0.1:{port}"
+    env.update(NOTIFICATIONS_APNS_URL=url, NOTIFICATIONS_FCM_URL=url)
+    env.update(NOTIFICATIONS_FCM_TOKEN_URI=f"{url}/token")
+    command = [sys.executable, "-m", "services.notifications.providers.fake", "--port", str(port)]
+    return subprocess.Popen(command, env=env, start_new_session=True), url
 
 
 def wait_until_ready(settings: BankSettings, procs: dict[str, subprocess.Popen[bytes]]) -> None:
@@ -119,11 +146,13 @@ def run_bank(settings: BankSettings, *, kafka_bootstrap: str | None = None) -> i
     signal.signal(signal.SIGTERM, request_stop)
 
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    fake_push: tuple[subprocess.Popen[bytes], str] | None = None
     try:
         upgrade(database_url)
         env = dict(os.environ, BANK_DATABASE_URL=database_url, BANK_DATA_DIR=str(data_dir))
         if kafka_bootstrap:
             env.update(BANK_TRANSPORT="kafka", BANK_KAFKA_BOOTSTRAP=kafka_bootstrap)
+        fake_push = start_fake_push(env)
         procs = start_services(settings, env)
         wait_until_ready(settings, procs)
         transport = env.get("BANK_TRANSPORT", settings.transport)
@@ -136,6 +165,7 @@ def run_bank(settings: BankSettings, *, kafka_bootstrap: str | None = None) -> i
             + ", ".join(f"{n} {settings.url_of(n)}" for n in SERVICES if n != "gateway")
             + f"\n  mobile app OAuth client id: {load(AccountsSettings).first_party_client_id}"
             + "\n  a customer to try the API as: .venv/bin/bank demo"
+            + (f"\n  pushes     {fake_push[1]} (the local fake APNs/FCM)" if fake_push else "")
             + "\nPress Ctrl-C to stop.",
             flush=True,
         )
@@ -151,7 +181,7 @@ def run_bank(settings: BankSettings, *, kafka_bootstrap: str | None = None) -> i
         return 1
     finally:
         print("stopping services…", flush=True)
-        stop_services(procs)
+        stop_services({**procs, **({"fake-push": fake_push[0]} if fake_push else {})})
         if pg is not None:
             pg.stop()
         lock.close()

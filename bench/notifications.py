@@ -1,0 +1,325 @@
+"""Benchmark of the product's headline figure: card payment approved -> the phone's provider has the push.
+
+    .venv/bin/python -m bench.notifications [--transport pglog,kafka] [--rate 100] [--seconds 20]
+                                            [--users 1000]
+
+Laid out as `bank up` runs it: a durable PostgreSQL in a temporary folder, migrated; for Kafka a KRaft
+broker in a temporary folder; the fake APNs/FCM (`python -m services.notifications.providers.fake`) and
+the notifications service (`python -m services.notifications`) each in its own process. `--users`
+customers each have one APNs device (seeded with SQL).
+
+This process plays the producer of `transactions.feed`: open loop at `--rate` events/s for `--seconds`,
+each a card payment written with `Outbox("transactions").emit` in its own transaction, published by a
+`Relay` woken in-process (as in every service). An event's clock starts at its scheduled time, which
+stands for the cards service's commit of the approval (the transactions service's fold, one more
+relay + consumer hop, is not in this figure; see docs/services/notifications.md). It stops when the
+fake provider records the push (its own clock; same machine). Latency = received - scheduled.
+
+Figures go to stdout and bench/results/notifications-<transport>.json. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import asyncpg
+import httpx
+from pydantic import SerializerFunctionWrapHandler, model_serializer
+from sqlalchemy import text
+
+from bank.infra.kafka import KafkaBroker, ensure_jars, free_port
+from bank.infra.postgres import EmbeddedPostgres
+from bank.migrate import upgrade
+from shared.config import BankSettings, to_libpq
+from shared.db import Database
+from shared.events import make_transport
+from shared.events.envelope import EventData
+from shared.events.outbox import Outbox
+from shared.events.relay import Relay
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+class TransactionCreated(EventData):
+    event_type: ClassVar[str] = "transaction.created"
+    tx_version: int  # `version` on the wire (EventData.version is the payload's schema version)
+
+    @model_serializer(mode="wrap")
+    def _wire(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        doc: dict[str, Any] = handler(self)
+        doc["version"] = doc.pop("tx_version")
+        return doc
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def seed(url: str, users: int) -> None:
+    conn = await asyncpg.connect(to_libpq(url))
+    try:
+        await conn.execute(
+            """INSERT INTO notifications.devices (id, user_id, platform, token)
+               SELECT 'device_b' || i, 'user_b' || i, 'apns', md5(i::text) || md5('x' || i::text)
+               FROM generate_series(1, $1::int) i""",
+            users,
+        )
+    finally:
+        await conn.close()
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def wait_ready(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 120
+    async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited during start-up")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} not ready")
+            await asyncio.sleep(0.1)
+
+
+def event(i: int, users: int) -> tuple[str, TransactionCreated]:
+    n = i % users + 1
+    account = f"acc_b{n}"
+    tx = {
+        "id": f"tx_bench_{i}",
+        "account_id": account,
+        "amount": -1915,
+        "currency": "GBP",
+        "merchant": {"id": "merch_1", "name": "Brightbird Espresso", "emoji": "☕"},
+        "description": "BRIGHTBIRD ESPRESSO",
+        "account_balance": 10_000,
+        "settled": "",
+    }
+    data = TransactionCreated(
+        account_id=account,
+        user_id=f"user_b{n}",
+        kind="card_payment",
+        change="created",
+        tx_version=1,
+        spend_today={"amount": 4355, "currency": "GBP"},
+        transaction=tx,
+    )
+    return account, data
+
+
+async def run_one(
+    transport: str, url: str, bootstrap: str | None, args: argparse.Namespace, tmp: Path
+) -> dict[str, Any]:
+    await seed(url, args.users)
+    fake_port, service_port = free_port(), free_port()
+    fake_url = f"http://127.0.0.1:{fake_port}"
+    env = dict(
+        os.environ,
+        BANK_DATABASE_URL=url,
+        BANK_TRANSPORT=transport,
+        BANK_NOTIFICATIONS_URL=f"http://127.0.0.1:{service_port}",
+        BANK_LOG_LEVEL="WARNING",
+        NOTIFICATIONS_APNS_URL=fake_url,
+        NOTIFICATIONS_FCM_URL=fake_url,
+        NOTIFICATIONS_FCM_TOKEN_URI=f"{fake_url}/token",
+    )
+    if bootstrap:
+        env["BANK_KAFKA_BOOTSTRAP"] = bootstrap
+    fake = start(
+        [sys.executable, "-m", "services.notifications.providers.fake", "--port", str(fake_port)],
+        {**env, "PYTHONUNBUFFERED": "1"},
+        tmp / f"fake-{transport}.log",
+    )
+    service = start(
+        [sys.executable, "-m", "services.notifications"], env, tmp / f"notifications-{transport}.log"
+    )
+    settings = BankSettings(
+        database_url=url, transport=transport, kafka_bootstrap=bootstrap or "127.0.0.1:9092"
+    )
+    db = Database(url, pool_size=8, application_name="bench-producer")
+    producer = make_transport(settings, client_id="bench-transactions")
+    outbox = Outbox("transactions")
+    relay = Relay(db, outbox, producer, poll_seconds=0.2)
+    relay_task: asyncio.Task[None] | None = None
+    try:
+        await producer.start()
+        await wait_ready(f"{fake_url}/healthz", fake, "the fake provider")
+        await wait_ready(f"http://127.0.0.1:{service_port}/readyz", service, "notifications")
+        relay_task = asyncio.create_task(relay.run())
+
+        # Warm-up: one push end to end (consumer group formed, connections open).
+        account, data = event(10**9, args.users)
+        async with db.transaction() as s:
+            await outbox.emit(s, "transactions.feed", account, data)
+        async with httpx.AsyncClient(base_url=fake_url, timeout=10, trust_env=False) as client:
+            deadline = time.monotonic() + 180
+            while not (await client.get("/_fake/received")).json()["received"]:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the warm-up push never arrived")
+                await asyncio.sleep(0.1)
+            await client.delete("/_fake/received")
+
+            total = int(args.rate * args.seconds)
+            scheduled: dict[str, float] = {}
+            committed: dict[str, float] = {}
+            slots = asyncio.Semaphore(16)
+            start_at = time.time() + 0.2
+
+            async def write(i: int) -> None:
+                due = start_at + i / args.rate
+                await asyncio.sleep(max(0.0, due - time.time()))
+                account, data = event(i, args.users)
+                scheduled[f"tx_bench_{i}"] = due
+                async with slots, db.transaction() as s:
+                    await outbox.emit(s, "transactions.feed", account, data)
+                committed[f"tx_bench_{i}"] = time.time()
+
+            print(f"[{transport}] {total} card payments at {args.rate}/s ...", file=sys.stderr)
+            await asyncio.gather(*(write(i) for i in range(total)))
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # count in the database: cheap, unlike the fake's whole list
+                async with db.read() as session:
+                    done = await session.scalar(
+                        text("SELECT count(*) FROM notifications.deliveries WHERE status <> 'pending'")
+                    )
+                if int(done or 0) >= total + 1:  # + the warm-up push
+                    break
+                await asyncio.sleep(1.0)
+            got = (await client.get("/_fake/received")).json()["received"]
+        async with db.read() as session:
+            stages = (
+                await session.execute(
+                    text(
+                        "SELECT extract(epoch FROM created - event_time) * 1000 AS queued,"
+                        " extract(epoch FROM sent_at - created) * 1000 AS sent"
+                        " FROM notifications.deliveries WHERE status = 'sent' AND event_time IS NOT NULL"
+                    )
+                )
+            ).all()
+        queued = [float(r.queued) for r in stages]
+        sending = [float(r.sent) for r in stages]
+        latencies, event_path = [], []
+        for r in got:
+            tx_id = r["data"].get("transaction_id")
+            if tx_id in scheduled:
+                latencies.append((r["received_at"] - scheduled[tx_id]) * 1000)
+                event_path.append((r["received_at"] - committed[tx_id]) * 1000)
+        result = {
+            "transport": transport,
+            "rate": args.rate,
+            "seconds": args.seconds,
+            "sent": total,
+            "received": len(latencies),
+            "latency_ms": {p: round(percentile(latencies, float(p[1:])), 1) for p in ("p50", "p95", "p99")}
+            | {"max": round(max(latencies, default=float("nan")), 1)},
+            "from_outbox_commit_ms": {
+                p: round(percentile(event_path, float(p[1:])), 1) for p in ("p50", "p99")
+            },
+            "stages_ms": {
+                "event_to_queued_p50_p99": [
+                    round(percentile(queued, 50), 1),
+                    round(percentile(queued, 99), 1),
+                ],
+                "queued_to_sent_p50_p99": [
+                    round(percentile(sending, 50), 1),
+                    round(percentile(sending, 99), 1),
+                ],
+            },
+            "load_average": os.getloadavg(),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        }
+        return result
+    finally:
+        if relay_task is not None:
+            relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay_task
+        await producer.close()
+        await db.dispose()
+        for proc in (service, fake):
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextlib.contextmanager
+def postgres(folder: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(folder / "postgres", free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop("immediate")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--transport", default="pglog,kafka")
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--users", type=int, default=1000)
+    args = parser.parse_args(argv)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-notifications-") as folder, postgres(Path(folder)) as pg:
+        for transport in args.transport.split(","):
+            url = pg.create_database(f"bench_{transport}")
+            upgrade(url)
+            if transport == "kafka":
+                ensure_jars()
+                broker = KafkaBroker(Path(folder) / "kafka")
+                broker.start()
+                try:
+                    result = asyncio.run(run_one(transport, url, broker.bootstrap, args, Path(folder)))
+                finally:
+                    broker.stop()
+            else:
+                result = asyncio.run(run_one(transport, url, None, args, Path(folder)))
+            results.append(result)
+            (RESULTS_DIR / f"notifications-{transport}.json").write_text(json.dumps(result, indent=2))
+    print("\ncard payment approved -> push received by the provider (ms)")
+    print(
+        f"{'transport':<10}{'rate/s':>8}{'pushes':>9}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}"
+        "   outbox->push p50/p99"
+    )
+    for r in results:
+        lat, ev = r["latency_ms"], r["from_outbox_commit_ms"]
+        print(
+            f"{r['transport']:<10}{r['rate']:>8.0f}{r['received']:>5}/{r['sent']:<4}{lat['p50']:>8}{lat['p95']:>9}"
+            f"{lat['p99']:>9}{lat['max']:>9}   {ev['p50']}/{ev['p99']}"
+        )
+        stages = r["stages_ms"]
+        print(
+            f"  stages p50/p99 (ms): event -> rows queued {stages['event_to_queued_p50_p99']}, "
+            f"rows -> provider accepted {stages['queued_to_sent_p50_p99']}; "
+            f"load average {[round(x, 1) for x in r['load_average']]}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""Push providers: what a send is, what can come of it, and the one interface APNs and FCM adapters share.
+
+An adapter turns a `Push` into one HTTP request and the answer into a `SendResult`, classified the way
+Apple and Google document their errors: delivered; retry later (429, 5xx, network trouble, an expired
+provider credential); the device token is dead (deactivate the device, never retry); or a request that
+will never succeed as it is (a bug: logged, not retried).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal, Protocol
+
+# Both providers refuse a payload over 4 KiB (APNs: the JSON body; FCM: the message).
+PAYLOAD_LIMIT = 4096
+
+Outcome = Literal["sent", "retry", "invalid_token", "failed"]
+
+
+@dataclass(frozen=True)
+class Push:
+    push_id: str  # a UUID: APNs' apns-id and collapse id, FCM's collapse key; the same on every retry
+    token: str
+    title: str
+    body: str
+    data: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    status: int | None = None  # HTTP status, None when no answer came
+    reason: str = ""  # the provider's reason / error code, or the transport error
+    retry_after: float | None = None  # seconds, from a Retry-After header
+    provider_id: str | None = None  # apns-id / FCM message name
+
+
+class Provider(Protocol):
+    platform: str
+
+    async def send(self, push: Push) -> SendResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+def compact_json(doc: Any) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """A Retry-After header's delay: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

@@ -1,0 +1,336 @@
+"""The notifications service on a real socket, a stub of accounts, and the fake APNs/FCM provider.
+
+Events are produced as the transactions service would: `Outbox("transactions").emit` in a committed
+transaction, then its `Relay` publishes them on the transport the service consumes from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import httpx
+import pytest_asyncio
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi import APIRouter, FastAPI
+from pydantic import SerializerFunctionWrapHandler, model_serializer
+from sqlalchemy import text
+
+from services.notifications.app import create_app
+from services.notifications.config import NotificationsSettings
+from services.notifications.providers.fake import FakeServer
+from shared.auth import INTERNAL_TOKEN_HEADER, SigningKey, TokenVerifier
+from shared.config import BankSettings
+from shared.db import Database
+from shared.errors import not_found
+from shared.events import make_transport
+from shared.events.envelope import Envelope, EventData
+from shared.events.outbox import Outbox
+from shared.events.relay import Relay
+from shared.events.transports.base import OutgoingRecord, Transport
+from shared.ids import new_id
+from shared.runtime import Runtime
+from shared.web import create_app as create_web_app
+from tests.conftest import free_port
+
+INTERNAL_TOKEN = "test-internal-token"
+TRANSACTIONS_TOPIC = "transactions.feed"
+WEBHOOKS_TOPIC = "webhooks.endpoints"
+
+
+class Served:
+    """One ASGI app on uvicorn on a real socket; stoppable and startable again."""
+
+    def __init__(self, app: FastAPI, port: int | None = None) -> None:
+        self.app = app
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError(f"server on port {self.port} stopped during start-up")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+            self._server = self._task = None
+
+
+def stub_accounts(key: SigningKey, owners: dict[str, str]) -> FastAPI:
+    """What notifications reads from accounts: the JWKS, revocations, and account owners."""
+    api = APIRouter()
+
+    @api.get("/oauth2/jwks.json")
+    async def jwks() -> dict[str, Any]:
+        return {"keys": [key.public_jwk()]}
+
+    @api.get("/oauth2/revocations")
+    async def revocations() -> dict[str, Any]:
+        return {"revoked": [], "as_of": datetime.now(UTC).isoformat()}
+
+    @api.get("/internal/accounts/{account_id}")
+    async def account(account_id: str) -> dict[str, Any]:
+        if account_id not in owners:
+            raise not_found("account", "no account with that id")
+        return {"id": account_id, "user_id": owners[account_id], "currency": "GBP", "closed": False}
+
+    app = create_web_app("accounts", routers=[api])
+
+    async def lookup(kid: str) -> Ed25519PublicKey | None:
+        return key.private_key.public_key() if kid == key.kid else None
+
+    app.state.token_verifier = TokenVerifier(lookup)
+    return app
+
+
+class FeedEvent(EventData):
+    """A `transactions.feed` event as the transactions service publishes it (docs/events.md)."""
+
+    event_type: ClassVar[str] = "transaction.created"
+    account_id: str
+    user_id: str
+    kind: str
+    change: str
+    tx_version: int  # `version` on the wire; EventData.version is the payload's schema version
+    spend_today: dict[str, Any]
+    transaction: dict[str, Any]
+
+    @model_serializer(mode="wrap")
+    def _wire(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        doc: dict[str, Any] = handler(self)
+        doc["version"] = doc.pop("tx_version")
+        return doc
+
+
+class FeedUpdated(FeedEvent):
+    event_type: ClassVar[str] = "transaction.updated"
+
+
+class WebhookDisabled(EventData):
+    event_type: ClassVar[str] = "webhook.endpoint.disabled"
+
+
+def transaction(
+    account_id: str,
+    *,
+    amount: int = -1915,
+    currency: str = "GBP",
+    merchant: str | None = "Brightbird Espresso",
+    emoji: str = "☕",
+    decline_reason: str | None = None,
+    balance: int = 10_000,
+    tx_id: str | None = None,
+) -> dict[str, Any]:
+    tx: dict[str, Any] = {
+        "id": tx_id or new_id("tx"),
+        "account_id": account_id,
+        "amount": amount,
+        "currency": currency,
+        "created": datetime.now(UTC).isoformat(),
+        "description": (merchant or "TOP UP").upper(),
+        "merchant": {"id": new_id("merch"), "name": merchant, "emoji": emoji} if merchant else None,
+        "account_balance": balance,
+        "settled": "",
+        "category": "eating_out",
+        "notes": "",
+        "metadata": {},
+    }
+    if decline_reason:
+        tx["decline_reason"] = decline_reason
+    return tx
+
+
+@dataclass
+class Customer:
+    user_id: str
+    account_id: str
+
+
+@dataclass
+class Push:
+    """The running notifications service and everything around it."""
+
+    db: Database
+    key: SigningKey
+    owners: dict[str, str]
+    fake: FakeServer
+    bank_settings: BankSettings
+    settings: NotificationsSettings
+    transport: Transport
+    relay: Relay
+    outbox: Outbox = field(default_factory=lambda: Outbox("transactions"))
+    server: Served | None = None
+    http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=30))
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    async def start(self, **overrides: Any) -> Served:
+        settings = self.settings.model_copy(update=overrides) if overrides else self.settings
+        server = Served(create_app(Runtime("notifications", self.bank_settings), settings))
+        await server.start()
+        self.server = server
+        return server
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+
+    def customer(self) -> Customer:
+        customer = Customer(new_id("user"), new_id("acc"))
+        self.owners[customer.account_id] = customer.user_id
+        return customer
+
+    def auth(self, who: Customer | str) -> dict[str, str]:
+        user_id = who if isinstance(who, str) else who.user_id
+        return {"Authorization": f"Bearer {self.key.issue(user_id, 'oauthclient_test', 3600)[0]}"}
+
+    async def device(self, who: Customer, platform: str = "apns", token: str | None = None) -> dict[str, Any]:
+        token = token or (uuid.uuid4().hex * 2 if platform == "apns" else f"fcm-{uuid.uuid4().hex}:APA91b")
+        r = await self.http.post(
+            f"{self.url}/devices", data={"platform": platform, "token": token}, headers=self.auth(who)
+        )
+        assert r.status_code == 201, r.text
+        device: dict[str, Any] = r.json()["device"]
+        return device
+
+    async def emit(self, data: EventData, subject: str, topic: str = TRANSACTIONS_TOPIC) -> None:
+        """Produce as a service does: outbox row in a committed transaction, then the relay publishes."""
+        async with self.db.transaction() as session:
+            await self.outbox.emit(session, topic, subject, data)
+        await self.relay.drain()
+
+    async def transaction_event(
+        self,
+        who: Customer,
+        *,
+        kind: str = "card_payment",
+        spend: int = 4355,
+        change: str = "created",
+        version: int = 1,
+        **tx: Any,
+    ) -> dict[str, Any]:
+        body = transaction(who.account_id, **tx)
+        cls = FeedEvent if change == "created" else FeedUpdated
+        data = cls(
+            account_id=who.account_id,
+            user_id=who.user_id,
+            kind=kind,
+            change=change,
+            tx_version=version,
+            spend_today={"amount": spend, "currency": body["currency"]},
+            transaction=body,
+        )
+        await self.emit(data, who.account_id)
+        return body
+
+    async def publish_raw(self, envelope: Envelope, topic: str = TRANSACTIONS_TOPIC) -> None:
+        """Publish an envelope on the transport as is (a relay re-publishing after a crash)."""
+        await self.transport.publish([OutgoingRecord(topic, envelope.subject, envelope.to_json().encode())])
+
+    def received(self, **match: object) -> list[Any]:
+        return [r for r in self.fake.fake.received if all(getattr(r, k) == v for k, v in match.items())]
+
+    async def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        async with self.db.read() as session:
+            return [dict(r._mapping) for r in await session.execute(text(sql), params)]
+
+    async def settled(self) -> None:
+        """Wait until no delivery is pending (the provider may answer before the worker commits)."""
+
+        async def done() -> bool:
+            return not await self.rows("SELECT 1 FROM notifications.deliveries WHERE status = 'pending'")
+
+        await eventually(done, what="every delivery settled")
+
+    async def deliveries(self, **where: str) -> list[dict[str, Any]]:
+        cond = " AND ".join(f"{k} = :{k}" for k in where) or "true"
+        return await self.rows(f"SELECT * FROM notifications.deliveries WHERE {cond} ORDER BY id", **where)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 180.0, what: str = "condition"
+) -> None:
+    """Wait for a condition (generous timeout: a loaded 2-core machine is slow, never wrong)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def push_settings(fake_url: str, **overrides: Any) -> NotificationsSettings:
+    values: dict[str, Any] = {
+        "apns_url": fake_url,
+        "fcm_url": fake_url,
+        "fcm_token_uri": f"{fake_url}/token",
+        "fcm_project_id": "bank-test",
+        "poll_seconds": 0.05,
+        "retry_base_seconds": 0.01,
+        "retry_max_seconds": 0.05,
+        "retry_after_max_seconds": 0.05,
+        "max_attempts": 4,
+        "provider_timeout_seconds": 30.0,
+        "send_concurrency": 4,
+        "jwks_min_refresh_seconds": 0.0,
+        "revocation_poll_seconds": 0.2,
+        **overrides,
+    }
+    return NotificationsSettings(**values)
+
+
+@asynccontextmanager
+async def running_push(db: Database, settings: BankSettings, *, start: bool = True) -> AsyncIterator[Push]:
+    key = SigningKey.generate()
+    owners: dict[str, str] = {}
+    accounts = Served(stub_accounts(key, owners))
+    fake = FakeServer(free_port())
+    await asyncio.gather(accounts.start(), fake.start())
+    bank_settings = settings.model_copy(
+        update={"accounts_url": accounts.url, "internal_token": INTERNAL_TOKEN}
+    )
+    transport = make_transport(bank_settings, client_id="tests-producer")
+    await transport.start()
+    outbox = Outbox("transactions")
+    relay = Relay(db, outbox, transport)
+    push = Push(db, key, owners, fake, bank_settings, push_settings(fake.url), transport, relay, outbox)
+    try:
+        if start:
+            await push.start()
+        yield push
+    finally:
+        await push.stop()
+        await push.http.aclose()
+        await transport.close()
+        await asyncio.gather(accounts.stop(), fake.stop())
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def push(db: Database, settings: BankSettings) -> AsyncIterator[Push]:
+    async with running_push(db, settings) as running:
+        yield running
+
+
+__all__ = ["INTERNAL_TOKEN_HEADER", "WEBHOOKS_TOPIC", "Customer", "Push", "WebhookDisabled", "eventually"]

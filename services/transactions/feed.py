@@ -1,0 +1,223 @@
+"""The feed's rules, pure: which transaction an event belongs to, the fold of a transaction's events
+into what the feed shows, what it adds to spend today, and which local day it counts in.
+
+Order independence: `fold` sees the *set* of a transaction's events (duplicates removed by event id)
+and every rule is a function of that set (sums over distinct presentments, the minimum remaining
+amount over reversals, the earliest time…), never of arrival order. So events arriving late, twice or
+out of order converge to the same transaction. No database, no web framework in here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from services.transactions.events import (
+    APPROVED,
+    DECLINED,
+    REFUND_SETTLED,
+    REVERSED,
+    SETTLED,
+    TOPUP_COMPLETED,
+    CardEvent,
+    Change,
+    Kind,
+    NetworkMerchant,
+    TopupCompleted,
+)
+
+LONDON = ZoneInfo("Europe/London")
+DAY_START = timedelta(hours=4)  # the spending day runs 04:00 to 04:00, London time
+# Money-moving card transactions: purchases (00) and cash (01). Refund authorisations (20) move no
+# money (the credit arrives with its clearing, its own transaction); balance enquiries (30, 31) neither.
+SPENDING_CODES = ("00", "01")
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """One event as the fold sees it."""
+
+    event_id: str
+    type: str
+    time: datetime
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    """What the feed shows of one transaction, before owner, balance and annotations."""
+
+    key: str
+    account_id: str
+    kind: Kind
+    amount: int  # minor units, negative = debit
+    currency: str
+    created: datetime
+    updated: datetime
+    settled: datetime | None = None
+    declined: bool = False
+    decline_reason: str | None = None
+    reversed: bool = False
+    description: str = ""
+    merchant: NetworkMerchant | None = None
+    card_last4: str = ""
+    network_transaction_id: str | None = None
+    balance_refs: tuple[str, ...] = field(default=())
+
+    @property
+    def pending(self) -> bool:
+        return self.settled is None and not self.declined and not self.reversed
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["created"] = self.created.isoformat()
+        doc["updated"] = self.updated.isoformat()
+        doc["settled"] = self.settled.isoformat() if self.settled else None
+        doc["merchant"] = self.merchant.model_dump() if self.merchant else None
+        doc["balance_refs"] = list(self.balance_refs)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> FeedItem:
+        values = dict(doc)
+        values["created"] = datetime.fromisoformat(values["created"])
+        values["updated"] = datetime.fromisoformat(values["updated"])
+        values["settled"] = datetime.fromisoformat(values["settled"]) if values.get("settled") else None
+        merchant = values["merchant"]
+        values["merchant"] = NetworkMerchant.model_validate(merchant) if merchant else None
+        values["balance_refs"] = tuple(values["balance_refs"])
+        return cls(**values)
+
+
+def source_key(event_type: str, data: Mapping[str, Any]) -> str | None:
+    """The transaction an event belongs to (None: the event makes no feed item)."""
+    if event_type == TOPUP_COMPLETED:
+        return f"topup:{TopupCompleted.model_validate(data).topup_id}"
+    card = CardEvent.model_validate(data)
+    if event_type == REFUND_SETTLED:
+        return f"refund:{card.presentment_id}" if card.presentment_id else None
+    if card.processing_code[:2] not in SPENDING_CODES:
+        return None
+    if card.authorisation_id:
+        return f"auth:{card.authorisation_id}"  # one transaction per authorisation
+    if event_type == SETTLED and card.presentment_id:
+        return f"presentment:{card.presentment_id}"  # offline: cleared with no authorisation
+    return None
+
+
+def descriptor(merchant: NetworkMerchant) -> str:
+    """The statement line as the network prints it: "BRIGHTBIRD ESPRESSO LONDON GBR"."""
+    words = " ".join(merchant.name.split()).upper()
+    for part in (merchant.city, merchant.country):
+        part = " ".join(part.split()).upper()
+        if part and not words.endswith(" " + part) and f" {part} " not in f" {words} ":
+            words = f"{words} {part}"
+    return words
+
+
+def fold(facts: Iterable[Fact]) -> FeedItem | None:
+    """The transaction these events describe, whatever order they came in."""
+    unique = {f.event_id: f for f in facts}
+    ordered = sorted(unique.values(), key=lambda f: (f.time, f.event_id))
+    if not ordered:
+        return None
+    first = ordered[0]
+    created = first.time
+    updated = max(f.time for f in ordered)
+    if first.type == TOPUP_COMPLETED:
+        topup = TopupCompleted.model_validate(first.data)
+        return FeedItem(
+            key=f"topup:{topup.topup_id}", account_id=topup.account_id, kind="topup", amount=topup.amount,
+            currency=topup.currency, created=created, updated=updated, settled=created,
+            description="Top up", balance_refs=(topup.topup_id,),
+        )  # fmt: skip
+    cards = [(f, CardEvent.model_validate(f.data)) for f in ordered]
+    by_type: dict[str, list[tuple[Fact, CardEvent]]] = {}
+    for fact, card in cards:
+        by_type.setdefault(fact.type, []).append((fact, card))
+    preference = (APPROVED, DECLINED, REVERSED, SETTLED, REFUND_SETTLED)
+    base = next(by_type[t][0][1] for t in preference if t in by_type)
+    presentments = {
+        c.presentment_id: (f, c)
+        for t in (SETTLED, REFUND_SETTLED)
+        for f, c in by_type.get(t, [])
+        if c.presentment_id
+    }
+    refs = set()
+    if base.network_transaction_id:
+        refs.update({base.network_transaction_id, f"advice:{base.network_transaction_id}"})
+    refs.update(f"presentment:{pid}" for pid in presentments)
+    common: dict[str, Any] = {
+        "account_id": base.account_id, "currency": base.currency, "created": created, "updated": updated,
+        "description": descriptor(base.merchant), "merchant": base.merchant, "card_last4": base.card_last4,
+        "network_transaction_id": base.network_transaction_id, "balance_refs": tuple(sorted(refs)),
+    }  # fmt: skip
+    settled_at = min((f.time for f, _ in presentments.values()), default=None)
+    settled_total = sum(c.amount for _, c in presentments.values())
+    if REFUND_SETTLED in by_type:
+        key = _key(base, "refund")
+        return FeedItem(key=key, kind="refund", amount=settled_total, settled=settled_at, **common)
+    kind: Kind = "atm_withdrawal" if base.processing_code.startswith("01") else "card_payment"
+    key = _key(base, "card")
+    if presentments:
+        return FeedItem(key=key, kind=kind, amount=-settled_total, settled=settled_at, **common)
+    live = by_type.get(APPROVED, []) + by_type.get(REVERSED, [])
+    if live:
+        authorised = live[0][1].amount
+        reversals = by_type.get(REVERSED, [])
+        remainders = [c.remaining_amount for _, c in reversals if c.remaining_amount is not None]
+        remaining = min(remainders, default=authorised)
+        remaining = max(0, min(remaining, authorised))
+        return FeedItem(key=key, kind=kind, amount=-remaining, reversed=remaining == 0, **common)
+    return FeedItem(
+        key=key, kind=kind, amount=-base.amount, declined=True, decline_reason=base.decline_reason or "OTHER",
+        **common,
+    )  # fmt: skip
+
+
+def _key(card: CardEvent, kind: str) -> str:
+    if kind == "refund":
+        return f"refund:{card.presentment_id}"
+    if card.authorisation_id:
+        return f"auth:{card.authorisation_id}"
+    return f"presentment:{card.presentment_id}"
+
+
+# -- spend today --------------------------------------------------------------------------------------
+
+
+def spend_day(moment: datetime) -> date:
+    """The local spending day of a moment: it starts at 04:00 Europe/London (GMT or BST)."""
+    local = moment.astimezone(LONDON).replace(tzinfo=None)
+    return (local - DAY_START).date()
+
+
+def spend_of(item: FeedItem) -> int:
+    """What the transaction adds to its day's spend: card payments and cash count, refunds reduce it,
+    declines, reversals and top-ups add nothing."""
+    if item.kind == "topup" or item.declined:
+        return 0
+    return -item.amount
+
+
+# -- changes -------------------------------------------------------------------------------------------
+
+
+def change_of(old: FeedItem | None, new: FeedItem) -> Change:
+    """How a new fold of a transaction differs from the one before, in docs/events.md's terms.
+
+    A change that is none of settled/reversed (a late detail: the authorisation arriving after its
+    clearing, a balance figure) names the lifecycle state the transaction is in.
+    """
+    if old is None:
+        return "created"
+    if new.settled is not None and (old.settled is None or old.amount != new.amount):
+        return "settled"
+    if new.reversed != old.reversed or (new.pending and old.pending and new.amount != old.amount):
+        return "reversed"
+    if new.settled is not None:
+        return "settled"
+    return "reversed" if new.reversed else "created"

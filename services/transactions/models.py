@@ -1,0 +1,105 @@
+"""Transactions' tables (schema `transactions`) as ORM classes. No relationships: every read is explicit."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, Integer, String, Text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.db import service_metadata
+
+
+class Base(DeclarativeBase):
+    metadata = service_metadata("transactions")
+
+
+class Owner(Base):
+    """Who owns an account, from `account.created`."""
+
+    __tablename__ = "owners"
+
+    account_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text)
+    currency: Mapped[str] = mapped_column(String(3))
+
+
+class SourceEvent(Base):
+    """Every event a transaction is folded from (the fold reads them all, in no particular order)."""
+
+    __tablename__ = "source_events"
+
+    event_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    source_key: Mapped[str] = mapped_column(Text)
+    event_type: Mapped[str] = mapped_column(Text)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
+class LedgerPoint(Base):
+    """The account's available balance after one ledger movement, and the reference that moved it."""
+
+    __tablename__ = "ledger_points"
+
+    event_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    account_id: Mapped[str] = mapped_column(Text)
+    ref: Mapped[str] = mapped_column(Text)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    available: Mapped[int] = mapped_column(BigInteger)
+
+
+class Merchant(Base):
+    __tablename__ = "merchants"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    group_id: Mapped[str] = mapped_column(Text)
+    network_id: Mapped[str] = mapped_column(Text)
+    raw_name: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    mcc: Mapped[str] = mapped_column(String(4))
+    category: Mapped[str] = mapped_column(Text)
+    emoji: Mapped[str] = mapped_column(Text)
+    logo: Mapped[str] = mapped_column(Text)
+    online: Mapped[bool] = mapped_column(Boolean)
+    atm: Mapped[bool] = mapped_column(Boolean)
+    address: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Transaction(Base):
+    __tablename__ = "transactions"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    source_key: Mapped[str] = mapped_column(Text, unique=True)
+    account_id: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[str | None] = mapped_column(Text)  # None until `account.created` is seen
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(Text)
+    item: Mapped[dict[str, Any]] = mapped_column(JSONB)  # feed.FeedItem.to_json()
+    merchant_id: Mapped[str | None] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(Text)
+    balance_refs: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    account_balance: Mapped[int | None] = mapped_column(BigInteger)
+    balance_matched: Mapped[bool] = mapped_column(Boolean, default=False)
+    spend_day: Mapped[date] = mapped_column(Date)
+    spend_amount: Mapped[int] = mapped_column(BigInteger, default=0)
+    notes: Mapped[str] = mapped_column(Text, default="")
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONB, default=dict)
+    annotated: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    announced: Mapped[bool] = mapped_column(Boolean, default=False)  # transaction.created emitted
+
+
+class SpendDay(Base):
+    """The running spend of one account on one local day (04:00 to 04:00 London)."""
+
+    __tablename__ = "spend_days"
+
+    account_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[int] = mapped_column(BigInteger, default=0)

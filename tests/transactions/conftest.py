@@ -1,0 +1,155 @@
+"""Fixtures for transactions: the feed's handlers on a real database, and the service on a real socket.
+
+`feed.apply(...)` runs the service's own handlers, one event per database transaction, as the consumer
+does (without a transport: the consumer tests in test_consumer.py cover pglog and Kafka). `service`
+is the real `create_app` on uvicorn, its tokens checked against a small stand-in for accounts' JWKS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest_asyncio
+import uvicorn
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import text
+
+from services.transactions.app import create_app
+from services.transactions.config import TransactionsSettings
+from services.transactions.consumers import FeedProjector
+from services.transactions.publish import Announcer
+from shared.auth import SigningKey
+from shared.config import BankSettings
+from shared.db import Database
+from shared.events.envelope import Envelope
+from shared.events.outbox import Outbox
+from shared.runtime import Runtime
+from tests.conftest import free_port
+
+LOGOS = "https://logos.test/m"
+FEED_TABLES = (
+    "transactions", "source_events", "ledger_points", "merchants", "owners", "spend_days", "outbox",
+)  # fmt: skip
+
+
+class Served:
+    """One ASGI app on uvicorn on a real socket."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError(f"server on port {self.port} stopped during start-up")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+
+
+def identity_app(key: SigningKey) -> FastAPI:
+    """What transactions reads from accounts: the JWKS and the (empty) revocation list."""
+    api = APIRouter()
+
+    @api.get("/oauth2/jwks.json")
+    async def jwks() -> dict[str, Any]:
+        return {"keys": [key.public_jwk()]}
+
+    @api.get("/oauth2/revocations")
+    async def revocations() -> dict[str, Any]:
+        return {"revoked": [], "as_of": datetime.now(UTC).isoformat()}
+
+    app = FastAPI()
+    app.include_router(api)
+    return app
+
+
+@dataclass
+class Feed:
+    db: Database
+    projector: FeedProjector
+
+    async def apply(self, *envelopes: Envelope) -> None:
+        handlers = self.projector.handlers()
+        for e in envelopes:
+            async with self.db.transaction() as session:
+                await handlers[e.type](session, e)
+
+    async def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        async with self.db.read() as session:
+            return [dict(r._mapping) for r in await session.execute(text(sql), params)]
+
+    async def published(self, event_type: str | None = None) -> list[dict[str, Any]]:
+        """What transactions put in its outbox: the CloudEvents, in order."""
+        rows = await self.rows("SELECT event_type, payload FROM transactions.outbox ORDER BY id")
+        return [json.loads(r["payload"]) for r in rows if event_type in (None, r["event_type"])]
+
+    async def clear(self) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(text(f"TRUNCATE {', '.join('transactions.' + t for t in FEED_TABLES)}"))
+
+
+def new_projector() -> FeedProjector:
+    return FeedProjector(Announcer(Outbox("transactions")), LOGOS)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def feed(db: Database) -> Feed:
+    return Feed(db, new_projector())
+
+
+@dataclass
+class Service:
+    feed: Feed
+    key: SigningKey
+    http: httpx.AsyncClient
+
+    def auth(self, user_id: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key.issue(user_id, 'oauthclient_test', 3600)[0]}"}
+
+    async def get(self, path: str, user_id: str, **params: Any) -> httpx.Response:
+        return await self.http.get(path, params=params, headers=self.auth(user_id))
+
+
+def service_settings(**overrides: Any) -> TransactionsSettings:
+    values: dict[str, Any] = {
+        "logo_base_url": LOGOS, "revocation_poll_seconds": 0.05, "jwks_min_refresh_seconds": 0.0, **overrides,
+    }  # fmt: skip
+    return TransactionsSettings(**values)
+
+
+async def start_service(settings: BankSettings, **overrides: Any) -> tuple[SigningKey, Served, Served]:
+    key = SigningKey.generate()
+    identity = Served(identity_app(key))
+    await identity.start()
+    bank = settings.model_copy(update={"accounts_url": identity.url})
+    app = Served(create_app(Runtime("transactions", bank), service_settings(**overrides)))
+    await app.start()
+    return key, identity, app
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def service(feed: Feed, settings: BankSettings) -> AsyncIterator[Service]:
+    key, identity, app = await start_service(settings)
+    try:
+        async with httpx.AsyncClient(base_url=app.url, timeout=30) as http:
+            yield Service(feed, key, http)
+    finally:
+        await asyncio.gather(app.stop(), identity.stop())

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -16,6 +17,7 @@ import httpx
 
 from bank.migrate import upgrade
 from services.accounts.config import AccountsSettings
+from services.gateway.config import GatewaySettings
 from shared.config import SERVICES, BankSettings, load
 
 READY_TIMEOUT = 60.0
@@ -51,12 +53,41 @@ def database_url_is_external() -> bool:
     return bool(os.environ.get("DATABASE_URL") or os.environ.get("BANK_DATABASE_URL"))
 
 
+def start_service(name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, start_new_session=True)
+
+
 def start_services(settings: BankSettings, env: dict[str, str]) -> dict[str, subprocess.Popen[bytes]]:
     order = [s for s in SERVICES if s != "gateway"] + ["gateway"]
-    return {
-        name: subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, start_new_session=True)
-        for name in order
-    }
+    return {name: start_service(name, env) for name in order}
+
+
+class Restarts:
+    """A crashed service is started again, like a container under an orchestrator: at once the
+    first time, then after a doubling pause (up to a minute) while it keeps crashing; a service
+    that stayed up for a minute starts afresh."""
+
+    STABLE_SECONDS = 60.0
+    MAX_PAUSE = 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._pause: dict[str, float] = {}
+        self._last_start: dict[str, float] = {}
+        self._not_before: dict[str, float] = {}
+
+    def due(self, name: str) -> bool:
+        now = self.clock()
+        if name not in self._not_before:  # just noticed: decide when it may start again
+            stable = now - self._last_start.get(name, -self.STABLE_SECONDS) >= self.STABLE_SECONDS
+            pause = 0.0 if stable else min(max(self._pause.get(name, 0.0) * 2, 1.0), self.MAX_PAUSE)
+            self._pause[name] = pause
+            self._not_before[name] = now + pause
+        return now >= self._not_before[name]
+
+    def started(self, name: str) -> None:
+        self._last_start[name] = self.clock()
+        self._not_before.pop(name, None)
 
 
 FAKE_PUSH_PORT = 8010
@@ -164,16 +195,19 @@ def run_bank(settings: BankSettings, *, kafka_bootstrap: str | None = None) -> i
             f"  services   "
             + ", ".join(f"{n} {settings.url_of(n)}" for n in SERVICES if n != "gateway")
             + f"\n  mobile app OAuth client id: {load(AccountsSettings).first_party_client_id}"
+            + f"\n  card network key (x-network-key): {load(GatewaySettings).network_api_key}"
             + "\n  a customer to try the API as: .venv/bin/bank demo"
             + (f"\n  pushes     {fake_push[1]} (the local fake APNs/FCM)" if fake_push else "")
             + "\nPress Ctrl-C to stop.",
             flush=True,
         )
+        restarts = Restarts()
         while not stopping:
-            dead = [n for n, p in procs.items() if p.poll() is not None]
-            if dead:
-                print(f"{', '.join(dead)} stopped unexpectedly; shutting the bank down", file=sys.stderr)
-                return 1
+            for name, proc in list(procs.items()):
+                if proc.poll() is not None and restarts.due(name):
+                    print(f"{name} stopped (exit code {proc.returncode}); restarting it", file=sys.stderr)
+                    procs[name] = start_service(name, env)
+                    restarts.started(name)
             time.sleep(0.2)
         return 0
     except RuntimeError as exc:

@@ -183,6 +183,8 @@ def run_bank(settings: BankSettings, *, kafka_bootstrap: str | None = None) -> i
         env = dict(os.environ, BANK_DATABASE_URL=database_url, BANK_DATA_DIR=str(data_dir))
         if kafka_bootstrap:
             env.update(BANK_TRANSPORT="kafka", BANK_KAFKA_BOOTSTRAP=kafka_bootstrap)
+        # The embedded default is a development bank: webhooks may go to plain-http receivers.
+        env.setdefault("WEBHOOKS_ALLOW_HTTP", "true")
         fake_push = start_fake_push(env)
         procs = start_services(settings, env)
         wait_until_ready(settings, procs)

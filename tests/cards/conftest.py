@@ -239,6 +239,9 @@ def cards_settings(**overrides: Any) -> CardsSettings:
         "accounts_breaker_reset_seconds": 0.2,
         "revocation_poll_seconds": 0.05,
         "jwks_min_refresh_seconds": 0.0,
+        # Bursts of 100 concurrent authorisations on a busy machine must queue, not be shed: the
+        # overload guard has its own test with a short queue.
+        "authorisation_queue_seconds": 60.0,
         **overrides,
     }
     return CardsSettings(**values)

@@ -14,6 +14,7 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from shared import tracing
 from shared.config import to_asyncpg
 from shared.health import Checker
 
@@ -53,15 +54,26 @@ class Database:
             connect_args={"server_settings": {"application_name": application_name}},
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        self._span_attributes = {"db.system": "postgresql", "db.client": application_name}
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """The edge: commit once if the block succeeds, roll back if it raises."""
-        async with self.sessions() as session:
-            async with session.begin():
-                yield session
-            for callback in session.info.pop(_AFTER_COMMIT, {}).values():
-                callback()
+        span = tracing.child("db.transaction", kind=tracing.CLIENT, attributes=self._span_attributes)
+        try:
+            async with self.sessions() as session:
+                async with session.begin():
+                    yield session
+                if span is not None:
+                    span.end()
+                    span = None
+                for callback in session.info.pop(_AFTER_COMMIT, {}).values():
+                    callback()
+        except BaseException as exc:
+            if span is not None:
+                span.end(exc)
+                span = None
+            raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

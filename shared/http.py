@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from shared import tracing
 from shared.context import DEADLINE_HEADER, TRACEPARENT_HEADER, TraceContext, current_trace, remaining_seconds
 from shared.errors import BankError
 
@@ -127,8 +128,34 @@ class ServiceClient:
         hdrs = dict(headers or {})
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS or any(k.lower() == IDEMPOTENCY_HEADER for k in hdrs)
+        span = tracing.child(
+            f"{method} {self.name}", kind=tracing.CLIENT, attributes={"peer.service": self.name}
+        )
+        if span is not None:
+            hdrs[TRACEPARENT_HEADER] = span.trace.header
+            try:
+                resp = await self._send(method, path, params, data, json, hdrs, timeout, idempotent)
+            except BaseException as exc:
+                span.end(exc)
+                raise
+            span.set("http.response.status_code", resp.status_code)
+            span.end()
+            return resp
         trace = current_trace()
         hdrs[TRACEPARENT_HEADER] = (trace.child() if trace else TraceContext.new()).header
+        return await self._send(method, path, params, data, json, hdrs, timeout, idempotent)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        data: Mapping[str, Any] | bytes | str | None,
+        json: Any,
+        hdrs: dict[str, str],
+        timeout: float | None,
+        idempotent: bool,
+    ) -> httpx.Response:
         body: dict[str, Any] = {"content": data} if isinstance(data, bytes | str) else {"data": data}
         per_attempt = self.timeout if timeout is None else timeout
 

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections import deque
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -34,12 +35,45 @@ CONSUMER_LAG = Gauge("consumer_lag", "Events behind the head of the log", ["serv
 DEAD_LETTERS = Counter(
     "dead_letters_total", "Events parked in the dead-letter table", ["service", "consumer"]
 )
+# The last dead letters this process parked (after their transaction committed), for the ops page;
+# the dead-letter tables stay the record.
+RECENT_DEAD_LETTERS: deque[dict[str, Any]] = deque(maxlen=50)
 EVENT_LATENCY = Histogram(
     "event_end_to_end_seconds",
     "Time from an event's creation to its handler committing",
     ["service", "consumer"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
 )
+
+# Business metrics of the event-driven services, named here so the ops page, Grafana and the
+# services agree on them (each service increments its own; see docs/services/ops.md).
+FEED_LAG = Histogram(
+    "transactions_feed_lag_seconds",
+    "From a card or ledger event's time to its transaction being in the feed (committed)",
+    ["event_type"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+FEED_TRANSACTIONS = Counter(
+    "transactions_feed_items_total", "Feed changes applied, by what happened", ["change"]
+)
+WEBHOOK_DELIVERIES = Counter(
+    "webhook_deliveries_total",
+    "Webhook delivery attempts by outcome: delivered, retry (will try again), failed (gave up)",
+    ["outcome"],
+)
+WEBHOOK_ENDPOINTS_DISABLED = Counter(
+    "webhook_endpoints_disabled_total", "Webhook subscriptions disabled after failing for too long"
+)
+DEVICES_DEACTIVATED = Counter(
+    "push_devices_deactivated_total",
+    "Devices deactivated (the provider said the token is gone)",
+    ["provider"],
+)
+# Pushes by outcome: notifications' own `push_sends_total{provider,outcome}` (outcome: sent, retry,
+# invalid_token, failed); the ops page reads that name.
+PUSH_SENDS_METRIC = "push_sends_total"
+PUSH_OK_OUTCOMES = frozenset({"sent"})
+WEBHOOK_OK_OUTCOMES = frozenset({"delivered"})
 
 
 def service_name() -> str:

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import context
+from shared import context, tracing
 from shared.errors import BankError
 from shared.health import Checker, run_checkers
 from shared.observability import HTTP_LATENCY, HTTP_REQUESTS, log_fields
@@ -32,6 +32,9 @@ Background = Callable[[], Coroutine[Any, Any, None]]
 Hook = Callable[[], Awaitable[None]]
 
 _UNMETERED = frozenset({"/metrics", "/healthz", "/readyz"})
+# Not traced either: probes, and the ops page's own polling (it would fill the span store with itself).
+_UNTRACED = frozenset({*_UNMETERED, "/internal/spans", "/internal/dead-letters"})
+_UNTRACED_PREFIX = "/ops"
 
 
 class RequestContextMiddleware:
@@ -47,8 +50,20 @@ class RequestContextMiddleware:
             return
         headers = dict(scope["headers"])
         parent = context.TraceContext.parse(_header(headers, b"traceparent"))
-        trace = parent.child() if parent else context.TraceContext.new()
-        context.set_trace(trace)
+        span = None
+        if not tracing.enabled():
+            trace = parent.child() if parent else context.TraceContext.new()
+            context.set_trace(trace)
+        elif scope["path"] in _UNTRACED or scope["path"].startswith(_UNTRACED_PREFIX):
+            trace = tracing.unsampled(parent)
+            context.set_trace(trace)
+        else:
+            span = tracing.start(
+                scope["method"], kind=tracing.SERVER, parent=parent, service=self.service,
+                attributes={"url.path": scope["path"]},
+            )  # fmt: skip
+            assert span is not None
+            trace = span.trace
         deadline = context.deadline_from_header(_header(headers, b"x-deadline-ms"))
         context.set_deadline(deadline)
         started = time.perf_counter()
@@ -57,6 +72,9 @@ class RequestContextMiddleware:
             # The caller has already given up: doing the work would only waste it.
             expired = BankError("timeout.deadline_exceeded", "the caller's deadline passed before we started")
             await error_response(expired)(scope, receive, send)
+            if span is not None:
+                span.span.set_attribute("http.response.status_code", expired.status)
+                span.end(restore=False)
             return
 
         async def send_wrapper(message: Message) -> None:
@@ -72,6 +90,13 @@ class RequestContextMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
+            if span is not None:
+                span.span.update_name(f"{scope['method']} {template}")
+                span.span.set_attribute("http.route", template)
+                span.span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.span.set_status(tracing.Status(tracing.StatusCode.ERROR))
+                span.end(restore=False)
             if template not in _UNMETERED:
                 elapsed = time.perf_counter() - started
                 method = scope["method"]
@@ -155,6 +180,8 @@ def create_app(
             for hook in on_shutdown:
                 await hook()
 
+    if not tracing.configured():
+        tracing.configure(service)
     app = FastAPI(title=title or f"bank {service}", lifespan=lifespan, **fastapi_kwargs)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, service=service)
@@ -177,6 +204,7 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(tracing.spans_router())
     for router in routers:
         app.include_router(router)
     return app

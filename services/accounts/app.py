@@ -4,6 +4,7 @@ from services.accounts.api import internal_router, public_router
 from services.accounts.config import AccountsSettings
 from services.accounts.identity import IdentityService, identity_routers
 from services.accounts.jobs import hold_expiry_job
+from services.accounts.observability import gauges_job
 from services.accounts.service import LedgerService
 from shared.config import load
 from shared.runtime import Runtime
@@ -21,7 +22,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             internal_router(runtime.db, ledger),
         ],
         on_startup=[identity.start],
-        background=[identity.housekeeping, hold_expiry_job(runtime.db, ledger, settings.expiry_job_seconds)],
+        background=[
+            identity.housekeeping,
+            hold_expiry_job(runtime.db, ledger, settings.expiry_job_seconds),
+            gauges_job(runtime.db),
+        ],
     )
     app.state.token_verifier = identity.verifier()
     app.state.internal_token = runtime.settings.internal_token

@@ -10,6 +10,7 @@ from services.cards.clearing import Clearing
 from services.cards.compensation import compensation_job
 from services.cards.config import CardsSettings, decode_key
 from services.cards.network_api import document_messages, network_router
+from services.cards.observability import gauges_job
 from services.cards.reversals import Reverser
 from services.cards.service import CardService
 from services.cards.vault import Vault
@@ -51,7 +52,11 @@ def create_app(runtime: Runtime | None = None, settings: CardsSettings | None = 
 
     app = runtime.app(
         routers=[public_router(cards), network_router(authoriser, advices, reverser, clearing)],
-        background=[compensation_job(runtime.db, accounts, settings), revocations.run],
+        background=[
+            compensation_job(runtime.db, accounts, settings),
+            revocations.run,
+            gauges_job(runtime.db),
+        ],
         on_startup=[warn_about_dev_keys],
         on_shutdown=[close_clients],
     )

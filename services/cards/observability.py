@@ -1,14 +1,26 @@
-"""Cards' business metrics, and a log line that cannot become a flood."""
+"""Cards' business metrics, and a log line that cannot become a flood.
+
+Most business figures are counted in-band from the events cards commits (`observe_events`): a
+decision counts once, after its transaction commits, whichever code path made it. Gauges that are
+states rather than flows (cards by status, holds outstanding) come from a periodic count
+(`gauges_job`, wired as a background job in app.py).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy import func, select
 
+from shared.db import Database
+from shared.events.envelope import Envelope
+from shared.events.outbox import observe_events
 from shared.observability import log_fields
+from shared.web import Background
 
 AUTHORISATIONS = Counter(
     "card_authorisations_total", "Authorisation answers (0110) by ISO 8583 response code", ["response_code"]
@@ -63,3 +75,72 @@ class Stopwatch:
         now = time.perf_counter()
         _STAGE[stage].observe(now - self._last)
         self._last = now
+
+
+DECISIONS = Counter(
+    "card_authorisation_decisions_total",
+    "Committed authorisation decisions of known cards, by decision and Mondo decline reason",
+    ["decision", "reason"],
+)
+AUTHORISED_AMOUNT = Counter(
+    "card_authorised_amount_minor_total", "Approved authorisation amounts, in minor units", ["currency"]
+)
+SETTLED_AMOUNT = Counter(
+    "card_settled_amount_minor_total", "Cleared (settled) amounts, in minor units", ["currency", "kind"]
+)
+REVERSED_AMOUNT = Counter(
+    "card_reversed_amount_minor_total", "Amounts released by reversals, in minor units", ["currency"]
+)
+CARDS = Gauge("cards", "Cards by status (active, frozen, cancelled)", ["status"])
+OPEN_HOLDS = Gauge(
+    "card_authorisations_open", "Approved authorisations not yet settled or reversed (their holds stand)"
+)
+log = logging.getLogger("services.cards.observability")
+
+
+def observe(envelope: Envelope) -> None:
+    """Count a committed cards event (called by the outbox after the commit)."""
+    data = envelope.data
+    kind = envelope.type
+    if kind == "card.authorisation.approved":
+        DECISIONS.labels("approved", "").inc()
+        AUTHORISED_AMOUNT.labels(data.get("currency", "?")).inc(int(data.get("amount") or 0))
+    elif kind == "card.authorisation.declined":
+        DECISIONS.labels("declined", str(data.get("decline_reason") or "OTHER")).inc()
+    elif kind == "card.authorisation.reversed":
+        REVERSED_AMOUNT.labels(data.get("currency", "?")).inc(int(data.get("reversed_amount") or 0))
+    elif kind in ("card.transaction.settled", "card.refund.settled"):
+        what = "refund" if kind == "card.refund.settled" else "purchase"
+        SETTLED_AMOUNT.labels(data.get("currency", "?"), what).inc(int(data.get("amount") or 0))
+
+
+observe_events("cards", observe)
+
+
+async def refresh_gauges(db: Database) -> None:
+    from services.cards.models import Authorisation, Card
+
+    async with db.read() as session:
+        by_status = dict(
+            (await session.execute(select(Card.status, func.count()).group_by(Card.status))).all()
+        )
+        open_holds = await session.scalar(
+            select(func.count()).select_from(Authorisation).where(Authorisation.status == "approved")
+        )
+    for status in ("active", "frozen", "cancelled", *by_status):
+        CARDS.labels(status).set(by_status.get(status, 0))
+    OPEN_HOLDS.set(int(open_holds or 0))
+
+
+def gauges_job(db: Database, every_seconds: float = 15.0) -> Background:
+    """Background job: recount the state gauges every `every_seconds` (two indexed-or-small counts)."""
+
+    async def cards_gauges() -> None:
+        while True:
+            try:
+                await refresh_gauges(db)
+            except Exception:
+                log.warning("could not refresh the cards gauges", exc_info=True)
+            await asyncio.sleep(every_seconds)
+
+    return cards_gauges

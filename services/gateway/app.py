@@ -16,12 +16,15 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from starlette.middleware import Middleware
 
-from services.gateway.config import DEV_NETWORK_KEY, GatewaySettings
+from services.gateway.config import DEV_NETWORK_KEY, DEV_OPS_TOKEN, GatewaySettings
 from services.gateway.edge import AccessLog, EdgeRouter
 from services.gateway.identity import EdgeIdentity
 from services.gateway.limits import RateLimiter
 from services.gateway.openapi import ApiDocs
-from services.gateway.ops import health
+from services.gateway.ops import health, pages
+from services.gateway.ops.auth import OpsCredential
+from services.gateway.ops.collector import Collector
+from services.gateway.ops.traces import TraceSearch
 from services.gateway.proxy import Proxy, upstream_client
 from services.gateway.routes import RouteTable, RouteTableError, parse_table
 from shared.config import SERVICES, BankSettings, load
@@ -74,8 +77,15 @@ class Gateway:
         self.proxy = Proxy(self.clients, settings.internal_token)
         self.docs = ApiDocs(self.table, self.clients, cache_seconds=config.openapi_cache_seconds)
         self.health = health.ServiceHealth(settings)
+        self.ops_credential = OpsCredential(config.ops_token)
+        self.collector = Collector(
+            self.health, settings.internal_token, self.status, min_interval=config.ops_scrape_seconds
+        )
+        self.traces = TraceSearch(self.health.clients, settings.internal_token)
         if config.network_api_key == DEV_NETWORK_KEY:
             log.warning("GATEWAY_NETWORK_API_KEY is the development default; set it outside development")
+        if config.ops_token == DEV_OPS_TOKEN:
+            log.warning("GATEWAY_OPS_TOKEN is the development default; set it outside development")
 
     def status(self) -> dict[str, Any]:
         return {
@@ -87,7 +97,7 @@ class Gateway:
     def app_parts(self) -> dict[str, Any]:
         """Keyword arguments for Runtime.app / shared.web.create_app."""
         return {
-            "routers": [health.router(self.health, self.status), self._docs_router()],
+            "routers": [self._ops_router(), self._docs_router()],
             "checkers": {"identity": self.identity.checker()},
             "background": [self.keys.run, self.revocations.run],
             "on_shutdown": [self.close],
@@ -114,6 +124,15 @@ class Gateway:
         self.docs.local = app.openapi
         app.state.gateway = self
         return app
+
+    def _ops_router(self) -> APIRouter:
+        return pages.router(
+            self.health,
+            self.status,
+            credential=self.ops_credential,
+            collector=self.collector,
+            traces=self.traces,
+        )
 
     def _docs_router(self) -> APIRouter:
         api = APIRouter()

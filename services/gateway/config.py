@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROUTES_FILE = Path(__file__).with_name("routes.toml")
 DEV_NETWORK_KEY = "dev-network-key"
+DEV_OPS_TOKEN = "dev-ops-token"
 
 
 class RateLimit(BaseModel):
@@ -63,3 +64,7 @@ class GatewaySettings(BaseSettings):
     upstream_transport: Literal["lean", "httpx"] = "lean"
     # How long an upstream's /openapi.json is reused; a failed fetch is retried after a few seconds.
     openapi_cache_seconds: float = Field(default=60.0, ge=0)
+    # The ops credential for /ops (Bearer <token>, or Basic with the token as password).
+    ops_token: str = Field(default=DEV_OPS_TOKEN, min_length=1)
+    # The ops page scrapes every service's /metrics and /readyz at most this often, however many watch.
+    ops_scrape_seconds: float = Field(default=1.0, ge=0.1)

@@ -22,11 +22,19 @@ from datetime import UTC, datetime
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import Database
+from shared import tracing
+from shared.db import Database, after_commit
 from shared.events.envelope import Envelope
 from shared.events.tables import event_tables
 from shared.events.transports.base import IncomingRecord, Subscription, Transport
-from shared.observability import CONSUMER_LAG, DEAD_LETTERS, EVENT_LATENCY, EVENTS_CONSUMED, log_fields
+from shared.observability import (
+    CONSUMER_LAG,
+    DEAD_LETTERS,
+    EVENT_LATENCY,
+    EVENTS_CONSUMED,
+    RECENT_DEAD_LETTERS,
+    log_fields,
+)
 
 log = logging.getLogger("shared.events.consumer")
 
@@ -150,10 +158,15 @@ class Consumer:
                     EVENTS_CONSUMED.labels(self.service, self.name, "duplicate").inc()
                     continue
                 first_time.discard(envelope.id)  # the same event twice in one batch runs once
+                span = self._span(envelope)
                 try:
                     await self.handlers[envelope.type](session, envelope)
                 except Exception as exc:
+                    if span is not None:
+                        span.end(exc)
                     raise _HandlerFailed from exc
+                if span is not None:
+                    span.end()
                 handled.append(envelope)
         EVENTS_CONSUMED.labels(self.service, self.name, "handled").inc(len(handled))
         return handled
@@ -189,12 +202,17 @@ class Consumer:
             return None
         error = ""
         for attempt in range(1, self.max_attempts + 1):
+            span = self._span(envelope)
             try:
                 async with session.begin_nested():
                     await handler(session, envelope)
+                if span is not None:
+                    span.end()
                 EVENTS_CONSUMED.labels(self.service, self.name, "handled").inc()
                 return envelope
             except Exception as exc:
+                if span is not None:
+                    span.end(exc)
                 error = f"{type(exc).__name__}: {exc}"
                 log.warning(
                     "handler failed",
@@ -204,6 +222,24 @@ class Consumer:
                     await asyncio.sleep(0.05 * attempt)
         await self._dead_letter(session, record, envelope, error, attempts=self.max_attempts)
         return None
+
+    def _span(self, envelope: Envelope) -> tracing.Active | None:
+        """The handler's span, continuing the trace the event was emitted in (its traceparent)."""
+        if not tracing.enabled():
+            return None
+        parent = envelope.trace_context()
+        if parent is None or not tracing.sampled(parent):
+            return None
+        return tracing.start(
+            f"consume {envelope.type}",
+            kind=tracing.CONSUMER,
+            parent=parent,
+            service=self.service,
+            attributes={
+                **tracing.event_attributes(envelope.type, envelope.id, envelope.subject, envelope.data),
+                "messaging.consumer.group.name": self.name,
+            },
+        )
 
     async def _dead_letter(
         self,
@@ -228,6 +264,13 @@ class Consumer:
             )
         )
         DEAD_LETTERS.labels(self.service, self.name).inc()
+        parked = {
+            "time": datetime.now(UTC).isoformat(), "service": self.service, "consumer": self.name,
+            "event_id": envelope.id if envelope else None, "event_type": envelope.type if envelope else None,
+            "topic": record.topic, "offset": record.offset, "error": error[:500],
+            "trace_id": (tc.trace_id if envelope and (tc := envelope.trace_context()) else None),
+        }  # fmt: skip
+        after_commit(session, lambda: RECENT_DEAD_LETTERS.append(parked))
         EVENTS_CONSUMED.labels(self.service, self.name, "dead_lettered").inc()
         log.error(
             "event dead-lettered",

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.context import current_traceparent
+from shared.context import TraceContext, current_traceparent
 
 SPEC_VERSION = "1.0"
 
@@ -71,6 +71,10 @@ class Envelope(BaseModel):
         if not isinstance(doc, dict) or doc.get("specversion") != SPEC_VERSION:
             raise ValueError("not a CloudEvents 1.0 structured event")
         return cls.model_validate(doc)
+
+    def trace_context(self) -> TraceContext | None:
+        """The trace the event was emitted in: its handlers continue it."""
+        return TraceContext.parse(self.traceparent)
 
     def data_as(self, model: builtins.type[D]) -> D:
         return model.model_validate(self.data)

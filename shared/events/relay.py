@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared import tracing
 from shared.db import Database
 from shared.events.outbox import Outbox
 from shared.events.transports.base import OutgoingRecord, Transport
@@ -65,7 +67,9 @@ class Relay:
             rows = sorted((await session.execute(mark)).all(), key=lambda r: r.id)
             if not rows:
                 return 0
+            started = time.time_ns()
             await self.transport.publish([OutgoingRecord(r.topic, r.key, r.payload.encode()) for r in rows])
+            tracing.record_publishes(self.outbox.service, ((r.topic, r.payload) for r in rows), started)
         for r in rows:
             EVENTS_PRODUCED.labels(self.outbox.service, r.topic).inc()
         return len(rows)

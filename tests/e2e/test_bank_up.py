@@ -37,10 +37,13 @@ def test_bank_up_runs_every_service_and_stops_cleanly(bank_env: dict[str, str]) 
                 if name != "gateway":  # the gateway keeps no state: no database, no transport
                     assert checks["database"]["ok"] and checks["transport"]["transport"] == "pglog"
                 assert "http_requests_total" in client.get(f"{url}/metrics").text
-            ops = client.get(f"{bank_env['BANK_GATEWAY_URL']}/ops/health").json()
+            ops_auth = {"Authorization": "Bearer dev-ops-token"}  # GATEWAY_OPS_TOKEN's development default
+            ops = client.get(f"{bank_env['BANK_GATEWAY_URL']}/ops/health", headers=ops_auth).json()
             assert ops["ok"] is True
             assert set(ops["services"]) == set(SERVICES) - {"gateway"}
-            assert "<h1>Bank operations</h1>" in client.get(f"{bank_env['BANK_GATEWAY_URL']}/ops").text
+            assert (
+                "Bank operations" in client.get(f"{bank_env['BANK_GATEWAY_URL']}/ops", headers=ops_auth).text
+            )
         rss = {
             child.cmdline()[-1]: child.memory_info().rss // 2**20
             for child in psutil.Process(bank.proc.pid).children()

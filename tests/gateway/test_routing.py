@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+from services.gateway.config import DEV_OPS_TOKEN as OPS_TOKEN
 from tests.gateway.conftest import Gateway, Upstreams
 
 
@@ -184,7 +185,7 @@ async def test_request_id_and_traceparent_on_every_response(gateway: Gateway, up
         assert r.headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
         assert upstreams.last("accounts")["headers"]["traceparent"].split("-")[1] == parent.split("-")[1]
 
-        for path, status in (("/nope", 404), ("/accounts", 401), ("/healthz", 200), ("/ops/health", 200)):
+        for path, status in (("/nope", 404), ("/accounts", 401), ("/healthz", 200), ("/ops/health", 401)):
             r = await client.get(path)
             assert r.status_code == status, path
             assert r.headers["x-request-id"] and r.headers["traceparent"], path
@@ -267,12 +268,15 @@ async def test_circuit_opens_fails_fast_and_recovers(lab: Gateway, upstreams: Up
 
 async def test_ops_and_health_still_served(gateway: Gateway) -> None:
     async with gateway.client() as client:
+        assert (await client.get("/ops/health")).status_code == 401  # the ops credential is required
+        client.headers["Authorization"] = f"Bearer {OPS_TOKEN}"
         r = await client.get("/ops/health")
         body = r.json()
         assert set(body["services"]) == {"accounts", "cards", "transactions", "webhooks", "notifications"}
         assert body["gateway"]["circuits"]["accounts"] == "closed"
         assert body["gateway"]["identity"]["jwks_loaded"] == "yes"
-        assert "<h1>Bank operations</h1>" in (await client.get("/ops")).text
+        assert "Bank operations" in (await client.get("/ops")).text
+        del client.headers["Authorization"]
         assert (await client.get("/healthz")).json()["status"] == "ok"
         ready = await client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["identity"]["ok"] is True

@@ -1,0 +1,135 @@
+"""A whole bank (`bank up` in its own process) for the ops page tests, and a headless Chromium.
+
+The browser is Debian's `chromium` package (bank/infra/browser.py installs it when it is missing),
+driven by Playwright with `executable_path`: Playwright never downloads a browser. Screenshots go
+to `.data/artefacts/browser/` (git-ignored), or `$BANK_ARTEFACTS_DIR/browser/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bank.infra.browser import ensure_chromium
+from shared.config import SERVICES
+from tests.conftest import free_port
+from tests.e2e.conftest import BankProcess
+
+OPS_TOKEN = "browser-test-ops-token"
+NETWORK_KEY = "browser-test-network-key"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunningBank:
+    process: BankProcess
+    env: dict[str, str]
+    gateway: str
+    card: dict[str, Any]
+    http: httpx.Client
+
+    @property
+    def ops_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {OPS_TOKEN}"}
+
+    def url_of(self, service: str) -> str:
+        return self.env[f"BANK_{service.upper()}_URL"]
+
+    def authorise(self, amount: int = 1915) -> httpx.Response:
+        """One 0100 through the gateway, as the card network sends it."""
+        card, stamp = self.card, datetime.now(UTC)
+        nid = "BRW" + uuid.uuid4().hex[:12].upper()
+        message = {
+            "mti": "0100", "pan": card["pan"], "expiry": card["expiry"][3:] + card["expiry"][:2],
+            "cvc": card["cvc"], "processing_code": "000000", "amount": amount, "currency": "GBP",
+            "stan": f"{stamp.microsecond:06d}", "rrn": f"{stamp.microsecond:012d}",
+            "transmission_time": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"), "network_transaction_id": nid,
+            "merchant": {"id": "BB0001", "name": "BRIGHTBIRD ESPRESSO", "mcc": "5814", "city": "London",
+                         "country": "GB", "postcode": "N1 3JD"},
+        }  # fmt: skip
+        r = self.http.post("/network/authorisations", json=message, headers={"x-network-key": NETWORK_KEY})
+        assert r.status_code == 200, r.text
+        return r
+
+    def summary(self) -> dict[str, Any]:
+        r = self.http.get("/ops/api/summary", headers=self.ops_headers)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    return ensure_chromium()
+
+
+@pytest.fixture(scope="session")
+def artefacts() -> Path:
+    base = Path(os.environ.get("BANK_ARTEFACTS_DIR", ROOT / ".data" / "artefacts"))
+    folder = base / "browser"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _customer_with_a_card(http: httpx.Client) -> dict[str, Any]:
+    email = f"ops-{uuid.uuid4().hex[:8]}@example.com"
+    r = http.post("/users", data={"email": email, "password": "correct horse", "name": "Ada Lovelace"})
+    assert r.status_code == 201, r.text
+    account_id = r.json()["account"]["id"]
+    r = http.post(
+        "/oauth2/token",
+        data={"grant_type": "password", "client_id": "oauthclient_mondo_app", "username": email,
+              "password": "correct horse"},
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    r = http.post(
+        "/topup",
+        data={"account_id": account_id, "amount": "500000", "currency": "GBP"},
+        headers={**auth, "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert r.status_code == 201, r.text
+    r = http.post("/cards", data={"account_id": account_id}, headers=auth)
+    assert r.status_code == 201, r.text
+    card: dict[str, Any] = r.json()["card"]
+    return card
+
+
+@pytest.fixture(scope="module")
+def ops_bank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBank]:
+    tmp = tmp_path_factory.mktemp("ops-bank")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BANK_DATABASE_URL")}
+    env.update(
+        BANK_DATA_DIR=str(tmp / "data"), BANK_PG_PORT=str(free_port()), BANK_LOG_LEVEL="WARNING",
+        GATEWAY_OPS_TOKEN=OPS_TOKEN, GATEWAY_NETWORK_API_KEY=NETWORK_KEY,
+        BANK_TRACING="true", BANK_TRACE_SAMPLE_RATIO="1.0",
+        # The test's page and its own client poll /ops from one address: more room than a person needs.
+        GATEWAY_RATE_LIMITS=json.dumps({
+            "default": {"rate": 20, "burst": 100}, "auth": {"rate": 2, "burst": 20},
+            "network": {"rate": 2000, "burst": 4000}, "ops": {"rate": 50, "burst": 200},
+        }),
+    )  # fmt: skip
+    for name in SERVICES:
+        env[f"BANK_{name.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
+    process = BankProcess(env)
+    try:
+        process.wait_ready(timeout=180)
+        with httpx.Client(base_url=env["BANK_GATEWAY_URL"], timeout=15) as http:
+            yield RunningBank(process, env, env["BANK_GATEWAY_URL"], _customer_with_a_card(http), http)
+    finally:
+        if process.proc.poll() is None:
+            process.proc.send_signal(signal.SIGINT)
+            try:
+                process.proc.wait(timeout=60)
+            except Exception:
+                process.proc.kill()

@@ -1,0 +1,61 @@
+"""/ops through the gateway's own pipeline (in process): the credential, the page, the figures.
+
+The upstream services are not running here, so every one of them must show as down, and the
+trace search must name them as not answering rather than fail.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest_asyncio
+
+from services.gateway.app import create_app
+from services.gateway.config import GatewaySettings
+from shared.config import SERVICES, BankSettings
+from tests.conftest import free_port
+
+TOKEN = "ops-test-token"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    urls = {f"{name}_url": f"http://127.0.0.1:{free_port()}" for name in SERVICES}
+    app = create_app(BankSettings(**urls), GatewaySettings(ops_token=TOKEN, ops_scrape_seconds=0.1))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        yield http
+    await app.state.gateway.close()
+
+
+async def test_unauthenticated_ops_is_refused_with_a_typed_401(client: httpx.AsyncClient) -> None:
+    for path in ("/ops", "/ops/health", "/ops/api/summary", "/ops/api/traces?q=x", "/ops/api/recent"):
+        r = await client.get(path)
+        assert r.status_code == 401, path
+        assert r.json()["code"] == "unauthorized.ops_credential", path
+        assert r.headers["www-authenticate"].startswith("Basic realm="), path
+        wrong = await client.get(path, headers={"Authorization": "Bearer not-the-token"})
+        assert wrong.status_code == 401 and wrong.json()["code"] == "unauthorized.ops_credential"
+
+
+async def test_the_page_and_its_figures_with_the_credential(client: httpx.AsyncClient) -> None:
+    basic = "Basic " + base64.b64encode(f"ops:{TOKEN}".encode()).decode()
+    page = await client.get("/ops", headers={"Authorization": basic})
+    assert page.status_code == 200 and "<h1>Bank operations</h1>" in page.text
+    assert "http://" not in page.text.split("<script>")[1]  # nothing fetched from elsewhere
+
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    summary = (await client.get("/ops/api/summary", headers=bearer)).json()
+    assert summary["services"]["gateway"]["ok"] is True
+    down = {name for name, s in summary["services"].items() if not s["ok"]}
+    assert down == set(SERVICES) - {"gateway"}  # nothing else is running in this test
+    assert summary["authorisations"]["total"] == 0 and summary["authorisations"]["approval_rate"] is None
+    assert set(summary["latency"]) == {"cards", "gateway"}
+    assert summary["gateway"]["circuits"]
+
+    found = (await client.get("/ops/api/traces", params={"q": "0" * 31 + "1"}, headers=bearer)).json()
+    assert found["spans"] == [] and set(found["unavailable"]) == set(SERVICES) - {"gateway"}
+    assert (await client.get("/ops/api/recent", headers=bearer)).json() == {"authorisations": []}
+    assert (await client.get("/ops/health", headers=bearer)).json()["ok"] is False

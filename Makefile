@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench kafka-jars system-deps clean
+.PHONY: run test lint bench soak kafka-jars system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(STAMP)
 ## bench: the standard benchmark set (simulator, baseline, events); results under bench/results/
 bench: $(STAMP)
 	$(BIN)/python -m bench.standard
+
+## soak: the bank test for 30 minutes (kills, a PostgreSQL restart, slow accounts), then the checker
+soak: $(STAMP)
+	$(BIN)/python -m bank.faults --seconds 1800 --report bench/results/soak.json
 
 kafka-jars: $(STAMP)
 	$(BIN)/python -c "from bank.infra.kafka import ensure_jars; print(ensure_jars(quiet=False))"

@@ -10,6 +10,7 @@ import typer
 
 from bank.accounts_cli import clients as clients_cli
 from bank.accounts_cli import demo as demo_command
+from bank.checker import check_command
 from bank.sim_cli import sim_app
 from shared.config import SERVICES, BankSettings, load, to_libpq
 
@@ -24,6 +25,7 @@ app.add_typer(infra, name="infra")
 app.add_typer(ledger, name="ledger")
 app.add_typer(clients_cli, name="clients")
 app.add_typer(sim_app, name="sim")
+app.command("check")(check_command)
 app.command("demo")(demo_command)
 infra.add_typer(postgres, name="postgres")
 infra.add_typer(kafka, name="kafka")

@@ -144,6 +144,13 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse(error.body(), status_code=error.status, headers={"Retry-After": "1"})
         return await unexpected(request, exc)
 
+    @app.exception_handler(ConnectionError)
+    async def connection_error(request: Request, exc: ConnectionError) -> JSONResponse:
+        # Raised bare (not as a DBAPIError) when the pool reconnects to a database that is down.
+        log.warning("connection refused or lost: %s", exc, extra=log_fields(path=request.url.path))
+        error = BankError("service_unavailable.database", "the database is unavailable; try again")
+        return JSONResponse(error.body(), status_code=error.status, headers={"Retry-After": "1"})
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", extra=log_fields(path=request.url.path))

@@ -28,6 +28,7 @@ from shared import context
 from shared.auth import INTERNAL_TOKEN_HEADER
 from shared.errors import BankError
 from shared.http import CircuitBreaker, ServiceClient
+from shared.ids import plausible_id
 
 # ServiceClient errors raised before a request was written.
 _NOT_SENT = frozenset({"service_unavailable.circuit_open", "timeout.deadline_exceeded"})
@@ -170,6 +171,8 @@ class AccountsClient:
         return HoldAnswer(hold["status"], hold.get("decline_reason"))
 
     async def account(self, account_id: str, *, hot: bool = False) -> AccountInfo | None:
+        if not plausible_id(account_id):
+            return None
         path = f"/internal/accounts/{quote(account_id, safe='')}"
         if hot:
             with within(self.deadline):

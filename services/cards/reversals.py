@@ -61,6 +61,8 @@ class Reverser:
             if done is not None:
                 return done.response
             auth = await repo.authorisation_by_network_id(session, nid, lock=True)
+            if auth is not None and (done := await repo.reversal(session, nid, remaining)) is not None:
+                return done.response  # a repeat that raced us finished while we waited for the lock
             if auth is None:
                 await repo.add_compensation(session, nid, "reversal_of_unknown_authorisation")
                 answer = _answer(ResponseCode.APPROVED, nid, None)

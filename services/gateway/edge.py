@@ -126,6 +126,21 @@ class AccessLog:
                 access_log.log(level, "%s %s %s", scope["method"], path, status, extra=fields)
 
 
+def carries_nul(path: bytes, query: bytes, body: bytes, content_type: bytes | None) -> bool:
+    """A NUL anywhere a service would store text (PostgreSQL text and jsonb refuse it, so the service
+    would answer 500): in the path or query (%00), a form body (%00 or raw), a JSON body (\\u0000)."""
+    if b"%00" in path or b"%00" in query:
+        return True
+    if not body:
+        return False
+    kind = (content_type or b"").split(b";", 1)[0].strip().lower()
+    if kind == b"application/x-www-form-urlencoded":
+        return b"%00" in body or b"\x00" in body
+    if kind == b"application/json" or kind.endswith(b"+json"):
+        return b"\\u0000" in body or b"\x00" in body
+    return False
+
+
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("latin-1")
 
@@ -221,6 +236,11 @@ class EdgeRouter:
         body = await read_body(receive, headers.get(b"content-length"), self.max_body_bytes)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope.get("query_string", b"")
+        if carries_nul(raw_path, query, body, headers.get(b"content-type")):
+            raise BankError(
+                "bad_request.nul_character",
+                "the request carries a NUL character (%00), which no field accepts",
+            )
         target = (raw_path + b"?" + query if query else raw_path).decode("latin-1")
         forwarded = request_headers(scope["headers"], route, caller, self.proxy.internal_token)
         method = scope["method"]

@@ -6,6 +6,7 @@ from urllib.parse import quote
 
 from shared.auth import INTERNAL_TOKEN_HEADER
 from shared.http import ServiceClient, raise_for_upstream_error
+from shared.ids import plausible_id
 
 
 class AccountsClient:
@@ -15,6 +16,8 @@ class AccountsClient:
 
     async def owner(self, account_id: str) -> str | None:
         """The account's owner's user id; None if accounts knows no such account."""
+        if not plausible_id(account_id):
+            return None
         resp = await self.client.get(f"/internal/accounts/{quote(account_id, safe='')}", headers=self.headers)
         if resp.status_code == 404:
             return None

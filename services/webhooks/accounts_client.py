@@ -8,6 +8,7 @@ from urllib.parse import quote
 from shared.auth import INTERNAL_TOKEN_HEADER
 from shared.errors import BankError
 from shared.http import ServiceClient
+from shared.ids import plausible_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,8 @@ class AccountsClient:
         await self.client.aclose()
 
     async def account(self, account_id: str) -> AccountInfo | None:
+        if not plausible_id(account_id):
+            return None
         unavailable = BankError(
             "service_unavailable.accounts", "accounts cannot confirm who owns that account; try again"
         )

@@ -1,0 +1,64 @@
+"""The bank test (in the spirit of Jepsen's bank workload): the simulator's `day` traffic through the
+gateway (authorisations, repeats, reversals, advices, clearings, force-posts) while services are
+killed with SIGKILL and restarted every few seconds, PostgreSQL is restarted, accounts is slowed by a
+delaying proxy (and, on Kafka, the broker is stopped and started); then the bank is left to settle and
+`bank.checker` must find no violation of any invariant.
+
+The short runs here are part of `make test`; `make soak` runs the same for 30 minutes
+(`python -m bank.faults --seconds 1800`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bank.faults import dump, run_bank_test
+
+
+def _report(name: str, doc: dict[str, Any]) -> None:
+    out = Path(os.environ.get("BANK_TEST_REPORTS", tempfile.gettempdir())) / f"bank-test-{name}.json"
+    out.write_text(dump(doc))
+    checker = doc["checker"]
+    print(
+        f"\nbank test ({name}): {doc['operations']['messages_sent']} messages, "
+        f"{doc['faults']['injected']} faults {doc['faults']['by_kind']}, "
+        f"{checker['violations_total']} violations; checked {', '.join(checker['checked'])} ({out})"
+    )
+
+
+def _assert_sound(doc: dict[str, Any], *, kinds: set[str]) -> None:
+    faults, checker = doc["faults"], doc["checker"]
+    assert set(faults["by_kind"]) >= kinds, faults
+    assert faults["by_kind"]["kill"] >= 3, faults
+    assert not faults["failed_to_inject"], faults["failed_to_inject"]
+    assert doc["operations"]["messages_sent"] >= 200, doc["operations"]
+    assert checker["ok"], json.dumps(checker, indent=1, default=str)
+    for always in (
+        "entries_balance",
+        "ledger_sums_to_zero",
+        "balance_is_postings",
+        "no_negative_balance",
+        "holds_accounted",
+        "no_stray_holds",
+        "api_balance",
+    ):
+        assert always in checker["checked"], checker["checked"]
+
+
+async def test_money_survives_kills_a_database_restart_and_a_slow_ledger(tmp_path: Path) -> None:
+    doc = await run_bank_test(tmp_path / "bank", seconds=60, rate=8, customers=12, kill_every=6)
+    _report("pglog", doc)
+    _assert_sound(doc, kinds={"kill", "postgres-restart", "delay"})
+
+
+@pytest.mark.kafka
+async def test_money_survives_the_same_faults_and_a_kafka_broker_stop(tmp_path: Path) -> None:
+    doc = await run_bank_test(tmp_path / "bank", seconds=45, rate=8, customers=10, kill_every=6, kafka=True)
+    _report("kafka", doc)
+    _assert_sound(doc, kinds={"kill", "postgres-restart", "delay", "kafka-stop"})

@@ -36,12 +36,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 from bank.infra.kafka import KafkaBroker, ensure_jars, free_port
 from bank.infra.postgres import EmbeddedPostgres
@@ -49,8 +50,9 @@ from bank.migrate import upgrade
 from services.transactions.consumers import TOPICS, FeedProjector, transaction_id
 from services.transactions.feed import Fact, fold, spend_day
 from services.transactions.merchants import profile
-from services.transactions.models import Merchant, Owner, Transaction
+from services.transactions.models import Merchant, Owner, Transaction, TransactionRow
 from services.transactions.publish import Announcer
+from services.transactions.render import merchant_doc, transaction_json
 from shared.auth import SigningKey
 from shared.config import BankSettings
 from shared.db import Database
@@ -159,42 +161,31 @@ async def seed_feed(url: str, size: int) -> str:
             insert(Merchant).values(
                 id=p.id, group_id=p.group_id, network_id="BB0001", raw_name=MERCHANT["name"], name=p.name,
                 mcc=p.mcc, category=p.category, emoji=p.emoji, logo=p.logo, online=p.online, atm=p.atm,
-                address=p.address, created=T0, updated=T0,
+                address=p.address, doc=merchant_doc(p), created=T0, updated=T0,
             )
         )  # fmt: skip
         await session.execute(insert(Owner).values(account_id=account, user_id=user, currency="GBP"))
         rows = []
         for n in range(size):
-            at = T0 + timedelta(minutes=n)
             card_events = [e for _, e in payment_story(n) if e.type.startswith("card.")]
             facts = [Fact(e.id, e.type, e.time, {**e.data, "account_id": account}) for e in card_events]
             item = fold(facts)
             assert item is not None
-            rows.append(
-                {
-                    "id": transaction_id(item.key),
-                    "source_key": item.key,
-                    "account_id": account,
-                    "user_id": user,
-                    "created": at,
-                    "updated": at,
-                    "kind": item.kind,
-                    "item": item.to_json(),
-                    "merchant_id": p.id,
-                    "category": p.category,
-                    "balance_refs": list(item.balance_refs),
-                    "account_balance": 10**6 - n,
-                    "balance_matched": True,
-                    "spend_day": spend_day(at),
-                    "spend_amount": -item.amount,
-                    "notes": "",
-                    "metadata_": {},
-                    "version": 2,
-                    "announced": True,
-                }
-            )
+            tx = TransactionRow(
+                id=transaction_id(item.key), source_key=item.key, account_id=account, user_id=user,
+                created=item.created, updated=item.updated, kind=item.kind, item=item.to_json(),
+                merchant_id=p.id, category=p.category, balance_refs=list(item.balance_refs),
+                account_balance=10**6 - n, balance_matched=True, spend_day=spend_day(item.created),
+                spend_amount=-item.amount, notes="", metadata={}, annotated=None, version=2, announced=True,
+            )  # fmt: skip
+            row = asdict(tx)
+            row["metadata_"] = row.pop("metadata")
+            rows.append({**row, "body": transaction_json(tx, item)})
         for i in range(0, len(rows), 1_000):
             await session.execute(insert(Transaction), rows[i : i + 1_000])
+        # Planner statistics, as autovacuum keeps them on a live table (a bulk load is read before
+        # autovacuum gets to it, and without them the keyset page is planned as a bitmap scan + sort).
+        await session.execute(text("ANALYZE transactions.transactions"))
     await db.dispose()
     return account
 

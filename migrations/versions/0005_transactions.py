@@ -61,6 +61,7 @@ def upgrade() -> None:
         sa.Column("online", sa.Boolean, nullable=False),
         sa.Column("atm", sa.Boolean, nullable=False),
         sa.Column("address", postgresql.JSONB, nullable=False),
+        sa.Column("doc", postgresql.JSONB, nullable=False),
         sa.Column("created", TS, nullable=False),
         sa.Column("updated", TS, nullable=False),
         schema=S,
@@ -88,6 +89,7 @@ def upgrade() -> None:
         sa.Column("annotated", TS),
         sa.Column("version", sa.Integer, nullable=False, server_default="1"),
         sa.Column("announced", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("body", postgresql.JSONB, nullable=False),
         sa.CheckConstraint("kind IN ('card_payment', 'atm_withdrawal', 'refund', 'topup')", name="kind"),
         schema=S,
     )

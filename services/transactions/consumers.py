@@ -4,11 +4,18 @@ today, announce changes on `transactions.feed`.
 Every handler runs inside the consumer's transaction, next to the event's inbox row, and never commits.
 Redelivered events are no-ops twice over: the inbox skips them, and `source_events` / `ledger_points`
 are keyed by event id.
+
+Round trips are the cost that matters (docs/decisions/0010-transaction-feed.md, "Performance"): a card
+event is one statement to record it and read everything its fold needs, one to write the transaction
+(with its merchant and spend moves), and the announcement's outbox row; a change that shows nothing
+new writes nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, date
+from functools import lru_cache
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,12 +32,25 @@ from services.transactions.events import (
     AccountCreated,
     Change,
     LedgerMovement,
+    NetworkMerchant,
 )
-from services.transactions.feed import FeedItem, change_of, fold, source_key, spend_day, spend_of
-from services.transactions.merchants import profile, stable_id
-from services.transactions.models import Transaction
+from services.transactions.feed import (
+    Fact,
+    FeedItem,
+    Movement,
+    balance_after,
+    change_of,
+    event_refs,
+    fold,
+    source_key,
+    spend_day,
+    spend_moves,
+    spend_of,
+)
+from services.transactions.merchants import MerchantProfile, profile, stable_id
+from services.transactions.models import TransactionRow
 from services.transactions.publish import Announcer
-from services.transactions.render import TOPUP_CATEGORY
+from services.transactions.render import TOPUP_CATEGORY, merchant_doc, transaction_json
 from shared.events.consumer import Handler
 from shared.events.envelope import Envelope
 
@@ -48,6 +68,11 @@ class FeedProjector:
     announcer: Announcer
     logo_base_url: str
 
+    def __post_init__(self) -> None:
+        # A merchant's directory entry is a pure function of its network record: worked out once per
+        # process (name cleaning, MCC lookup, ids), never per event.
+        self._directory_entry = lru_cache(maxsize=4096)(self._directory_entry_uncached)
+
     def handlers(self) -> dict[str, Handler]:
         handlers: dict[str, Handler] = {t: self.on_card_event for t in CARD_TYPES}
         handlers[ACCOUNT_CREATED] = self.on_account_created
@@ -60,10 +85,9 @@ class FeedProjector:
 
     async def on_account_created(self, session: AsyncSession, envelope: Envelope) -> None:
         data = AccountCreated.model_validate(envelope.data)
-        await repo.add_owner(session, data.account_id, data.user_id, data.currency)
-        for tx in await repo.unannounced(session, data.account_id):
+        for tx in await repo.add_owner(session, data.account_id, data.user_id, data.currency):
             tx.user_id = data.user_id
-            await self.announcer.announce(session, tx, "created")
+            await self._write(session, tx, FeedItem.from_json(tx.item), "created")
 
     async def on_card_event(self, session: AsyncSession, envelope: Envelope) -> None:
         key = source_key(envelope.type, envelope.data)
@@ -82,62 +106,81 @@ class FeedProjector:
     # -- the fold -----------------------------------------------------------------------------------------
 
     async def _apply(self, session: AsyncSession, envelope: Envelope, key: str) -> None:
-        e = envelope
-        if not await repo.add_source_event(session, e.id, key, e.type, e.time, e.data):
-            return
-        item = fold(await repo.facts_of(session, key))
+        e, time = envelope, envelope.time.astimezone(UTC)
+        loaded = await repo.load_for_fold(
+            session, key=key, event_id=e.id, event_type=e.type, time=time, data=e.data,
+            account_id=str(e.data["account_id"]), refs=event_refs(e.type, e.data),
+        )  # fmt: skip
+        if loaded is None:
+            return  # already recorded
+        item = fold([*loaded.facts, Fact(e.id, e.type, time, e.data)])
         if item is None:
             return
-        merchant_id, category = await self._merchant(session, item)
-        tx = await repo.transaction_by_key(session, key)
-        old = FeedItem.from_json(tx.item) if tx is not None else None
-        balance, matched = await repo.balance_after(session, item.account_id, item.balance_refs, item.created)
+        merchant_id, category, sighting = self._merchant(item)
+        balance, matched = balance_after(item.balance_refs, item.created, loaded.movements)
+        tx, new_json = loaded.row, item.to_json()
         if tx is None:
-            tx = Transaction(
-                id=transaction_id(key), source_key=key, account_id=item.account_id, kind=item.kind,
-                spend_day=spend_day(item.created), spend_amount=0, notes="", metadata_={}, version=1,
-                announced=False,
+            tx = TransactionRow(
+                id=transaction_id(key), source_key=key, account_id=item.account_id, user_id=None,
+                created=item.created, updated=item.updated, kind=item.kind, item=new_json,
+                merchant_id=merchant_id, category=category, balance_refs=list(item.balance_refs),
+                account_balance=balance, balance_matched=matched, spend_day=spend_day(item.created),
+                spend_amount=0, notes="", metadata={}, annotated=None, version=1, announced=False,
             )  # fmt: skip
-            session.add(tx)
-        elif old == item and tx.account_balance == balance and tx.merchant_id == merchant_id:
-            tx.balance_matched = matched
+            old = None
+            moves = spend_moves(None, (tx.spend_day, spend_of(item)))
+        elif tx.item == new_json and tx.account_balance == balance and tx.merchant_id == merchant_id:
+            if tx.balance_matched != matched:  # nothing the feed shows has changed: no new version
+                tx.balance_matched = matched
+                await self._write(session, tx, item, "created", announce=False)
             return
         else:
+            old = FeedItem.from_json(tx.item)
+            moves = spend_moves((tx.spend_day, tx.spend_amount), (spend_day(item.created), spend_of(item)))
             tx.version += 1
-        tx.item, tx.created, tx.updated, tx.kind = item.to_json(), item.created, item.updated, item.kind
-        tx.merchant_id, tx.category, tx.balance_refs = merchant_id, category, list(item.balance_refs)
-        tx.account_balance, tx.balance_matched = balance, matched
-        await self._move_spend(session, tx, item)
-        await session.flush()  # visible to the next event's queries in this batch (no autoflush)
-        await self._announce(session, tx, change_of(old, item))
+            tx.item, tx.created, tx.updated, tx.kind = new_json, item.created, item.updated, item.kind
+            tx.merchant_id, tx.category, tx.balance_refs = merchant_id, category, list(item.balance_refs)
+            tx.account_balance, tx.balance_matched = balance, matched
+        tx.spend_day, tx.spend_amount = spend_day(item.created), spend_of(item)
+        if tx.user_id is None:
+            tx.user_id = loaded.owner
+        await self._write(session, tx, item, change_of(old, item), merchant=sighting, moves=moves)
 
-    async def _merchant(self, session: AsyncSession, item: FeedItem) -> tuple[str | None, str]:
+    def _merchant(self, item: FeedItem) -> tuple[str | None, str, repo.MerchantSighting | None]:
         if item.kind == "topup" or item.merchant is None:
-            return None, TOPUP_CATEGORY if item.kind == "topup" else "general"
+            return None, TOPUP_CATEGORY if item.kind == "topup" else "general", None
+        p, doc = self._directory_entry(item.merchant)
         m = item.merchant
+        return p.id, p.category, repo.MerchantSighting(p, m.id, m.name, doc, item.created, item.updated)
+
+    def _directory_entry_uncached(self, m: NetworkMerchant) -> tuple[MerchantProfile, dict[str, object]]:
         p = profile(m.id, m.name, m.mcc, m.city, m.country, m.postcode, self.logo_base_url)
-        await repo.upsert_merchant(session, p, m.id, m.name, item.created, item.updated)
-        return p.id, p.category
+        return p, merchant_doc(p)
 
-    async def _move_spend(self, session: AsyncSession, tx: Transaction, item: FeedItem) -> None:
-        """Keep the account's running spend per day equal to the sum of its transactions' shares."""
-        day, amount = spend_day(item.created), spend_of(item)
-        if (tx.spend_day, tx.spend_amount) == (day, amount):
-            return
-        if tx.spend_amount:
-            await repo.add_spend(session, tx.account_id, tx.spend_day, item.currency, -tx.spend_amount)
-        if amount:
-            await repo.add_spend(session, tx.account_id, day, item.currency, amount)
-        tx.spend_day, tx.spend_amount = day, amount
-
-    async def _announce(self, session: AsyncSession, tx: Transaction, change: Change) -> None:
-        if tx.announced:
-            await self.announcer.announce(session, tx, change)
-            return
-        owner = await repo.owner(session, tx.account_id)
-        if owner is not None:
-            tx.user_id = owner.user_id
-            await self.announcer.announce(session, tx, "created")
+    async def _write(
+        self,
+        session: AsyncSession,
+        tx: TransactionRow,
+        item: FeedItem,
+        change: Change,
+        *,
+        merchant: repo.MerchantSighting | None = None,
+        moves: dict[date, int] | None = None,
+        announce: bool = True,
+    ) -> None:
+        """Save the transaction as it now stands and announce it: `transaction.created` the first time its
+        owner is known, `transaction.updated` after."""
+        first = announce and not tx.announced and tx.user_id is not None
+        tx.announced = tx.announced or first
+        body = transaction_json(tx, item)
+        saved = await repo.save(
+            session, tx, body, currency=item.currency, merchant=merchant, spend_moves=moves
+        )
+        if announce and tx.announced:
+            await self.announcer.announce(
+                session, tx, kind=item.kind, currency=item.currency, body=body, saved=saved, change=change,
+                first=first,
+            )  # fmt: skip
 
     # -- balances -------------------------------------------------------------------------------------------
 
@@ -146,15 +189,19 @@ class FeedProjector:
         ref = data.topup_id or data.network_txn_id
         if ref is None:
             return
-        e = envelope
-        if not await repo.add_ledger_point(session, e.id, data.account_id, ref, e.time, data.available):
-            return
-        for tx in await repo.touched_by_point(session, data.account_id, ref, envelope.time):
-            balance, matched = await repo.balance_after(session, tx.account_id, tx.balance_refs, tx.created)
-            tx.balance_matched = matched
-            if balance == tx.account_balance:
-                continue  # nothing the feed shows has changed
-            tx.account_balance = balance
-            tx.version += 1
+        e, time = envelope, envelope.time.astimezone(UTC)
+        point = Movement(time, e.id, ref, data.available)
+        for touched in await repo.add_ledger_point(session, e.id, data.account_id, ref, time, data.available):
+            tx = touched.row
+            balance, matched = balance_after(tx.balance_refs, tx.created, [*touched.movements, point])
             item = FeedItem.from_json(tx.item)
-            await self._announce(session, tx, change_of(item, item))
+            if balance == tx.account_balance:
+                if matched != tx.balance_matched:  # nothing the feed shows has changed
+                    tx.balance_matched = matched
+                    await self._write(session, tx, item, "created", announce=False)
+                continue
+            tx.account_balance, tx.balance_matched = balance, matched
+            tx.version += 1
+            if tx.user_id is None:
+                tx.user_id = touched.owner
+            await self._write(session, tx, item, change_of(item, item))

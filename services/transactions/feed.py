@@ -9,7 +9,7 @@ out of order converge to the same transaction. No database, no web framework in 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -108,6 +108,20 @@ def source_key(event_type: str, data: Mapping[str, Any]) -> str | None:
     return None
 
 
+def event_refs(event_type: str, data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ledger references one event can give its transaction (a superset of what `fold` keeps in
+    `balance_refs`: the fold's base event and presentments are among the transaction's events)."""
+    if event_type == TOPUP_COMPLETED:
+        return (TopupCompleted.model_validate(data).topup_id,)
+    card = CardEvent.model_validate(data)
+    refs: list[str] = []
+    if card.network_transaction_id:
+        refs += [card.network_transaction_id, f"advice:{card.network_transaction_id}"]
+    if card.presentment_id and event_type in (SETTLED, REFUND_SETTLED):
+        refs.append(f"presentment:{card.presentment_id}")
+    return tuple(refs)
+
+
 def descriptor(merchant: NetworkMerchant) -> str:
     """The statement line as the network prints it: "BRIGHTBIRD ESPRESSO LONDON GBR"."""
     words = " ".join(merchant.name.split()).upper()
@@ -201,6 +215,48 @@ def spend_of(item: FeedItem) -> int:
     if item.kind == "topup" or item.declined:
         return 0
     return -item.amount
+
+
+def spend_moves(old: tuple[date, int] | None, new: tuple[date, int]) -> dict[date, int]:
+    """How a transaction's (day, share) moving from `old` to `new` changes the days' running totals
+    (net per day, zero moves dropped)."""
+    moves: dict[date, int] = {}
+    if old is not None:
+        moves[old[0]] = -old[1]
+    moves[new[0]] = moves.get(new[0], 0) + new[1]
+    return {day: delta for day, delta in moves.items() if delta}
+
+
+# -- account_balance ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    """One ledger movement of an account: the available balance after it, and the reference it moved."""
+
+    time: datetime
+    event_id: str
+    ref: str
+    available: int
+
+
+def balance_after(
+    refs: Collection[str], created: datetime, movements: Sequence[Movement]
+) -> tuple[int | None, bool]:
+    """(available balance, matched): after the transaction's own first movement (one carrying one of its
+    `refs`) if there is one, else after the account's last movement at or before `created`.
+
+    `movements` must hold, of the account's movements, at least the transaction's own and the last one at
+    or before `created`; any others are harmless."""
+    own = min((m for m in movements if m.ref in refs), key=_moment, default=None)
+    if own is not None:
+        return own.available, True
+    before = max((m for m in movements if m.time <= created), key=_moment, default=None)
+    return (before.available if before is not None else None), False
+
+
+def _moment(m: Movement) -> tuple[datetime, str]:
+    return m.time, m.event_id
 
 
 # -- changes -------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""Transactions' tables (schema `transactions`) as ORM classes. No relationships: every read is explicit."""
+"""Transactions' tables (schema `transactions`) as ORM classes (no relationships: every read is explicit),
+and `TransactionRow`, a transaction row as the handlers read and write it (plain data, no session)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -65,6 +67,8 @@ class Merchant(Base):
     online: Mapped[bool] = mapped_column(Boolean)
     atm: Mapped[bool] = mapped_column(Boolean)
     address: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # The merchant's Mondo JSON but `created`/`updated` (render.merchant_doc); reads add those two in SQL.
+    doc: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -92,6 +96,35 @@ class Transaction(Base):
     annotated: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     version: Mapped[int] = mapped_column(Integer, default=1)
     announced: Mapped[bool] = mapped_column(Boolean, default=False)  # transaction.created emitted
+    # The Mondo JSON of this version, merchant as an id (render.transaction_json): what GET answers.
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
+@dataclass(slots=True)
+class TransactionRow:
+    """The columns of `transactions` the handlers and PATCH work on (everything but `body`, which is
+    rendered from these on every write)."""
+
+    id: str
+    source_key: str
+    account_id: str
+    user_id: str | None
+    created: datetime
+    updated: datetime
+    kind: str
+    item: dict[str, Any]
+    merchant_id: str | None
+    category: str
+    balance_refs: list[str]
+    account_balance: int | None
+    balance_matched: bool
+    spend_day: date
+    spend_amount: int
+    notes: str
+    metadata: dict[str, str]
+    annotated: datetime | None
+    version: int
+    announced: bool
 
 
 class SpendDay(Base):

@@ -1,33 +1,39 @@
-"""The Mondo/Monzo JSON of a transaction and of a merchant (docs.monzo.com, today's full shape)."""
+"""The Mondo/Monzo JSON of a transaction and of a merchant (docs.monzo.com, today's full shape).
+
+Rendered once per write, not per read: `transaction_json` is stored with each version of a transaction
+(`transactions.body`, merchant as an id) and `merchant_doc` with each merchant (`merchants.doc`). A
+merchant's `created`/`updated` move with every sighting, so SQL adds them when it expands the merchant
+(repository.MERCHANT_JSON, the same RFC 3339 form as `rfc3339`).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from services.transactions.feed import FeedItem
-from services.transactions.models import Merchant, Transaction
+from services.transactions.merchants import MerchantProfile
+from services.transactions.models import TransactionRow
 
 TOPUP_CATEGORY = "mondo"
 
 
 def rfc3339(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def merchant_json(m: Merchant) -> dict[str, Any]:
+def merchant_doc(p: MerchantProfile) -> dict[str, Any]:
+    """A merchant's Mondo JSON without `created` and `updated`."""
     return {
-        "id": m.id,
-        "group_id": m.group_id,
-        "created": rfc3339(m.created),
-        "name": m.name,
-        "logo": m.logo,
-        "emoji": m.emoji,
-        "category": m.category,
-        "online": m.online,
-        "atm": m.atm,
-        "address": m.address,
-        "updated": rfc3339(m.updated),
+        "id": p.id,
+        "group_id": p.group_id,
+        "name": p.name,
+        "logo": p.logo,
+        "emoji": p.emoji,
+        "category": p.category,
+        "online": p.online,
+        "atm": p.atm,
+        "address": p.address,
         "metadata": {},
         "disable_feedback": False,
     }
@@ -39,15 +45,11 @@ def _dedupe_id(item: FeedItem) -> str:
     return f"mastercard:{item.network_transaction_id or item.key}"
 
 
-def transaction_json(tx: Transaction, merchant: Merchant | None, *, expand_merchant: bool) -> dict[str, Any]:
-    item = FeedItem.from_json(tx.item)
+def transaction_json(tx: TransactionRow, item: FeedItem) -> dict[str, Any]:
+    """The transaction's Mondo JSON, merchant as its id (or null)."""
     card = item.kind != "topup"
     live = card and not item.declined
     updated = max(item.updated, tx.annotated) if tx.annotated else item.updated
-    if merchant is None:
-        merchant_field: Any = None
-    else:
-        merchant_field = merchant_json(merchant) if expand_merchant else merchant.id
     body: dict[str, Any] = {
         "id": tx.id,
         "created": rfc3339(item.created),
@@ -55,9 +57,9 @@ def transaction_json(tx: Transaction, merchant: Merchant | None, *, expand_merch
         "amount": item.amount,
         "fees": {},
         "currency": item.currency,
-        "merchant": merchant_field,
+        "merchant": tx.merchant_id,
         "notes": tx.notes,
-        "metadata": dict(tx.metadata_),
+        "metadata": dict(tx.metadata),
         "labels": None,
         "attachments": None,
         "international": None,

@@ -10,6 +10,7 @@ Two properties, with hypothesis shuffling and duplicating event streams:
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +21,6 @@ from sqlalchemy import select
 from services.transactions import repository as repo
 from services.transactions.feed import Fact, fold
 from services.transactions.models import SpendDay, Transaction
-from services.transactions.render import transaction_json
 from shared.events.envelope import Envelope
 from tests.transactions.conftest import Feed
 from tests.transactions.events import (
@@ -115,11 +115,12 @@ def test_the_fold_of_a_transaction_ignores_order_and_duplicates(data: st.DataObj
 
 async def feed_state(feed: Feed) -> dict[str, Any]:
     async with feed.db.read() as session:
-        txs = list(await session.scalars(select(Transaction).order_by(Transaction.id)))
-        found = await repo.merchants(session, {t.merchant_id for t in txs if t.merchant_id})
-        rendered = {
-            t.id: transaction_json(t, found.get(t.merchant_id or ""), expand_merchant=True) for t in txs
-        }
+        rendered = {}
+        for tx_id in await session.scalars(select(Transaction.id).order_by(Transaction.id)):
+            # What GET /transactions/{id}?expand[]=merchant answers.
+            found = await repo.one_json(session, tx_id, expand=True)
+            assert found is not None
+            rendered[tx_id] = json.loads(found[1])["transaction"]
         # A day whose spend went back to 0 may keep its row in one order and never get one in another.
         spend = {(s.day, s.currency): s.amount for s in await session.scalars(select(SpendDay)) if s.amount}
     return {"transactions": rendered, "spend": spend}

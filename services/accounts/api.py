@@ -25,7 +25,10 @@ def public_router(db: Database, ledger: LedgerService) -> APIRouter:
     api = APIRouter(tags=["accounts"])
 
     @api.get("/accounts")
-    async def list_accounts(who: User, account_type: str | None = None) -> dict[str, Any]:
+    async def list_accounts(
+        who: User, account_type: Annotated[str | None, Query(max_length=64)] = None
+    ) -> dict[str, Any]:
+        """Your accounts; `account_type` (e.g. `uk_prepaid`) keeps only that type."""
         async with db.read() as session:
             accounts = await repo.customer_accounts(session, who.user_id)
             owner = await repo.get_user(session, who.user_id)

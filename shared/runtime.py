@@ -17,7 +17,7 @@ from fastapi import APIRouter, FastAPI
 from shared.config import BankSettings, load
 from shared.db import Database
 from shared.events import make_transport
-from shared.events.consumer import Consumer, Handler
+from shared.events.consumer import BatchHandler, Consumer, Handler
 from shared.events.outbox import Outbox
 from shared.events.relay import Relay
 from shared.health import Checker
@@ -47,7 +47,15 @@ class Runtime:
         )
         self.consumers: list[Consumer] = []
 
-    def consumer(self, name: str, topics: Iterable[str], handlers: dict[str, Handler]) -> Consumer:
+    def consumer(
+        self,
+        name: str,
+        topics: Iterable[str],
+        handlers: dict[str, Handler],
+        *,
+        batch_handler: BatchHandler | None = None,
+        batch_size: int = 200,
+    ) -> Consumer:
         """Register a consumer group (`<service>.<purpose>`) that runs for the life of the app."""
         consumer = Consumer(
             f"{self.service}.{name}",
@@ -56,6 +64,8 @@ class Runtime:
             transport=self.transport,
             handlers=handlers,
             topics=topics,
+            batch_handler=batch_handler,
+            batch_size=batch_size,
         )
         self.consumers.append(consumer)
         return consumer

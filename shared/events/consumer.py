@@ -39,6 +39,10 @@ from shared.observability import (
 log = logging.getLogger("shared.events.consumer")
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+# Optional: all of a batch's first-time events at once (same transaction, same inbox rows), for
+# consumers that can fold a batch in a few statements. If it raises, the batch is redone event by
+# event with the per-event handlers, so failures are retried and dead-lettered as usual.
+BatchHandler = Callable[[AsyncSession, list[Envelope]], Awaitable[None]]
 
 
 class _HandlerFailed(Exception):
@@ -59,12 +63,14 @@ class Consumer:
         max_attempts: int = 3,
         batch_size: int = 200,
         poll_seconds: float = 0.5,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self.name = name
         self.service = service
         self.db = db
         self.transport = transport
         self.handlers = handlers
+        self.batch_handler = batch_handler
         self.topics = sorted(set(topics))
         self.tables = event_tables(schema or service)
         self.max_attempts = max_attempts
@@ -153,11 +159,17 @@ class Consumer:
                     .returning(inbox.c.event_id)
                 )
             )
+            fresh: list[Envelope] = []
             for envelope in envelopes:
                 if envelope.id not in first_time:
                     EVENTS_CONSUMED.labels(self.service, self.name, "duplicate").inc()
                     continue
                 first_time.discard(envelope.id)  # the same event twice in one batch runs once
+                fresh.append(envelope)
+            if self.batch_handler is not None:
+                await self._run_batch_handler(session, fresh)
+                handled.extend(fresh)
+            for envelope in fresh if self.batch_handler is None else ():
                 span = self._span(envelope)
                 try:
                     await self.handlers[envelope.type](session, envelope)
@@ -170,6 +182,20 @@ class Consumer:
                 handled.append(envelope)
         EVENTS_CONSUMED.labels(self.service, self.name, "handled").inc(len(handled))
         return handled
+
+    async def _run_batch_handler(self, session: AsyncSession, fresh: list[Envelope]) -> None:
+        assert self.batch_handler is not None
+        if not fresh:
+            return
+        spans = [span for envelope in fresh if (span := self._span(envelope)) is not None]
+        try:
+            await self.batch_handler(session, fresh)
+        except Exception as exc:
+            for span in spans:
+                span.end(exc)
+            raise _HandlerFailed from exc
+        for span in spans:
+            span.end()
 
     async def _handle_batch_carefully(self, records: list[IncomingRecord]) -> list[Envelope]:
         handled: list[Envelope] = []

@@ -49,7 +49,16 @@ class Envelope(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
-    def wrap(cls, source: str, subject: str, data: EventData, *, event_id: str | None = None) -> Envelope:
+    def wrap(
+        cls,
+        source: str,
+        subject: str,
+        data: EventData,
+        *,
+        event_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> Envelope:
+        """`traceparent`: the trace the event belongs to; by default the one the caller runs in."""
         return cls(
             id=event_id or str(uuid.uuid4()),
             source=f"/services/{source}",
@@ -57,7 +66,7 @@ class Envelope(BaseModel):
             time=datetime.now(UTC),
             subject=subject,
             dataschema=f"urn:bank:event:{data.event_type}:v{data.version}",
-            traceparent=current_traceparent(),
+            traceparent=traceparent or current_traceparent(),
             data=data.model_dump(mode="json"),
         )
 

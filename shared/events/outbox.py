@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,6 +35,16 @@ def _notify(observer: EventObserver, envelope: Envelope) -> None:
         observer(envelope)
     except Exception:  # a metric must never fail a committed request
         log.exception("event observer failed", extra={"fields": {"event_type": envelope.type}})
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One event for `Outbox.emit_many`; `cause` is the event it answers, whose trace it continues."""
+
+    topic: str
+    subject: str
+    data: EventData
+    cause: Envelope | None = None
 
 
 class Outbox:
@@ -75,3 +86,31 @@ class Outbox:
                 after_commit(session, partial(_notify, observe, envelope))
         after_commit(session, self.wake.set)
         return envelope
+
+    async def emit_many(self, session: AsyncSession, events: list[Outgoing]) -> list[Envelope]:
+        """Several events in one statement (a consumer folding a batch). Each continues the trace of
+        its cause, if it has one. Published only if the caller's transaction commits."""
+        if not events:
+            return []
+        envelopes = [
+            Envelope.wrap(self.service, e.subject, e.data, traceparent=_child_of(e.cause)) for e in events
+        ]
+        await session.execute(
+            self.table.insert(),
+            [
+                {"event_id": env.id, "topic": e.topic, "key": e.subject, "event_type": env.type,
+                 "payload": env.to_json()}
+                for e, env in zip(events, envelopes, strict=True)
+            ],
+        )  # fmt: skip
+        observers = _observers.get(self.service)
+        for envelope in envelopes if observers else ():
+            for observe in observers or ():
+                after_commit(session, partial(_notify, observe, envelope))
+        after_commit(session, self.wake.set)
+        return envelopes
+
+
+def _child_of(cause: Envelope | None) -> str | None:
+    parent = cause.trace_context() if cause is not None else None
+    return parent.child().header if parent is not None else None

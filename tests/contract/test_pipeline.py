@@ -18,7 +18,7 @@ from shared.config import BankSettings
 from shared.db import Database
 from shared.events.consumer import Consumer
 from shared.events.envelope import Envelope, EventData
-from shared.events.outbox import Outbox
+from shared.events.outbox import Outbox, Outgoing
 from shared.events.relay import Relay
 from shared.events.transports.base import OutgoingRecord
 from tests.contract.conftest import Backend, unique, wait_for
@@ -222,3 +222,79 @@ async def test_poison_and_undecodable_events_are_dead_lettered_and_the_consumer_
     assert dead[0].attempts == 3
     assert "undecodable" in dead[1].error
     assert dead[1].payload == b"\x00 not json at all"
+
+
+async def record_effects(session: AsyncSession, envelopes: list[Envelope]) -> None:
+    """The batch form of record_effect: one statement for the whole batch."""
+    rows = []
+    for envelope in envelopes:
+        data = envelope.data_as(MoneyMoved)
+        if data.amount < 0:
+            raise ValueError("negative amounts are poison in this test")
+        rows.append({"id": envelope.id, "subject": envelope.subject, "seq": data.seq, "amount": data.amount})
+    await session.execute(text("INSERT INTO public.effects VALUES (:id, :subject, :seq, :amount)"), rows)
+    BATCHES.append(len(envelopes))
+
+
+BATCHES: list[int] = []
+
+
+async def test_a_batch_handler_sees_each_first_time_event_once_and_falls_back_per_event(
+    effects: Database, backend: Backend
+) -> None:
+    topic = unique("accounts.ledger")
+    good = [Envelope.wrap("accounts", "acc_1", MoneyMoved(amount=10 + i, seq=i)) for i in range(5)]
+    poison = Envelope.wrap("accounts", "acc_1", MoneyMoved(amount=-1, seq=99))
+    records = [OutgoingRecord(topic, "acc_1", e.to_json().encode()) for e in good]
+    await backend.transport.publish([*records, records[0], records[1]])  # two duplicates in the batch
+    BATCHES.clear()
+    consumer = Consumer(
+        unique("accounts.test"),
+        service="accounts",
+        db=effects,
+        transport=backend.transport,
+        handlers={MoneyMoved.event_type: record_effect},
+        batch_handler=record_effects,
+        topics=[topic],
+        poll_seconds=0.2,
+    )
+    tasks = await run_background(consumer.run)
+    try:
+        await wait_for_count(effects, 5)
+        assert sum(BATCHES) == 5  # duplicates never reached the batch handler
+        # A batch with a poison event: the batch handler fails, the events are redone one by one,
+        # the poison one is dead-lettered, and the good one still lands.
+        after = Envelope.wrap("accounts", "acc_1", MoneyMoved(amount=7, seq=100))
+        await backend.transport.publish(
+            [OutgoingRecord(topic, "acc_1", e.to_json().encode()) for e in (poison, after)]
+        )
+        await wait_for_count(effects, 6)
+    finally:
+        await stop(tasks)
+    assert await count(effects, "SELECT sum(amount) FROM public.effects") == sum(10 + i for i in range(5)) + 7
+    async with effects.read() as s:
+        dead = (await s.execute(text("SELECT event_id FROM accounts.dead_letters"))).scalars().all()
+    assert dead == [poison.id]
+
+
+async def test_emit_many_writes_every_event_continuing_each_cause_trace(effects: Database) -> None:
+    outbox = Outbox("accounts")
+    causes = [Envelope.wrap("cards", f"acc_{i}", MoneyMoved(amount=i, seq=i)) for i in range(3)]
+    causes = [
+        c.model_copy(update={"traceparent": f"00-{i + 1:032x}-{i + 1:016x}-01"}) for i, c in enumerate(causes)
+    ]
+    async with effects.transaction() as s:
+        sent = await outbox.emit_many(
+            s,
+            [
+                Outgoing("accounts.test", c.subject, MoneyMoved(amount=c.data["amount"], seq=9), c)
+                for c in causes
+            ],
+        )
+    async with effects.read() as s:
+        stored = (await s.execute(text("SELECT event_id, key FROM accounts.outbox ORDER BY id"))).all()
+    assert [(r.event_id, r.key) for r in stored] == [(e.id, e.subject) for e in sent]
+    for cause, envelope in zip(causes, sent, strict=True):
+        parent, child = cause.trace_context(), envelope.trace_context()
+        assert parent is not None and child is not None
+        assert child.trace_id == parent.trace_id and child.span_id != parent.span_id

@@ -9,8 +9,9 @@ one database per transport migrated with `bank.migrate.upgrade`, and for Kafka a
 
 * Consume. `--payments` card payments over 200 accounts, each a full story as accounts and cards tell
   it: approval, hold placed, clearing (3 events), plus one account.created per account, are published
-  onto the real topics first. Then the service's own consumer (`transactions.feed`, its real handlers:
-  fold, merchant directory, balances, spend today, announcements into the outbox) works through them.
+  onto the real topics first. Then the service's own consumer (`transactions.feed`, its real batch
+  handler with the per-event handlers as fallback: fold, merchant directory, balances, spend today,
+  announcements into the outbox) works through them.
   events/s = events / (first poll -> last event committed). The relay is not running.
 * Read. An account with `--feed-size` transactions (written with SQL from folded events, as the
   consumer would leave them), the service on uvicorn in its own process, and `--requests` sequential
@@ -118,7 +119,7 @@ async def consume_benchmark(settings: BankSettings, payments: int) -> dict[str, 
     projector = FeedProjector(Announcer(Outbox("transactions")), LOGOS)
     consumer = Consumer(
         "transactions.feed", service="transactions", db=db, transport=transport,
-        handlers=projector.handlers(), topics=TOPICS, batch_size=200,
+        handlers=projector.handlers(), topics=TOPICS, batch_size=200, batch_handler=projector.on_batch,
     )  # fmt: skip
     inbox = event_tables("transactions").inbox
     started = time.perf_counter()

@@ -14,8 +14,10 @@ def create_app(runtime: Runtime | None = None, settings: TransactionsSettings | 
     settings = settings or load(TransactionsSettings)
     announcer = Announcer(runtime.outbox)
     projector = FeedProjector(announcer, settings.logo_base_url)
-    consumer = runtime.consumer("feed", TOPICS, projector.handlers())
-    consumer.batch_size = settings.consumer_batch
+    runtime.consumer(
+        "feed", TOPICS, projector.handlers(), batch_handler=projector.on_batch,
+        batch_size=settings.consumer_batch,
+    )  # fmt: skip
     verifier, revocations, token_client = accounts_token_verifier(
         runtime.settings.url_of("accounts"),
         min_refresh_seconds=settings.jwks_min_refresh_seconds,

@@ -21,7 +21,8 @@ from services.transactions.events import (
 )
 from services.transactions.models import TransactionRow
 from services.transactions.repository import Saved
-from shared.events.outbox import Outbox
+from shared.events.envelope import Envelope
+from shared.events.outbox import Outbox, Outgoing
 
 
 def expanded(body: dict[str, Any], merchant: dict[str, Any] | None) -> dict[str, Any]:
@@ -47,15 +48,42 @@ class Announcer:
     ) -> None:
         """transaction.created the first time (`first`), transaction.updated after. The owner must be
         known (`tx.user_id`)."""
-        assert tx.user_id is not None
-        cls = TransactionCreated if first else TransactionUpdated
-        event = cls(
-            account_id=tx.account_id,
-            user_id=tx.user_id,
-            kind=kind,
-            change="created" if first else change,
-            tx_version=tx.version,
-            spend_today=SpendToday(amount=max(0, saved.spend_today), currency=currency),
-            transaction=expanded(body, saved.merchant),
-        )
+        event = feed_event(
+            tx, kind=kind, currency=currency, body=body, spend_today=saved.spend_today,
+            merchant=saved.merchant, change=change, first=first,
+        )  # fmt: skip
         await self.outbox.emit(session, FEED_TOPIC, tx.account_id, event)
+
+    async def announce_many(
+        self, session: AsyncSession, events: list[tuple[TransactionCreated | TransactionUpdated, Envelope]]
+    ) -> None:
+        """A batch's announcements (each with the event that caused it), in one statement, in order."""
+        await self.outbox.emit_many(
+            session, [Outgoing(FEED_TOPIC, e.account_id, e, cause) for e, cause in events]
+        )
+
+
+def feed_event(
+    tx: TransactionRow,
+    *,
+    kind: Kind,
+    currency: str,
+    body: dict[str, Any],
+    spend_today: int,
+    merchant: dict[str, Any] | None,
+    change: Change,
+    first: bool,
+) -> TransactionCreated | TransactionUpdated:
+    """transaction.created the first time (`first`), transaction.updated after; `spend_today` is the
+    day's running figure after this write (shown floored at 0). The owner must be known."""
+    assert tx.user_id is not None
+    cls = TransactionCreated if first else TransactionUpdated
+    return cls(
+        account_id=tx.account_id,
+        user_id=tx.user_id,
+        kind=kind,
+        change="created" if first else change,
+        tx_version=tx.version,
+        spend_today=SpendToday(amount=max(0, spend_today), currency=currency),
+        transaction=expanded(body, merchant),
+    )

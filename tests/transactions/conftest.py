@@ -9,26 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest_asyncio
 import uvicorn
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.transactions.app import create_app
 from services.transactions.config import TransactionsSettings
-from services.transactions.consumers import FeedProjector
+from services.transactions.consumers import TOPICS, FeedProjector
 from services.transactions.publish import Announcer
 from shared.auth import SigningKey
 from shared.config import BankSettings
 from shared.db import Database
+from shared.events.consumer import Consumer
 from shared.events.envelope import Envelope
 from shared.events.outbox import Outbox
+from shared.events.transports.base import IncomingRecord, Transport
 from shared.runtime import Runtime
 from tests.conftest import free_port
 
@@ -36,6 +39,7 @@ LOGOS = "https://logos.test/m"
 FEED_TABLES = (
     "transactions", "source_events", "ledger_points", "merchants", "owners", "spend_days", "outbox",
 )  # fmt: skip
+BATCH_CONSUMER = "transactions.feed-batch-test"
 
 
 class Served:
@@ -92,6 +96,32 @@ class Feed:
             async with self.db.transaction() as session:
                 await handlers[e.type](session, e)
 
+    def consumer(self, failures: list[BaseException]) -> Consumer:
+        """The consumer runner with the service's handlers and its batch handler, on no transport
+        (batches are handed to it): inbox, batch path, and the per-event fallback that dead-letters.
+        What the batch handler raises (making the runner fall back) is added to `failures`."""
+
+        async def batch_handler(session: AsyncSession, envelopes: list[Envelope]) -> None:
+            try:
+                await self.projector.on_batch(session, envelopes)
+            except Exception as exc:
+                failures.append(exc)
+                raise
+
+        return Consumer(
+            BATCH_CONSUMER, service="transactions", db=self.db, transport=cast(Transport, None),
+            handlers=self.projector.handlers(), topics=TOPICS, batch_handler=batch_handler,
+        )  # fmt: skip
+
+    async def apply_batches(self, *batches: Sequence[Envelope], fallbacks: int = 0) -> None:
+        """Each batch through the consumer runner, one database transaction per batch, as consumed;
+        `fallbacks`: how many batches are expected to fail the batch path and be redone event by event."""
+        failures: list[BaseException] = []
+        consumer = self.consumer(failures)
+        for batch in batches:
+            await consumer.handle_batch([record(e, i) for i, e in enumerate(batch)])
+        assert len(failures) == fallbacks, failures
+
     async def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         async with self.db.read() as session:
             return [dict(r._mapping) for r in await session.execute(text(sql), params)]
@@ -104,6 +134,14 @@ class Feed:
     async def clear(self) -> None:
         async with self.db.transaction() as session:
             await session.execute(text(f"TRUNCATE {', '.join('transactions.' + t for t in FEED_TABLES)}"))
+            for table in ("inbox", "dead_letters"):  # the batch tests' consumer only
+                await session.execute(
+                    text(f"DELETE FROM transactions.{table} WHERE consumer = :c"), {"c": BATCH_CONSUMER}
+                )
+
+
+def record(e: Envelope, offset: int = 0) -> IncomingRecord:
+    return IncomingRecord("cards.authorisations", 0, offset, e.subject, e.to_json().encode())
 
 
 def new_projector() -> FeedProjector:

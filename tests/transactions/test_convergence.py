@@ -10,6 +10,7 @@ Two properties, with hypothesis shuffling and duplicating event streams:
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -100,6 +101,12 @@ def shuffled_with_duplicates(data: st.DataObject, events: list[Envelope]) -> lis
     return data.draw(st.permutations(events + again), label="order")
 
 
+def random_batches(data: st.DataObject, events: list[Envelope]) -> list[list[Envelope]]:
+    cuts = data.draw(st.sets(st.integers(1, max(1, len(events) - 1)), max_size=6), label="batch cuts")
+    bounds = [0, *sorted(c for c in cuts if c < len(events)), len(events)]
+    return [events[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
 def facts(events: list[Envelope]) -> list[Fact]:
     return [Fact(e.id, e.type, e.time, e.data) for e in events]
 
@@ -177,7 +184,16 @@ async def test_the_feed_converges_whatever_the_order(feed: Feed, data: st.DataOb
     await check_announcements(feed, expected["transactions"])
 
     await feed.clear()
-    await feed.apply(*shuffled_with_duplicates(data, events))
+    shuffled = shuffled_with_duplicates(data, events)
+    await feed.apply(*shuffled)
+    got = await feed_state(feed)
+    assert difference(got, expected) == {}
+    await check_announcements(feed, got["transactions"])
+
+    # The consumer's batch path: the same shuffled, duplicated stream cut into random batches (a
+    # transaction's events together or apart, duplicates inside a batch and across batches).
+    await feed.clear()
+    await feed.apply_batches(*random_batches(data, shuffled))
     got = await feed_state(feed)
     assert difference(got, expected) == {}
     await check_announcements(feed, got["transactions"])

@@ -1,5 +1,6 @@
 from fastapi import FastAPI
 
+from services.transactions import observability  # noqa: F401  (registers the feed metrics)
 from services.transactions.api import public_router
 from services.transactions.config import TransactionsSettings
 from services.transactions.consumers import TOPICS, FeedProjector

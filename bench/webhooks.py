@@ -1,6 +1,7 @@
 """Benchmark of webhook delivery: transaction.created committed -> webhooks -> a fast local receiver.
 
     .venv/bin/python -m bench.webhooks [--webhooks 1000] [--events 5000] [--rate 100] [--rate-seconds 20]
+                                       [--backlog 5000] [--profile FILE]  # FILE: the service's cProfile
 
 Embedded mode: a durable PostgreSQL (default settings, fsync on) in a temporary folder, migrated; the
 webhooks service as its own process (`python -m services.webhooks`, pglog transport, its consumer, worker
@@ -13,6 +14,9 @@ with SQL, secrets sealed as the service seals them), all pointing at the receive
   fast as possible; deliveries/s = events / (first commit -> the receiver has seen every webhook-id).
 * Latency: open loop, `--rate` events/s for `--rate-seconds`, one per transaction, each on a random
   account; latency = the receiver's 200 - that event's commit (the same clock: one process).
+* Drain: `--backlog` pending deliveries committed at once straight into `webhooks.deliveries` (COPY, as
+  the consumer would write them), round-robin over the webhooks; deliveries/s = backlog / (commit -> the
+  receiver has seen every one). The delivery engine alone: no producer, relay or consumer in the way.
 
 Figures go to stdout and bench/results/webhooks.json. Nothing is asserted. On 2 cores PostgreSQL, the
 service and this process share the CPUs.
@@ -50,8 +54,25 @@ from shared.events import make_transport
 from shared.events.envelope import EventData
 from shared.events.outbox import Outbox
 from shared.events.relay import Relay
+from shared.ids import new_id
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PROFILED_SERVICE = """
+import cProfile, runpy, sys, threading, time
+out, profile = sys.argv[1], cProfile.Profile()
+def dump():
+    while True:
+        time.sleep(10)
+        profile.dump_stats(out)
+threading.Thread(target=dump, daemon=True).start()
+sys.argv = ["services.webhooks"]
+profile.enable()
+try:
+    runpy.run_module("services.webhooks", run_name="__main__")
+finally:
+    profile.disable()
+    profile.dump_stats(out)
+"""
 clock = time.perf_counter
 
 
@@ -160,6 +181,31 @@ async def seed(url: str, count: int, receiver_url: str) -> None:
         await conn.close()
 
 
+async def write_backlog(url: str, count: int, webhooks: int) -> list[str]:
+    """`count` pending deliveries, round-robin over the webhooks, in one transaction (COPY)."""
+    rows, ids = [], []
+    now = datetime.now(UTC)
+    for i in range(count):
+        account = i % webhooks
+        tx = event(-(10**7 + i), account).transaction
+        payload = json.dumps({"type": "transaction.created", "data": tx})
+        delivery_id = new_id("msg")
+        ids.append(delivery_id)
+        rows.append((delivery_id, f"webhook_w{account}", f"acc_w{account}", f"evt_backlog{i}",
+                     "transaction.created", now, payload))  # fmt: skip
+    conn = await asyncpg.connect(to_libpq(url))
+    try:
+        await conn.copy_records_to_table(
+            "deliveries",
+            schema_name="webhooks",
+            records=rows,
+            columns=("id", "webhook_id", "account_id", "event_id", "event_type", "event_time", "payload"),
+        )
+    finally:
+        await conn.close()
+    return ids
+
+
 def percentile(ordered: list[float], q: float) -> float:
     if not ordered:
         return float("nan")
@@ -190,6 +236,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         log = (folder / "webhooks.log").open("wb")
         command = [sys.executable, "-m", "services.webhooks"]
+        if args.profile:  # the service under cProfile, its stats written every 10 s and at the end
+            command = [sys.executable, "-c", PROFILED_SERVICE, args.profile]
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)  # noqa: ASYNC220
         async with httpx.AsyncClient() as http:
             for _ in range(600):
@@ -241,7 +289,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         print(
             f"throughput: {n} deliveries to {args.webhooks} webhooks in {elapsed:.2f}s = "
-            f"{n / elapsed:,.0f} deliveries/s (written in {written - started:.2f}s)"
+            f"{n / elapsed:,.0f} deliveries/s (written in {written - started:.2f}s; "
+            f"{throughput['requests_received']} requests received)"
         )
 
         # Latency at an offered rate.
@@ -276,6 +325,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"p50 {latency['p50_ms']} ms, p95 {latency['p95_ms']} ms, p99 {latency['p99_ms']} ms, "
             f"max {latency['max_ms']} ms"
         )
+        # Delivery alone: a backlog of deliveries committed at once (as the consumer writes them, without
+        # the producer, relay and consumer in the way), drained by the worker pool.
+        backlog = await write_backlog(url, args.backlog, args.webhooks)
+        started = clock()
+        await receiver.until(lambda: all(i in receiver.seen for i in backlog), 600)
+        drained = clock() - started
+        drain = {"deliveries": len(backlog), "seconds": round(drained, 3)}
+        drain["deliveries_per_second"] = round(len(backlog) / drained, 1)
+        print(
+            f"drain: a backlog of {len(backlog)} deliveries over {args.webhooks} webhooks in {drained:.2f}s "
+            f"= {len(backlog) / drained:,.0f} deliveries/s"
+        )
+        duplicates = receiver.requests - len(receiver.seen)
+        print(f"requests: {receiver.requests} for {len(receiver.seen)} deliveries ({duplicates} sent twice)")
         relay_task.cancel()
         await asyncio.gather(relay_task, return_exceptions=True)
         await transport.close()
@@ -285,6 +348,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
             "throughput": throughput,
             "latency": latency,
+            "drain": drain,
+            "requests": {"received": receiver.requests, "deliveries": len(receiver.seen)},
         }
     finally:
         if proc is not None and proc.poll() is None:
@@ -305,6 +370,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--rate-seconds", type=float, default=20.0)
+    parser.add_argument("--backlog", type=int, default=5000, help="deliveries drained at the end")
+    parser.add_argument("--profile", default="", help="write the service's cProfile stats to this file")
     args = parser.parse_args()
     result = asyncio.run(run(args))
     RESULTS_DIR.mkdir(exist_ok=True)

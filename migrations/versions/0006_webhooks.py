@@ -62,8 +62,14 @@ def upgrade() -> None:
         sa.UniqueConstraint("webhook_id", "event_id", name="uq_deliveries_webhook_event"),
         schema=S,
     )
+    # The claim's scan (repository.CLAIM_SQL): pending rows without a lease, in event order. Rows in
+    # flight, waiting for a retry's lease to be reaped, or finished are not in it.
     op.create_index(
-        "ix_deliveries_pending", "deliveries", ["seq"], schema=S, postgresql_where=sa.text("status = 'pending'")
+        "ix_deliveries_due",
+        "deliveries",
+        ["seq"],
+        schema=S,
+        postgresql_where=sa.text("status = 'pending' AND lease_until IS NULL"),
     )
     op.create_index(
         "ix_deliveries_in_flight",

@@ -25,25 +25,16 @@ def body_of(event_type: str, transaction: dict[str, object]) -> str:
 def transaction_handlers(deliverer: Deliverer) -> dict[str, Handler]:
     async def on_transaction(session: AsyncSession, envelope: Envelope) -> None:
         event = TransactionEvent.model_validate(envelope.data)
-        webhook_ids = await repo.active_webhook_ids(session, event.account_id)
-        if not webhook_ids:
-            return
-        payload = body_of(envelope.type, event.transaction)
-        await repo.add_deliveries(
+        added = await repo.add_deliveries(
             session,
-            [
-                {
-                    "id": new_id("msg"),
-                    "webhook_id": webhook_id,
-                    "account_id": event.account_id,
-                    "event_id": envelope.id,
-                    "event_type": envelope.type,
-                    "event_time": envelope.time,
-                    "payload": payload,
-                }
-                for webhook_id in webhook_ids
-            ],
+            id_prefix=new_id("msg")[:14],  # `msg_` and the id's millisecond time; the database adds the rest
+            account_id=event.account_id,
+            event_id=envelope.id,
+            event_type=envelope.type,
+            event_time=envelope.time,
+            payload=body_of(envelope.type, event.transaction),
         )
-        after_commit(session, deliverer.wake.set)
+        if added:
+            after_commit(session, deliverer.wake.set)
 
     return {event_type: on_transaction for event_type in DELIVERED_TYPES}

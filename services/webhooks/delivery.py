@@ -14,19 +14,21 @@ import asyncio
 import email.utils
 import logging
 import random
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpcore
+import h11
 import httpx
 
 from services.webhooks import repository as repo
-from services.webhooks import signing
+from services.webhooks import signing, ssrf
 from services.webhooks.config import WebhooksSettings
 from services.webhooks.events import TOPIC, WebhookEndpointDisabled
-from services.webhooks.ssrf import Network, UrlRefused, VettingBackend, parse_networks, parse_url
+from services.webhooks.ssrf import Target, UrlRefused, parse_networks, parse_url
 from shared.db import Database
 from shared.events.outbox import Outbox
 
@@ -34,6 +36,9 @@ log = logging.getLogger("services.webhooks.delivery")
 
 USER_AGENT = "mondo-bank-webhooks/1.0"
 BODY_KEPT = 1024  # of the response, in the attempt's history
+READ_SIZE = 65_536
+OPENED_KEPT = 10_000  # decrypted signing secrets kept in memory
+KEEPALIVE_EXPIRY = 4.0  # seconds idle; below the 5 s many servers (uvicorn, Node) keep a connection
 
 
 # -- pure rules -------------------------------------------------------------------
@@ -102,38 +107,103 @@ def judge(outcome: Outcome, attempts_in_schedule: int, settings: WebhooksSetting
 # -- sending -------------------------------------------------------------------
 
 
-class VettingTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport on a connection pool whose every TCP connection goes to a vetted address."""
+@dataclass(slots=True)
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    http: h11.Connection
+    idle_since: float = 0.0
 
-    def __init__(self, allow: tuple[Network, ...], limits: httpx.Limits) -> None:
-        super().__init__(limits=limits, trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=VettingBackend(allow),
+    def usable(self, now: float, expiry: float) -> bool:
+        return (
+            now - self.idle_since < expiry
+            and not self.reader.at_eof()
+            and not self.writer.transport.is_closing()
         )
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+class _Stale(Exception):
+    """A kept-alive connection was closed by the receiver before it answered anything."""
 
 
 class Sender:
+    """HTTP/1.1 POSTs on kept-alive connections (h11 on asyncio streams).
+
+    Idle connections are pooled per (scheme, host, port). Every new TCP connection resolves the host,
+    vets every address (ssrf.vetted_addresses) and connects to a vetted address; TLS SNI and `Host`
+    carry the name. No redirects, no proxies, at most `max_response_bytes` of an answer read (raw: we
+    ask for `identity`), one timeout for the whole attempt, DNS included. A kept-alive connection that
+    the receiver closed before answering (it timed out idle) is replaced once by a fresh one.
+    """
+
     def __init__(self, settings: WebhooksSettings) -> None:
         self.settings = settings
         self.allow = parse_networks(settings.allow_networks)
-        limits = httpx.Limits(
-            max_connections=settings.workers, max_keepalive_connections=settings.workers, keepalive_expiry=30
-        )
-        self.client = httpx.AsyncClient(
-            transport=VettingTransport(self.allow, limits),
-            timeout=httpx.Timeout(settings.timeout_seconds),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self.keepalive_expiry = KEEPALIVE_EXPIRY
+        self._ssl: ssl.SSLContext | None = None
+        self._idle: dict[Target, list[_Connection]] = {}
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context()
+        return self._ssl
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        for connections in self._idle.values():
+            for conn in connections:
+                conn.close()
+        self._idle.clear()
+
+    def prune(self) -> None:
+        """Close idle connections past their keep-alive expiry."""
+        now = time.monotonic()
+        for target in list(self._idle):
+            keep = []
+            for conn in self._idle[target]:
+                if conn.usable(now, self.keepalive_expiry):
+                    keep.append(conn)
+                else:
+                    conn.close()
+            if keep:
+                self._idle[target] = keep
+            else:
+                del self._idle[target]
+
+    def _checkout(self, target: Target) -> _Connection | None:
+        idle = self._idle.get(target)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if conn.usable(now, self.keepalive_expiry):
+                return conn
+            conn.close()
+        return None
+
+    def _checkin(self, target: Target, conn: _Connection) -> None:
+        conn.http.start_next_cycle()
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(target, []).append(conn)
+
+    async def _connect(self, target: Target) -> _Connection:
+        addresses = await ssrf.vetted_addresses(target.host, target.port, self.allow)
+        last: OSError | None = None
+        for ip in addresses:
+            try:
+                if target.scheme == "https":
+                    reader, writer = await asyncio.open_connection(
+                        str(ip), target.port, ssl=self._ssl_context(), server_hostname=target.host
+                    )
+                else:
+                    reader, writer = await asyncio.open_connection(str(ip), target.port)
+            except OSError as exc:
+                last = exc
+                continue
+            return _Connection(reader, writer, h11.Connection(h11.CLIENT))
+        assert last is not None
+        raise last
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Outcome:
         started_at = datetime.now(UTC)
@@ -142,37 +212,113 @@ class Sender:
         def took() -> int:
             return round((time.perf_counter() - started) * 1000)
 
-        all_headers = {
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-            "accept-encoding": "identity",
-            **headers,
-        }
-        limit = self.settings.max_response_bytes
         try:
-            parse_url(url, allow_http=self.settings.allow_http)
+            target = parse_url(url, allow_http=self.settings.allow_http)
+            parts = urlsplit(url.strip())
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            request = h11.Request(
+                method="POST",
+                target=path,
+                headers=[
+                    ("host", _host_header(parts.netloc, target)),
+                    ("content-type", "application/json"),
+                    ("user-agent", USER_AGENT),
+                    ("accept-encoding", "identity"),
+                    ("content-length", str(len(body))),
+                    *headers.items(),
+                ],
+            )
             async with asyncio.timeout(self.settings.timeout_seconds):
-                async with self.client.stream("POST", url, content=body, headers=all_headers) as resp:
-                    kept = bytearray()
-                    async for chunk in resp.aiter_raw():
-                        kept += chunk[: limit - len(kept)]
-                        if len(kept) >= limit:
-                            break  # at most `max_response_bytes` read; the connection is dropped
-                    return Outcome(
-                        started_at,
-                        took(),
-                        status_code=resp.status_code,
-                        body=kept[:BODY_KEPT].decode("utf-8", "replace"),
-                        retry_after=resp.headers.get("retry-after"),
-                    )
+                conn = self._checkout(target)
+                if conn is not None:
+                    try:
+                        return await self._exchange(target, conn, request, body, started_at, took)
+                    except _Stale:
+                        pass
+                conn = await self._connect(target)
+                return await self._exchange(target, conn, request, body, started_at, took, fresh=True)
         except UrlRefused as exc:
             return Outcome(started_at, took(), error=f"refused.{exc.reason}: {exc.message}")
-        except (TimeoutError, httpx.TimeoutException):
+        except TimeoutError:
             return Outcome(
                 started_at, took(), error=f"timeout: no answer within {self.settings.timeout_seconds:g}s"
             )
-        except httpx.HTTPError as exc:
+        except (OSError, EOFError, h11.ProtocolError, _Stale) as exc:
             return Outcome(started_at, took(), error=f"connection: {type(exc).__name__}: {exc}"[:500])
+
+    async def _exchange(
+        self,
+        target: Target,
+        conn: _Connection,
+        request: h11.Request,
+        body: bytes,
+        started_at: datetime,
+        took: Any,
+        *,
+        fresh: bool = False,
+    ) -> Outcome:
+        limit = self.settings.max_response_bytes
+        http = conn.http
+        answered = False
+        try:
+            sent = [http.send(request), http.send(h11.Data(data=body)), http.send(h11.EndOfMessage())]
+            conn.writer.write(b"".join(part or b"" for part in sent))
+            await conn.writer.drain()
+            response: h11.Response | None = None
+            kept = bytearray()
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    data = await conn.reader.read(READ_SIZE)
+                    if not data and not answered and not fresh:
+                        raise _Stale("the receiver closed the kept-alive connection")
+                    answered = answered or bool(data)
+                    http.receive_data(data)
+                    continue
+                if isinstance(event, h11.Response):
+                    response = event
+                elif isinstance(event, h11.Data):
+                    kept += event.data[: limit - len(kept)]
+                    if len(kept) >= limit:
+                        break  # at most `max_response_bytes` read; the connection is dropped
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+            if response is None:
+                raise EOFError("the receiver closed the connection before answering")
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            conn.close()
+            if not answered and not fresh:
+                raise _Stale(str(exc)) from exc
+            raise
+        except BaseException:
+            conn.close()
+            raise
+        if http.our_state is h11.DONE and http.their_state is h11.DONE:
+            self._checkin(target, conn)
+        else:
+            conn.close()
+        return Outcome(
+            started_at,
+            took(),
+            status_code=response.status_code,
+            body=kept[:BODY_KEPT].decode("utf-8", "replace"),
+            retry_after=_header(response, b"retry-after"),
+        )
+
+
+def _host_header(netloc: str, target: Target) -> str:
+    """The URL's host[:port] as sent in `Host`: an internationalised name in its IDNA (ASCII) form."""
+    if netloc.isascii():
+        return netloc
+    host = target.host.encode("idna").decode("ascii")
+    return host if netloc.rsplit(":", 1)[-1] != str(target.port) else f"{host}:{target.port}"
+
+
+def _header(response: h11.Response, name: bytes) -> str | None:
+    for key, value in response.headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 # -- the worker and the recorder -------------------------------------------------------------------
@@ -197,6 +343,12 @@ class Deliverer:
         self._sending: dict[str, asyncio.Task[None]] = {}
         self._results: asyncio.Queue[Result] = asyncio.Queue()
         self._abandoned: list[repo.Claimed] = []
+        # Every attempt this process holds (claimed, until its outcome is recorded): delivery id -> attempt.
+        # Their leases are renewed, so a slow send or a slow recorder never lets another worker send the
+        # same delivery again while this one may still record it.
+        self._held: dict[str, int] = {}
+        self._leases_kept_at = 0.0
+        self._opened: dict[tuple[str, bytes], str] = {}  # (webhook id, sealed secret) -> secret
 
     # The worker ---------------------------------------------------------------------------------------------
 
@@ -205,6 +357,8 @@ class Deliverer:
         try:
             while True:
                 self.wake.clear()
+                if time.monotonic() - self._leases_kept_at >= self.lease_check_seconds:
+                    await self.keep_leases()
                 room = min(self.settings.workers - len(self._sending), self.settings.claim_batch)
                 claimed: list[repo.Claimed] = []
                 if room > 0:
@@ -225,6 +379,24 @@ class Deliverer:
         finally:
             await self._abandon()
 
+    @property
+    def lease_check_seconds(self) -> float:
+        """How often leases are renewed and expired ones reaped: well within a lease."""
+        return max(0.05, min(1.0, self.settings.lease_seconds / 4))
+
+    async def keep_leases(self) -> None:
+        self._leases_kept_at = time.monotonic()
+        try:
+            async with self.db.transaction() as session:
+                await repo.keep_leases(
+                    session, list(self._held.items()), lease_seconds=self.settings.lease_seconds
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("cannot renew leases; retrying")
+        self.sender.prune()
+
     async def claim(self, limit: int) -> list[repo.Claimed]:
         async with self.db.transaction() as session:
             claimed = await repo.claim(
@@ -233,7 +405,8 @@ class Deliverer:
                 cap=self.settings.per_endpoint_concurrency,
                 lease_seconds=self.settings.lease_seconds,
             )
-            await repo.record_interrupted(session, claimed)
+        for c in claimed:
+            self._held[c.id] = c.attempt
         return claimed
 
     async def _abandon(self) -> None:
@@ -247,14 +420,26 @@ class Deliverer:
             try:
                 async with self.db.transaction() as session:
                     await repo.release(session, [(c.id, c.attempt) for c in abandoned])
+                for c in abandoned:
+                    self._held.pop(c.id, None)
             except Exception:
                 log.warning("could not release %d deliveries; their leases will run out", len(abandoned))
 
+    def _open(self, webhook_id: str, sealed: bytes) -> str:
+        """Decrypt once per (webhook, sealed secret): a rotation seals a new one, so no invalidation."""
+        key = (webhook_id, sealed)
+        secret = self._opened.get(key)
+        if secret is None:
+            if len(self._opened) >= OPENED_KEPT:
+                self._opened.clear()
+            secret = self._opened[key] = self.box.open(webhook_id, sealed)
+        return secret
+
     def secrets_of(self, c: repo.Claimed) -> list[str]:
-        secrets = [self.box.open(c.webhook_id, c.secret)]
+        secrets = [self._open(c.webhook_id, c.secret)]
         if c.previous_secret is not None and c.previous_secret_expires_at is not None:
             if c.previous_secret_expires_at > c.now:
-                secrets.append(self.box.open(c.webhook_id, c.previous_secret))
+                secrets.append(self._open(c.webhook_id, c.previous_secret))
         return secrets
 
     async def _send(self, c: repo.Claimed) -> None:
@@ -295,6 +480,8 @@ class Deliverer:
                     log.exception("cannot record %d delivery outcomes; retrying", len(pending))
                     await asyncio.sleep(self.settings.poll_seconds)
                     continue
+                for r in pending:
+                    self._held.pop(r.claimed.id, None)
                 pending = []
                 self.wake.set()
         finally:

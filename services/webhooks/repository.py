@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.webhooks.models import Attempt, Delivery, Webhook
@@ -35,18 +34,45 @@ async def count_webhooks(session: AsyncSession, account_id: str) -> int:
     return int(total or 0)
 
 
-async def active_webhook_ids(session: AsyncSession, account_id: str) -> list[str]:
-    rows = await session.scalars(
-        select(Webhook.id)
-        .where(Webhook.account_id == account_id, Webhook.status == "active")
-        .order_by(Webhook.created, Webhook.id)
+# One statement per event: a delivery row for every active webhook of the account (no read first). The id
+# is `msg_` + 10 characters of millisecond time (from the caller, as shared.ids) + 16 random hexadecimal
+# digits (Crockford base32 characters too), so ids keep sorting by creation time.
+ADD_DELIVERIES_SQL = text(
+    """
+INSERT INTO webhooks.deliveries (id, webhook_id, account_id, event_id, event_type, event_time, payload)
+SELECT :id_prefix || upper(substr(replace(gen_random_uuid()::text, '-', ''), 1, 16)),
+       w.id, w.account_id, :event_id, :event_type, :event_time, :payload
+FROM webhooks.webhooks w
+WHERE w.account_id = :account_id AND w.status = 'active'
+ORDER BY w.created, w.id
+ON CONFLICT DO NOTHING
+"""
+)
+
+
+async def add_deliveries(
+    session: AsyncSession,
+    *,
+    id_prefix: str,
+    account_id: str,
+    event_id: str,
+    event_type: str,
+    event_time: datetime,
+    payload: str,
+) -> int:
+    """One delivery per active webhook of the account: a redelivered event adds nothing. How many added."""
+    result = await session.execute(
+        ADD_DELIVERIES_SQL,
+        {
+            "id_prefix": id_prefix,
+            "account_id": account_id,
+            "event_id": event_id,
+            "event_type": event_type,
+            "event_time": event_time,
+            "payload": payload,
+        },
     )
-    return list(rows)
-
-
-async def add_deliveries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """One delivery per (webhook, event): a redelivered event adds nothing."""
-    await session.execute(insert(Delivery).values(rows).on_conflict_do_nothing())
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def fail_pending(session: AsyncSession, webhook_id: str, reason: str) -> None:
@@ -73,101 +99,138 @@ class Claimed:
     previous_secret: bytes | None
     previous_secret_expires_at: datetime | None
     webhook_status: str
-    interrupted: bool  # the previous attempt's lease ran out: its sender stopped before an answer
     now: datetime
 
 
 # Oldest due deliveries first (event order), skipping rows another worker holds, at most `cap` in flight
-# per webhook (counting attempts in flight anywhere). Rows locked by `due` but not claimed are released
-# at commit.
+# per webhook, counting attempts in flight anywhere (rows with a lease: the partial index
+# ix_deliveries_in_flight, a few rows). The scan walks ix_deliveries_due (pending rows without a lease,
+# in seq order), skipping the rows of webhooks already at their cap without counting per row; `ranked`
+# keeps at most the cap's remaining room of each webhook's rows. Rows locked by `due` but not claimed are
+# released at commit. The webhook's row is joined once here: the sender needs no other read.
 CLAIM_SQL = text(
     """
-WITH due AS (
-    SELECT d.id, d.webhook_id, d.seq, d.lease_until AS old_lease
+WITH busy AS MATERIALIZED (
+    SELECT webhook_id, count(*) AS n FROM webhooks.deliveries
+    WHERE lease_until IS NOT NULL GROUP BY webhook_id
+), due AS (
+    SELECT d.id, d.webhook_id, d.seq
     FROM webhooks.deliveries d
-    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-      AND (d.lease_until IS NULL OR d.lease_until < now())
-      AND (SELECT count(*) FROM webhooks.deliveries b
-           WHERE b.webhook_id = d.webhook_id AND b.lease_until > now()) < :cap
+    WHERE d.status = 'pending' AND d.lease_until IS NULL AND d.next_attempt_at <= now()
+      AND d.webhook_id NOT IN (SELECT webhook_id FROM busy WHERE n >= :cap)
     ORDER BY d.seq
     LIMIT :scan
     FOR UPDATE OF d SKIP LOCKED
 ), ranked AS (
-    SELECT due.*,
-           row_number() OVER (PARTITION BY due.webhook_id ORDER BY due.seq) AS rn,
-           (SELECT count(*) FROM webhooks.deliveries b
-            WHERE b.webhook_id = due.webhook_id AND b.lease_until > now()) AS busy
-    FROM due
+    SELECT due.id,
+           row_number() OVER (PARTITION BY due.webhook_id ORDER BY due.seq) + coalesce(b.n, 0) AS slot
+    FROM due LEFT JOIN busy b ON b.webhook_id = due.webhook_id
 )
 UPDATE webhooks.deliveries d
 SET lease_until = now() + make_interval(secs => :lease), attempts = d.attempts + 1
 FROM ranked r, webhooks.webhooks w
-WHERE d.id = r.id AND r.rn + r.busy <= :cap AND w.id = d.webhook_id
-RETURNING d.id, d.seq, d.webhook_id, d.payload, d.attempts, d.retry_base, w.url, w.secret,
-          w.previous_secret, w.previous_secret_expires_at, w.status AS webhook_status,
-          r.old_lease IS NOT NULL AS interrupted, now() AS now
+WHERE d.id = r.id AND r.slot <= :cap AND w.id = d.webhook_id
+RETURNING d.id, d.seq, d.webhook_id, d.payload, d.attempts AS attempt, d.retry_base, w.url, w.secret,
+          w.previous_secret, w.previous_secret_expires_at, w.status AS webhook_status, now() AS now
 """
 )
 
 
 async def claim(session: AsyncSession, *, limit: int, cap: int, lease_seconds: float) -> list[Claimed]:
     rows = await session.execute(CLAIM_SQL, {"cap": cap, "scan": limit, "lease": lease_seconds})
-    claimed = []
-    for r in rows.mappings().all():
-        values = dict(r)
-        values["attempt"] = values.pop("attempts")
-        claimed.append(Claimed(**values))
-    return sorted(claimed, key=lambda c: c.seq)
+    return sorted((Claimed(*r) for r in rows.all()), key=lambda c: c.seq)
 
 
-async def record_interrupted(session: AsyncSession, claimed: Sequence[Claimed]) -> None:
-    """An attempt whose process stopped before it had an answer still shows in the history."""
-    rows = [
-        {
-            "delivery_id": c.id,
-            "webhook_id": c.webhook_id,
-            "attempt": c.attempt - 1,
-            "started_at": c.now,
-            "error": "interrupted: the sender stopped before it had an answer",
-            "succeeded": False,
-        }
-        for c in claimed
-        if c.interrupted
-    ]
-    if rows:
-        await session.execute(insert(Attempt), rows)
+# Attempts whose lease ran out (their process was killed, or stopped answering): recorded as
+# `interrupted` and due again at once (the attempt stays counted). `held` are this process's own
+# attempts, in flight or waiting to be recorded: never taken back from under it.
+REAP_SQL = text(
+    """
+WITH expired AS (
+    UPDATE webhooks.deliveries SET lease_until = NULL
+    WHERE status = 'pending' AND lease_until < now() AND NOT (id = ANY(:held))
+    RETURNING id, webhook_id, attempts
+)
+INSERT INTO webhooks.attempts (delivery_id, webhook_id, attempt, started_at, error, succeeded)
+SELECT id, webhook_id, attempts, now(), 'interrupted: the sender stopped before it had an answer', false
+FROM expired
+"""
+)
 
+# This process's attempts keep their leases while they are in flight or waiting to be recorded.
+RENEW_SQL = text(
+    """
+UPDATE webhooks.deliveries d SET lease_until = now() + make_interval(secs => :lease)
+FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS integer[])) AS h(id, attempt)
+WHERE d.id = h.id AND d.attempts = h.attempt AND d.status = 'pending' AND d.lease_until IS NOT NULL
+"""
+)
+
+
+async def keep_leases(
+    session: AsyncSession, held: Sequence[tuple[str, int]], *, lease_seconds: float
+) -> None:
+    """Renew this process's leases, then take back the attempts whose lease ran out."""
+    ids = [i for i, _ in held]
+    if held:
+        await session.execute(
+            RENEW_SQL, {"ids": ids, "attempts": [a for _, a in held], "lease": lease_seconds}
+        )
+    await session.execute(REAP_SQL, {"held": ids})
+
+
+# Many outcomes in one statement each: the attempt rows, and the deliveries' next state (guarded by
+# `attempts`: an outcome whose delivery was claimed again since changes nothing).
+ADD_ATTEMPTS_SQL = text(
+    """
+INSERT INTO webhooks.attempts
+    (delivery_id, webhook_id, attempt, started_at, latency_ms, status_code, error, succeeded, response_body)
+SELECT * FROM unnest(CAST(:delivery_id AS text[]), CAST(:webhook_id AS text[]), CAST(:attempt AS integer[]),
+                     CAST(:started_at AS timestamptz[]), CAST(:latency_ms AS integer[]),
+                     CAST(:status_code AS integer[]), CAST(:error AS text[]), CAST(:succeeded AS boolean[]),
+                     CAST(:response_body AS text[]))
+"""
+)
 
 FINISH_SQL = text(
     """
-UPDATE webhooks.deliveries
-SET status = :status, lease_until = NULL, last_attempt_at = :started_at,
-    last_status_code = :status_code, last_error = :error,
-    next_attempt_at = CASE WHEN :status = 'pending' THEN now() + make_interval(secs => :delay)
-                           ELSE next_attempt_at END,
-    delivered_at = CASE WHEN :status = 'succeeded' THEN now() ELSE delivered_at END
-WHERE id = :id AND attempts = :attempt AND status = 'pending'
+UPDATE webhooks.deliveries d
+SET status = f.status, lease_until = NULL, last_attempt_at = f.started_at,
+    last_status_code = f.status_code, last_error = f.error,
+    next_attempt_at = CASE WHEN f.status = 'pending' THEN now() + make_interval(secs => f.delay)
+                           ELSE d.next_attempt_at END,
+    delivered_at = CASE WHEN f.status = 'succeeded' THEN now() ELSE d.delivered_at END
+FROM unnest(CAST(:id AS text[]), CAST(:attempt AS integer[]), CAST(:status AS text[]),
+            CAST(:delay AS double precision[]), CAST(:status_code AS integer[]), CAST(:error AS text[]),
+            CAST(:started_at AS timestamptz[]))
+     AS f(id, attempt, status, delay, status_code, error, started_at)
+WHERE d.id = f.id AND d.attempts = f.attempt AND d.status = 'pending'
 """
 )
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {key: [row[key] for row in rows] for key in rows[0]}
 
 
 async def finish(
     session: AsyncSession, results: list[dict[str, Any]], attempts: list[dict[str, Any]]
 ) -> None:
     if attempts:
-        await session.execute(insert(Attempt), attempts)
+        await session.execute(ADD_ATTEMPTS_SQL, _columns(attempts))
     if results:
-        await session.execute(FINISH_SQL, results)
+        await session.execute(FINISH_SQL, _columns(results))
 
 
 async def release(session: AsyncSession, claimed: Sequence[tuple[str, int]]) -> None:
     """Give back deliveries whose attempt was stopped (shutdown): due again at once, attempt not counted."""
     await session.execute(
         text(
-            "UPDATE webhooks.deliveries SET lease_until = NULL, attempts = attempts - 1 "
-            "WHERE id = :id AND attempts = :attempt AND status = 'pending'"
+            "UPDATE webhooks.deliveries d SET lease_until = NULL, attempts = d.attempts - 1 "
+            "FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS integer[])) AS h(id, attempt) "
+            "WHERE d.id = h.id AND d.attempts = h.attempt AND d.status = 'pending'"
         ),
-        [{"id": i, "attempt": a} for i, a in claimed],
+        {"ids": [i for i, _ in claimed], "attempts": [a for _, a in claimed]},
     )
 
 

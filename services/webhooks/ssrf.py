@@ -1,10 +1,9 @@
 """Which receivers a webhook may point at: checked at registration and again at send time.
 
-At send time the host is resolved, every address it resolves to is vetted, and the connection goes to
-a vetted address (`VettingBackend`, below httpx): a name that resolved to a public address when it was
-registered and resolves to 127.0.0.1 now (DNS rebinding) is refused. TLS SNI and the Host header still
-carry the name, because httpcore asks the backend for a TCP connection to the name and then starts TLS
-with the name itself.
+At send time (delivery.Sender, for every new connection) the host is resolved, every address it
+resolves to is vetted, and the connection goes to a vetted address: a name that resolved to a public
+address when it was registered and resolves to 127.0.0.1 now (DNS rebinding) is refused. TLS SNI and the
+Host header still carry the name.
 """
 
 from __future__ import annotations
@@ -14,10 +13,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
-
-import httpcore
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -153,39 +149,3 @@ async def check_url(url: str, *, allow_http: bool, allow: tuple[Network, ...]) -
     target = parse_url(url, allow_http=allow_http)
     await vetted_addresses(target.host, target.port, allow)
     return target
-
-
-class VettingBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend, but a TCP connection is only ever opened to a vetted address."""
-
-    def __init__(self, allow: tuple[Network, ...], inner: httpcore.AsyncNetworkBackend | None = None) -> None:
-        self.allow = allow
-        self.inner = inner or httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        addresses = await vetted_addresses(host.strip("[]"), port, self.allow)
-        last: Exception | None = None
-        for ip in addresses:
-            try:
-                return await self.inner.connect_tcp(
-                    str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last = exc
-        assert last is not None
-        raise last
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        raise UrlRefused("bad_url", "unix sockets are not receivers")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)

@@ -369,3 +369,46 @@ async def test_a_redelivered_event_is_delivered_once(hooks: Hooks, receivers: Ma
     await eventually(lambda: len(receiver.requests) == 2, what="two deliveries")
     await eventually(lambda: _all_succeeded(hooks, ada, webhook["id"], 2), what="both recorded")
     assert len(receiver.requests) == 2
+
+
+async def test_a_slow_recorder_does_not_get_a_delivery_sent_twice(
+    db: Any, settings: Any, receivers: MakeReceiver
+) -> None:
+    # A lease of 0.5 s (timeout 0.5 s, no grace) and outcomes recorded 2 s late (a starved recorder): the
+    # process renews what it holds, so no claim takes the delivery back and sends it again.
+    receiver = await receivers()
+    async with running_webhooks(db, settings, timeout_seconds=0.5, lease_grace_seconds=0.0) as hooks:
+        deliverer = hooks.service.app.state.deliverer
+        write = deliverer.write
+
+        async def slow_write(results: Any) -> None:
+            await asyncio.sleep(2.0)
+            await write(results)
+
+        deliverer.write = slow_write
+        ada = await hooks.customer()
+        webhook = await hooks.register(ada, receiver.url)
+        await hooks.producer.emit(ada)
+        await eventually(lambda: _all_succeeded(hooks, ada, webhook["id"], 1), what="the delivery")
+        await asyncio.sleep(1.0)  # a re-send would come within a lease or two
+        assert len(receiver.requests) == 1
+        [delivery] = await hooks.deliveries(ada, webhook["id"])
+        assert [(a["attempt"], a["status_code"]) for a in delivery["attempts"]] == [(1, 200)]
+
+
+async def test_connections_are_kept_alive_and_a_closed_one_is_replaced(
+    hooks: Hooks, receivers: MakeReceiver
+) -> None:
+    receiver = await receivers()
+    ada = await hooks.customer()
+    webhook = await hooks.register(ada, receiver.url)
+    for n in range(1, 4):
+        await hooks.producer.emit(ada)
+        await eventually(lambda n=n: len(receiver.requests) == n, what=f"delivery {n}")
+    sender = hooks.service.app.state.deliverer.sender
+    idle = [c for target, kept in sender._idle.items() if target.port == receiver.port for c in kept]
+    assert len(idle) == 1  # one connection served the three deliveries
+    idle[0].writer.transport.abort()  # as if the receiver had closed it
+    await hooks.producer.emit(ada)
+    await eventually(lambda: _all_succeeded(hooks, ada, webhook["id"], 4), what="the fourth delivery")
+    assert len(receiver.requests) == 4

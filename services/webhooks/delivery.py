@@ -31,6 +31,7 @@ from services.webhooks.events import TOPIC, WebhookEndpointDisabled
 from services.webhooks.ssrf import Target, UrlRefused, parse_networks, parse_url
 from shared.db import Database
 from shared.events.outbox import Outbox
+from shared.observability import WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED
 
 log = logging.getLogger("services.webhooks.delivery")
 
@@ -547,9 +548,16 @@ class Deliverer:
                 )
                 await self.outbox.emit(session, TOPIC, webhook.account_id, disabled_event(webhook))
                 log.warning("webhook %s disabled: %s", webhook.id, webhook.disabled_reason)
+        # Counted once the outcomes are committed (a rolled-back write is retried, not counted twice).
+        for row in finished:
+            WEBHOOK_DELIVERIES.labels(_OUTCOME_LABELS.get(row["status"], row["status"])).inc()
+        WEBHOOK_ENDPOINTS_DISABLED.inc(len(disabled))
 
     async def aclose(self) -> None:
         await self.sender.aclose()
+
+
+_OUTCOME_LABELS = {"succeeded": "delivered", "pending": "retry", "failed": "failed"}
 
 
 def _finish(

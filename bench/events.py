@@ -6,7 +6,8 @@
 Everything is real and thrown away afterwards: a durable PostgreSQL (default settings, fsync on) in a
 temporary folder on a free port, one database per transport migrated with `bank.migrate.upgrade`, and
 for Kafka a KRaft broker in a temporary folder. The processes are laid out as in production: this one is
-the accounts service (the writer commits events with `Outbox.emit`, its `Relay` publishes them), and the
+the accounts service (the writer commits events with `Outbox.emit`, or `emit_many` for 50 at once; its
+`Relay` publishes them), and the
 `Consumer` runs in a child process of its own, as another service would, with its own pool and client.
 
 Per transport:
@@ -59,7 +60,7 @@ from bank.migrate import upgrade
 from shared.db import Database, after_commit
 from shared.events.consumer import Consumer
 from shared.events.envelope import Envelope, EventData
-from shared.events.outbox import Outbox
+from shared.events.outbox import Outbox, Outgoing
 from shared.events.relay import Relay
 from shared.events.transports.base import IncomingRecord, OutgoingRecord, Subscription, Transport
 from shared.events.transports.kafka import KafkaTransport
@@ -365,8 +366,12 @@ class Pipeline:
     async def write(self, seqs: Sequence[int]) -> None:
         """Commit these events to the outbox in one transaction."""
         async with self.write_slots, self.db.transaction() as session:
-            for seq in seqs:
-                await self.outbox.emit(session, self.topic, subject_of(seq), event_of(seq))
+            if len(seqs) == 1:
+                await self.outbox.emit(session, self.topic, subject_of(seqs[0]), event_of(seqs[0]))
+            else:  # a service writing many events in one transaction writes them in one statement
+                await self.outbox.emit_many(
+                    session, [Outgoing(self.topic, subject_of(seq), event_of(seq)) for seq in seqs]
+                )
         t = clock()
         for seq in seqs:
             self.trace.written[seq] = t

@@ -26,6 +26,8 @@ from typing import Any
 
 import asyncpg
 import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BALANCE = 10**9
@@ -42,9 +44,8 @@ CREATE TABLE baseline.holds (network_transaction_id text PRIMARY KEY, account_id
 
 
 def create_app(database_url: str) -> Any:
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-
+    # FastAPI resolves the handler's annotations in this module's globals (they are strings here), so
+    # Request must be imported at module level, or `request` would be taken for a query parameter.
     from shared.config import to_libpq
 
     app = FastAPI()

@@ -53,6 +53,7 @@ import psutil
 from bank.infra.kafka import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
+from bench.lean_http import Connection as LeanConnection
 from services.cards.config import CardsSettings, decode_key
 from services.cards.vault import Expiry, Vault, new_cvc, new_pan
 from shared.config import to_libpq
@@ -233,57 +234,23 @@ class Recorder:
 _RESPONSE_CODE = re.compile(rb'"response_code":\s*"(\d\d)"')
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection to cards, as lean as a load generator should be: httpx costs
-    milliseconds of CPU per request, which on 2 cores would be taken from the services measured."""
+class Connection(LeanConnection):
+    """One keep-alive connection to cards' network interface (bench/lean_http.py)."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def post(self, body: bytes) -> tuple[int, bytes]:
-        if self.writer is None or self.writer.is_closing():
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        head = (
-            f"POST /network/authorisations HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Authorization: Bearer {NETWORK_KEY}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        self.writer.write(head.encode() + body)
-        try:
-            status_line = await self.reader.readuntil(b"\r\n")
-            length, close = 0, False
-            while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
-                name, _, value = line.partition(b":")
-                if name.lower() == b"content-length":
-                    length = int(value)
-                elif name.lower() == b"connection" and b"close" in value.lower():
-                    close = True
-            payload = await self.reader.readexactly(length)
-        except (OSError, asyncio.IncompleteReadError):
-            self.writer.close()
-            raise
-        if close:
-            self.writer.close()
-        return int(status_line.split()[1]), payload
+        super().__init__(host, port, {"Authorization": f"Bearer {NETWORK_KEY}"})
 
     async def send(self, rec: Recorder, cards: Sequence[Card], due: float | None = None) -> None:
         body = json.dumps(message(cards)).encode()
         started = clock() if due is None else due
         try:
-            status, payload = await self.post(body)
+            status, payload = await self.post("/network/authorisations", body)
             match = _RESPONSE_CODE.search(payload) if status == 200 else None
             code = match.group(1).decode() if match else f"http_{status}"
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             code = type(exc).__name__
         rec.latencies.append(clock() - started)
         rec.codes[code] += 1
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 async def closed_loop(url: str, cards: Sequence[Card], connections: int, seconds: float) -> Recorder:

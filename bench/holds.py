@@ -49,6 +49,7 @@ from fastapi import FastAPI
 from bank.infra.kafka import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
+from bench.lean_http import Connection
 from services.accounts.api import internal_router
 from services.accounts.config import AccountsSettings
 from services.accounts.models import User
@@ -171,11 +172,11 @@ async def drive(
     sessions: Callable[[], int],
 ) -> tuple[list[float], Counter[str], float, dict[str, float]]:
     """`concurrency` closed-loop clients for `seconds`; client i uses accounts[i % len(accounts)]."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {INTERNAL_TOKEN_HEADER: TOKEN}
     latencies: list[float] = []
     outcomes: Counter[str] = Counter()
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60, headers=headers) as http:
+    connections = [Connection.to(base_url, headers) for _ in range(concurrency)]
+    try:
 
         async def post(worker: int, seq: int) -> tuple[float, str]:
             body = {
@@ -186,13 +187,14 @@ async def drive(
             }
             started = clock()
             try:
-                r = await http.post("/internal/holds", json=body)
-            except httpx.TransportError as exc:
+                status, payload = await connections[worker].post("/internal/holds", json.dumps(body).encode())
+            except (OSError, asyncio.IncompleteReadError) as exc:
                 return clock() - started, f"transport:{type(exc).__name__}"
             elapsed = clock() - started
-            if r.status_code != 200:
-                return elapsed, f"http_{r.status_code}:{r.json().get('code', '?')}"
-            hold = r.json()["hold"]
+            answer = json.loads(payload)
+            if status != 200:
+                return elapsed, f"http_{status}:{answer.get('code', '?')}"
+            hold = answer["hold"]
             return elapsed, "approved" if hold["status"] == "active" else f"declined:{hold['decline_reason']}"
 
         async def warm(worker: int) -> None:
@@ -219,6 +221,9 @@ async def drive(
         elapsed = clock() - started
         used = cpu.stop()
         used["sessions_opened"] = await asyncio.to_thread(sessions) - opened
+    finally:
+        for connection in connections:
+            connection.close()
     return latencies, outcomes, elapsed, used
 
 

@@ -1,7 +1,7 @@
 """Benchmark of the product's headline figure: card payment approved -> the phone's provider has the push.
 
     .venv/bin/python -m bench.notifications [--transport pglog,kafka] [--rate 100] [--seconds 20]
-                                            [--users 1000]
+                                            [--users 1000] [--profile DIR]
 
 Laid out as `bank up` runs it: a durable PostgreSQL in a temporary folder, migrated; for Kafka a KRaft
 broker in a temporary folder; the fake APNs/FCM (`python -m services.notifications.providers.fake`) and
@@ -83,6 +83,25 @@ async def seed(url: str, users: int) -> None:
         await conn.close()
 
 
+def serve_profiled(out: str) -> None:
+    """`python -m services.notifications` under cProfile; the stats are written to `out` on SIGTERM
+    (uvicorn re-raises the signal after its graceful shutdown, to the handler installed here)."""
+    import cProfile
+    import runpy
+    import signal
+
+    profiler = cProfile.Profile()
+
+    def stop(signum: int, frame: object) -> None:
+        profiler.disable()
+        profiler.dump_stats(out)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    profiler.enable()
+    runpy.run_module("services.notifications", run_name="__main__")
+
+
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -150,9 +169,11 @@ async def run_one(
         {**env, "PYTHONUNBUFFERED": "1"},
         tmp / f"fake-{transport}.log",
     )
-    service = start(
-        [sys.executable, "-m", "services.notifications"], env, tmp / f"notifications-{transport}.log"
-    )
+    command = ["-m", "services.notifications"]
+    if args.profile:
+        out = args.profile.resolve() / f"notifications-{transport}.prof"
+        command = ["-c", f"from bench.notifications import serve_profiled; serve_profiled({str(out)!r})"]
+    service = start([sys.executable, *command], env, tmp / f"notifications-{transport}.log")
     settings = BankSettings(
         database_url=url, transport=transport, kafka_bootstrap=bootstrap or "127.0.0.1:9092"
     )
@@ -219,17 +240,26 @@ async def run_one(
         queued = [float(r.queued) for r in stages]
         sending = [float(r.sent) for r in stages]
         latencies, event_path = [], []
-        for r in got:
+        first: dict[str, dict[str, Any]] = {}
+        resent: dict[str, int] = {}  # the first attempt's answer (None: none before the client left)
+        for r in sorted(got, key=lambda r: r["received_at"]):
             tx_id = r["data"].get("transaction_id")
-            if tx_id in scheduled:
-                latencies.append((r["received_at"] - scheduled[tx_id]) * 1000)
-                event_path.append((r["received_at"] - committed[tx_id]) * 1000)
+            if tx_id not in scheduled:
+                continue
+            if tx_id in first:  # a resend: the latency is the first receipt's
+                answered = str(first[tx_id]["status"])
+                resent[answered] = resent.get(answered, 0) + 1
+                continue
+            first[tx_id] = r
+            latencies.append((r["received_at"] - scheduled[tx_id]) * 1000)
+            event_path.append((r["received_at"] - committed[tx_id]) * 1000)
         result = {
             "transport": transport,
             "rate": args.rate,
             "seconds": args.seconds,
             "sent": total,
             "received": len(latencies),
+            "resends_by_first_answer": resent,
             "latency_ms": {p: round(percentile(latencies, float(p[1:])), 1) for p in ("p50", "p95", "p99")}
             | {"max": round(max(latencies, default=float("nan")), 1)},
             "from_outbox_commit_ms": {
@@ -282,6 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument(
+        "--profile", type=Path, help="run the service under cProfile: DIR/notifications-<transport>.prof"
+    )
     args = parser.parse_args(argv)
     RESULTS_DIR.mkdir(exist_ok=True)
     results = []
@@ -300,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 result = asyncio.run(run_one(transport, url, None, args, Path(folder)))
             results.append(result)
+            if args.profile:  # keep the processes' logs with the profile
+                for log in Path(folder).glob(f"*-{transport}.log"):
+                    (args.profile / log.name).write_bytes(log.read_bytes())
             (RESULTS_DIR / f"notifications-{transport}.json").write_text(json.dumps(result, indent=2))
     print("\ncard payment approved -> push received by the provider (ms)")
     print(
@@ -312,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r['transport']:<10}{r['rate']:>8.0f}{r['received']:>5}/{r['sent']:<4}{lat['p50']:>8}{lat['p95']:>9}"
             f"{lat['p99']:>9}{lat['max']:>9}   {ev['p50']}/{ev['p99']}"
         )
+        if r["resends_by_first_answer"]:
+            print(f"  resends (by the first attempt's answer): {r['resends_by_first_answer']}")
         stages = r["stages_ms"]
         print(
             f"  stages p50/p99 (ms): event -> rows queued {stages['event_to_queued_p50_p99']}, "

@@ -95,10 +95,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("notification_key", "device_id", name="uq_deliveries_notification_device"),
         schema=S,
     )
+    # The send workers' claim: due pending rows in (next_attempt_at, id) order, read off this index.
     op.create_index(
         "ix_deliveries_due",
         "deliveries",
-        ["next_attempt_at"],
+        ["next_attempt_at", "id"],
         schema=S,
         postgresql_where=sa.text("status = 'pending'"),
     )

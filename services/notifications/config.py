@@ -56,7 +56,8 @@ class NotificationsSettings(BaseSettings):
 
     # Sending.
     provider_timeout_seconds: float = Field(default=10.0, gt=0)
-    send_concurrency: int = Field(default=8, ge=1, le=64)
+    send_concurrency: int = Field(default=8, ge=1, le=64)  # workers, each with at most one batch in flight
+    send_batch_size: int = Field(default=50, ge=1, le=500)  # deliveries claimed (and sent) per transaction
     poll_seconds: float = Field(default=0.5, gt=0)  # the worker's fallback poll when not woken
     max_attempts: int = Field(default=8, ge=1)
     retry_base_seconds: float = Field(default=1.0, ge=0)  # doubled on each retry

@@ -12,6 +12,7 @@ else in the event is ignored.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -50,9 +51,28 @@ class WebhookDisabled(BaseModel):
     disabled_at: str | None = None
 
 
+# Accounts whose owner this process has stored; forgotten wholesale past this size (a cache, not a record).
+KNOWN_OWNERS_MAX = 100_000
+
+
 class Handlers:
     def __init__(self, sender: Sender) -> None:
         self.sender = sender
+        self._known_owners: set[str] = set()  # an account never changes owner: stored once is enough
+
+    def _owner_unknown(self, account_id: str) -> bool:
+        return account_id not in self._known_owners
+
+    def _owner_stored(self, session: AsyncSession, account_id: str) -> None:
+        if len(self._known_owners) >= KNOWN_OWNERS_MAX:
+            self._known_owners.clear()
+        after_commit(session, functools.partial(self._known_owners.add, account_id))
+
+    async def _remember_owner(self, session: AsyncSession, account_id: str, user_id: str) -> None:
+        """Store the account's owner unless this process already has (a round trip saved per event)."""
+        if self._owner_unknown(account_id):
+            await repository.remember_owner(session, account_id, user_id)
+            self._owner_stored(session, account_id)
 
     async def _queue(
         self,
@@ -62,26 +82,38 @@ class Handlers:
         account_id: str,
         message: messages.Message,
         envelope: Envelope,
+        *,
+        owner_from_event: bool = False,
     ) -> None:
-        queued = await repository.enqueue(session, key, user_id, account_id, message, envelope.time)
+        """Queue the deliveries; with `owner_from_event`, the event names the account's owner: store it
+        in the same statement unless this process already has."""
+        remember = owner_from_event and self._owner_unknown(account_id)
+        queued = await repository.enqueue(
+            session, key, user_id, account_id, message, envelope.time, remember_owner=remember
+        )
+        if remember:
+            self._owner_stored(session, account_id)
         if queued:
             NOTIFICATIONS_QUEUED.labels(message.kind).inc(queued)
-            after_commit(session, self.sender.wake.set)
+            after_commit(session, self.sender.wake)
 
     async def transaction(self, session: AsyncSession, envelope: Envelope) -> None:
+        """One statement per event: the owner (if new to this process) and the deliveries."""
         event = TransactionEvent.model_validate(envelope.data)
-        await repository.remember_owner(session, event.account_id, event.user_id)
         message = messages.transaction_message(envelope.type, envelope.data)
         if message is None:
+            await self._remember_owner(session, event.account_id, event.user_id)
             return
         tx_id = str(event.transaction.get("id") or envelope.id)
         key = f"transaction:{tx_id}:v{event.version}"
-        await self._queue(session, key, event.user_id, event.account_id, message, envelope)
+        await self._queue(
+            session, key, event.user_id, event.account_id, message, envelope, owner_from_event=True
+        )
 
     async def webhook_disabled(self, session: AsyncSession, envelope: Envelope) -> None:
         event = WebhookDisabled.model_validate(envelope.data)
         if event.user_id:
-            await repository.remember_owner(session, event.account_id, event.user_id)
+            await self._remember_owner(session, event.account_id, event.user_id)
         user_id = event.user_id or await repository.owner_of(session, event.account_id)
         message = messages.webhook_disabled_message(event.url)
         item = await repository.add_feed_item(

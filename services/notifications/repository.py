@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, literal_column, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    Integer,
+    Text,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifications.messages import Message
@@ -103,6 +115,30 @@ async def owner_of(session: AsyncSession, account_id: str) -> str | None:
 # -- notifications ---------------------------------------------------------------------------------------
 
 
+_ENQUEUE = """
+    INSERT INTO notifications.deliveries
+        (push_id, notification_key, device_id, user_id, account_id, kind, title, body, data, event_time)
+    SELECT gen_random_uuid(), :key, d.id, d.user_id, :account_id, :kind, :title, :body, :data, :event_time
+    FROM notifications.devices d
+    WHERE d.user_id = :user_id AND d.active
+    ON CONFLICT ON CONSTRAINT uq_deliveries_notification_device DO NOTHING
+    RETURNING 1
+"""
+# The same, also storing the account's owner (unless known) in the same round trip.
+_ENQUEUE_AND_REMEMBER_OWNER = f"""
+    WITH owner AS (
+        INSERT INTO notifications.account_owners (account_id, user_id) VALUES (:account_id, :user_id)
+        ON CONFLICT DO NOTHING
+    )
+    {_ENQUEUE}
+"""
+_ENQUEUE_BINDS = (bindparam("data", type_=JSONB), bindparam("event_time", type_=DateTime(timezone=True)))
+_ENQUEUE_STATEMENTS = {
+    False: text(_ENQUEUE).bindparams(*_ENQUEUE_BINDS),
+    True: text(_ENQUEUE_AND_REMEMBER_OWNER).bindparams(*_ENQUEUE_BINDS),
+}
+
+
 async def enqueue(
     session: AsyncSession,
     notification_key: str,
@@ -110,34 +146,130 @@ async def enqueue(
     account_id: str | None,
     message: Message,
     event_time: datetime | None = None,
+    *,
+    remember_owner: bool = False,
 ) -> int:
     """One delivery row per active device of the user; a notification already queued for a device is
-    not queued again (unique notification key + device). Returns how many rows were added."""
-    devices = (await session.scalars(select(Device.id).where(Device.user_id == user_id, Device.active))).all()
-    if not devices:
-        return 0
-    rows: list[dict[str, Any]] = [
-        {
-            "push_id": str(uuid.uuid4()),
-            "notification_key": notification_key,
-            "device_id": device_id,
-            "user_id": user_id,
-            "account_id": account_id,
-            "kind": message.kind,
-            "title": message.title,
-            "body": message.body,
-            "data": message.data,
-            "event_time": event_time,
-        }
-        for device_id in devices
-    ]
-    stmt = (
-        insert(Delivery)
-        .values(rows)
-        .on_conflict_do_nothing(constraint="uq_deliveries_notification_device")
-        .returning(Delivery.id)
+    not queued again (unique notification key + device). Returns how many rows were added.
+
+    One statement (one round trip): the devices are read and the rows inserted by the database; with
+    `remember_owner`, it also stores `account_id`'s owner as `remember_owner()` does."""
+    params = {
+        "key": notification_key,
+        "user_id": user_id,
+        "account_id": account_id,
+        "kind": message.kind,
+        "title": message.title,
+        "body": message.body,
+        "data": message.data,
+        "event_time": event_time,
+    }
+    return len((await session.execute(_ENQUEUE_STATEMENTS[remember_owner], params)).all())
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A due delivery locked by the claiming transaction, with what sending it needs."""
+
+    id: int
+    push_id: str
+    device_id: str
+    attempts: int
+    title: str
+    body: str
+    data: dict[str, str]
+    event_time: datetime | None
+    platform: str
+    token: str
+    active: bool
+
+
+_CLAIM = (
+    select(
+        Delivery.id,
+        Delivery.push_id,
+        Delivery.device_id,
+        Delivery.attempts,
+        Delivery.title,
+        Delivery.body,
+        Delivery.data,
+        Delivery.event_time,
+        Device.platform,
+        Device.token,
+        Device.active,
     )
-    return len((await session.scalars(stmt)).all())
+    .join(Device, Device.id == Delivery.device_id)
+    # 'pending' is a literal, not a parameter: a cached generic plan can then use the partial index
+    # ix_deliveries_due (status = 'pending'); with `status = $1` it would scan the whole table.
+    .where(Delivery.status == literal_column("'pending'"), Delivery.next_attempt_at <= func.now())
+    .order_by(Delivery.next_attempt_at, Delivery.id)
+    .limit(bindparam("limit"))
+    .with_for_update(of=Delivery, skip_locked=True)
+)
+
+
+async def claim_due(session: AsyncSession, limit: int) -> list[Claimed]:
+    """Lock up to `limit` due pending deliveries, oldest first, skipping rows another worker holds."""
+    result = await (await session.connection()).execute(_CLAIM, {"limit": limit})
+    return [Claimed(*row) for row in result]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one claimed delivery. `attempts` None: no send was attempted (the attempt count and
+    last answer stay as they were). `retry_in`: still pending, due again in that many seconds."""
+
+    id: int
+    status: str  # pending | sent | failed | invalid_token | dropped
+    attempts: int | None = None
+    status_code: int | None = None
+    error: str | None = None
+    provider_id: str | None = None
+    retry_in: float | None = None
+
+
+_RECORD = text(
+    """
+    UPDATE notifications.deliveries q SET
+        status = o.status,
+        attempts = coalesce(o.attempts, q.attempts),
+        last_status = CASE WHEN o.attempts IS NULL THEN q.last_status ELSE o.status_code END,
+        last_error = o.error,
+        provider_id = coalesce(o.provider_id, q.provider_id),
+        sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE q.sent_at END,
+        next_attempt_at = CASE WHEN o.retry_in IS NULL THEN q.next_attempt_at
+                               ELSE now() + make_interval(secs => o.retry_in) END
+    FROM unnest(:ids, :statuses, :attempts, :status_codes, :errors, :provider_ids, :retry_ins)
+        AS o(id, status, attempts, status_code, error, provider_id, retry_in)
+    WHERE q.id = o.id
+    """
+).bindparams(
+    bindparam("ids", type_=ARRAY(BigInteger)),
+    bindparam("statuses", type_=ARRAY(Text)),
+    bindparam("attempts", type_=ARRAY(Integer)),
+    bindparam("status_codes", type_=ARRAY(Integer)),
+    bindparam("errors", type_=ARRAY(Text)),
+    bindparam("provider_ids", type_=ARRAY(Text)),
+    bindparam("retry_ins", type_=ARRAY(Float)),
+)
+
+
+async def record_outcomes(session: AsyncSession, outcomes: list[Outcome]) -> None:
+    """Write a batch's outcomes in one statement."""
+    if not outcomes:
+        return
+    await (await session.connection()).execute(
+        _RECORD,
+        {
+            "ids": [o.id for o in outcomes],
+            "statuses": [o.status for o in outcomes],
+            "attempts": [o.attempts for o in outcomes],
+            "status_codes": [o.status_code for o in outcomes],
+            "errors": [o.error for o in outcomes],
+            "provider_ids": [o.provider_id for o in outcomes],
+            "retry_ins": [o.retry_in for o in outcomes],
+        },
+    )
 
 
 # -- feed items ------------------------------------------------------------------------------------------

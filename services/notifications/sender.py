@@ -1,30 +1,32 @@
-"""The send worker: takes queued deliveries one at a time and pushes them through the device's provider.
+"""The send workers: claim a batch of due deliveries, push them concurrently, record the outcomes at once.
 
-Each worker task claims one due `pending` row with `SELECT … FOR UPDATE SKIP LOCKED` and keeps the row
-locked, in its transaction, while the provider call runs; the outcome is written and committed with
-it. So a row is in flight in at most one worker of all replicas, and a crash or restart mid-send rolls
-the claim back: the row is sent again after the restart, with the same apns-id / collapse id, so the
-phone shows it once even if the first attempt did reach the provider (decision 0012).
+Each worker task claims up to `send_batch_size` due `pending` rows with one `SELECT … FOR UPDATE SKIP
+LOCKED` and keeps them locked, in its transaction, while the provider calls run: all of the batch's
+pushes go out concurrently, multiplexed over the provider's one HTTP/2 connection. The outcomes are then
+written with one `UPDATE` and committed. So a row is in flight in at most one worker of all replicas,
+and a crash or restart mid-send rolls the claim back: the batch is sent again after the restart, with
+the same apns-id / collapse id, so the phone shows each push once even if the first attempt did reach
+the provider (decision 0012). A batch costs four database round trips (begin, claim, record, commit)
+however many pushes it holds.
 
 Outcomes: sent; retry later (429, 5xx, network: exponential backoff from `retry_base_seconds`, or the
 provider's Retry-After, capped; `failed` after `max_attempts`); invalid token (the device is deactivated
 at once and everything still queued for it dropped; never retried); failed (a request the provider will
-never accept: logged, not retried).
+never accept, or a bug in rendering it: logged, not retried).
 
-Workers are woken in-process when a transaction that queued deliveries commits; other replicas poll.
+Workers are woken in-process when a transaction that queued deliveries commits (`wake`); one idle worker
+takes each wake-up, and a worker that claimed a full batch wakes another to help. Other replicas, and
+rows due later (backoff), are found by polling.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
-
-from sqlalchemy import func, select, update
+from datetime import UTC, datetime
 
 from services.notifications import repository
 from services.notifications.config import NotificationsSettings
-from services.notifications.models import Delivery, Device
 from services.notifications.observability import PUSH_LATENCY, PUSHES
 from services.notifications.providers import Provider, Push, SendResult
 from shared.db import Database
@@ -37,7 +39,11 @@ class Sender:
         self.db = db
         self.providers = providers
         self.settings = settings
-        self.wake = asyncio.Event()
+        self._work = asyncio.Event()
+
+    def wake(self) -> None:
+        """Deliveries were just committed: let an idle worker claim them now (an `after_commit` hook)."""
+        self._work.set()
 
     def backoff(self, attempts: int, result: SendResult) -> float:
         if result.retry_after is not None:
@@ -45,76 +51,94 @@ class Sender:
         delay = self.settings.retry_base_seconds * 2 ** max(0, attempts - 1)
         return min(delay, self.settings.retry_max_seconds)
 
-    async def send_one(self) -> bool:
-        """Send one due delivery; False when none is due."""
+    async def _send(self, provider: Provider, push: Push) -> SendResult:
+        try:
+            return await provider.send(push)
+        except Exception as exc:  # a bug rendering this push must not hold up (or re-send) the batch
+            log.exception("push %s could not be sent", push.push_id)
+            return SendResult("failed", None, f"{type(exc).__name__}: {exc}")
+
+    async def send_batch(self) -> int:
+        """Claim and send up to `send_batch_size` due deliveries; how many were claimed (0: none due)."""
         async with self.db.transaction() as session:
-            row = (
-                await session.execute(
-                    select(Delivery, Device.platform, Device.token, Device.active)
-                    .join(Device, Device.id == Delivery.device_id)
-                    .where(Delivery.status == "pending", Delivery.next_attempt_at <= func.now())
-                    .order_by(Delivery.next_attempt_at, Delivery.id)
-                    .limit(1)
-                    .with_for_update(of=Delivery, skip_locked=True)
-                )
-            ).first()
-            if row is None:
-                return False
-            delivery, platform, token, active = row
-            if not active:
-                delivery.status, delivery.last_error = "dropped", "device deactivated"
-                return True
-            provider = self.providers.get(platform)
-            if provider is None:
-                delivery.status, delivery.last_error = "failed", f"no provider for {platform}"
-                return True
-            push = Push(delivery.push_id, token, delivery.title, delivery.body, dict(delivery.data))
-            result = await provider.send(push)
-            attempts = delivery.attempts + 1
-            values: dict[str, object] = {
-                "attempts": attempts,
-                "last_status": result.status,
-                "last_error": result.reason or None,
-            }
-            if result.outcome == "sent":
-                values.update(status="sent", sent_at=func.now(), provider_id=result.provider_id)
-                if delivery.event_time is not None:
-                    PUSH_LATENCY.labels(platform).observe(
-                        (datetime.now(UTC) - delivery.event_time).total_seconds()
-                    )
-            elif result.outcome == "invalid_token":
-                values.update(status="invalid_token")
-                log.info("device %s token rejected (%s): deactivated", delivery.device_id, result.reason)
-            elif result.outcome == "retry" and attempts < self.settings.max_attempts:
-                delay = self.backoff(attempts, result)
-                values.update(next_attempt_at=func.now() + timedelta(seconds=delay))
-            else:
-                values.update(status="failed")
-                log.warning(
-                    "push %s to device %s failed for good after %d attempt(s): %s %s",
-                    delivery.push_id, delivery.device_id, attempts, result.status, result.reason,
-                )  # fmt: skip
-            await session.execute(update(Delivery).where(Delivery.id == delivery.id).values(**values))
-            if result.outcome == "invalid_token":
-                await repository.deactivate_device(session, delivery.device_id, result.reason)
-            outcome = (
-                result.outcome
-                if result.outcome != "retry" or attempts < self.settings.max_attempts
-                else "failed"
+            rows = await repository.claim_due(session, self.settings.send_batch_size)
+            if not rows:
+                return 0
+            if len(rows) == self.settings.send_batch_size:
+                self.wake()  # maybe more are due: let another worker start on them meanwhile
+            outcomes: list[repository.Outcome] = []
+            sends: list[tuple[repository.Claimed, Provider]] = []
+            for row in rows:
+                provider = self.providers.get(row.platform)
+                if not row.active:
+                    outcomes.append(repository.Outcome(row.id, "dropped", error="device deactivated"))
+                elif provider is None:
+                    missing = f"no provider for {row.platform}"
+                    outcomes.append(repository.Outcome(row.id, "failed", error=missing))
+                else:
+                    sends.append((row, provider))
+            results = await asyncio.gather(
+                *(self._send(p, Push(r.push_id, r.token, r.title, r.body, dict(r.data))) for r, p in sends)
             )
-            PUSHES.labels(platform, outcome).inc()
-        return True
+            now = datetime.now(UTC)
+            dead: list[tuple[str, str]] = []
+            for (row, _), result in zip(sends, results, strict=True):
+                outcomes.append(self._outcome(row, result, now))
+                if result.outcome == "invalid_token":
+                    dead.append((row.device_id, result.reason))
+            await repository.record_outcomes(session, outcomes)
+            for device_id, reason in dead:
+                await repository.deactivate_device(session, device_id, reason)
+        return len(rows)
+
+    def _outcome(self, row: repository.Claimed, result: SendResult, now: datetime) -> repository.Outcome:
+        attempts = row.attempts + 1
+        status, retry_in = result.outcome, None
+        if result.outcome == "sent":
+            if row.event_time is not None:
+                PUSH_LATENCY.labels(row.platform).observe((now - row.event_time).total_seconds())
+        elif result.outcome == "invalid_token":
+            log.info("device %s token rejected (%s): deactivated", row.device_id, result.reason)
+        elif result.outcome == "retry" and attempts < self.settings.max_attempts:
+            retry_in = self.backoff(attempts, result)
+        else:
+            status = "failed"
+            log.warning(
+                "push %s to device %s failed for good after %d attempt(s): %s %s",
+                row.push_id, row.device_id, attempts, result.status, result.reason,
+            )  # fmt: skip
+        PUSHES.labels(row.platform, status).inc()
+        return repository.Outcome(
+            row.id,
+            "pending" if status == "retry" else status,
+            attempts=attempts,
+            status_code=result.status,
+            error=result.reason or None,
+            provider_id=result.provider_id,
+            retry_in=retry_in,
+        )
+
+    async def _wait_for_work(self) -> None:
+        """Until woken (one idle worker per wake-up) or the poll interval has passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.poll_seconds
+        while not self._work.is_set():  # another worker may have taken the wake-up that woke us
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._work.wait(), remaining)
+            except TimeoutError:
+                return
+        self._work.clear()
 
     async def worker(self) -> None:
+        batch = self.settings.send_batch_size
         while True:
             try:
-                self.wake.clear()
-                while await self.send_one():
-                    pass
-                try:
-                    await asyncio.wait_for(self.wake.wait(), self.settings.poll_seconds)
-                except TimeoutError:
-                    pass
+                await self._wait_for_work()
+                while await self.send_batch() == batch:
+                    pass  # a short batch drained the queue; rows committed later wake a worker
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -122,5 +146,5 @@ class Sender:
                 await asyncio.sleep(self.settings.poll_seconds)
 
     async def run(self) -> None:
-        """Background job: `send_concurrency` workers."""
+        """Background job: `send_concurrency` workers, each with at most one batch in flight."""
         await asyncio.gather(*(self.worker() for _ in range(self.settings.send_concurrency)))

@@ -170,7 +170,7 @@ class NotificationService:
             )
             if queued:
                 NOTIFICATIONS_QUEUED.labels("feed_item").inc(queued)
-                after_commit(session, self.sender.wake.set)
+                after_commit(session, self.sender.wake)
         return item
 
     async def feed(self, user_id: str, account_id: str) -> list[FeedItem]:

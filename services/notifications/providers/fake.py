@@ -357,6 +357,9 @@ def hypercorn_config(host: str, port: int) -> Any:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0
     config.keep_alive_timeout = 75.0
+    # Hypercorn closes a connection after 1,000 requests by default; APNs keeps one open for as long
+    # as it is used. The GOAWAY would fail every stream in flight on it (httpcore: WriteError).
+    config.keep_alive_max_requests = 2**31
     return config
 
 

@@ -55,6 +55,9 @@ class Relay:
             .where(table.c.published_at.is_(None))
             .order_by(table.c.id)
             .limit(self.batch_size)
+            # Locked in id order: a second publisher (a test, a leader handing over) waits instead
+            # of deadlocking with this one.
+            .with_for_update()
             .scalar_subquery()
         )
         mark = (

@@ -20,6 +20,7 @@ import httpx
 from shared import tracing
 from shared.context import DEADLINE_HEADER, TRACEPARENT_HEADER, TraceContext, current_trace, remaining_seconds
 from shared.errors import BankError
+from shared.lean_transport import LeanTransport
 
 IDEMPOTENCY_HEADER = "idempotency-key"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -109,7 +110,7 @@ class ServiceClient:
         self.breaker = breaker or CircuitBreaker(name)
         # trust_env=False: in-cluster calls go direct, never via an HTTP(S)_PROXY from the environment.
         self._client = httpx.AsyncClient(
-            base_url=base_url, transport=transport, timeout=timeout, trust_env=False
+            base_url=base_url, transport=transport or LeanTransport(), timeout=timeout, trust_env=False
         )
 
     async def request(

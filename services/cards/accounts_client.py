@@ -29,6 +29,7 @@ from shared.auth import INTERNAL_TOKEN_HEADER
 from shared.errors import BankError
 from shared.http import CircuitBreaker, ServiceClient
 from shared.ids import plausible_id
+from shared.lean_transport import LeanTransport
 
 # ServiceClient errors raised before a request was written.
 _NOT_SENT = frozenset({"service_unavailable.circuit_open", "timeout.deadline_exceeded"})
@@ -107,10 +108,6 @@ class AccountsClient:
         self._headers = {INTERNAL_TOKEN_HEADER: internal_token}
 
         def client(timeout: float, retries: int) -> ServiceClient:
-            limits = httpx.Limits(
-                max_connections=settings.accounts_connections,
-                max_keepalive_connections=settings.accounts_connections,
-            )
             breaker = CircuitBreaker(
                 "accounts",
                 failure_threshold=settings.accounts_breaker_failures,
@@ -123,7 +120,7 @@ class AccountsClient:
                 retries=retries,
                 backoff=0.01,
                 breaker=breaker,
-                transport=httpx.AsyncHTTPTransport(limits=limits),
+                transport=LeanTransport(max_connections=settings.accounts_connections),
             )
 
         self.hot = client(self.deadline, retries=1)

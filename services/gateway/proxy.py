@@ -19,11 +19,11 @@ from starlette.types import Message, Receive
 
 from services.gateway.config import GatewaySettings
 from services.gateway.routes import Route
-from services.gateway.transport import LeanTransport
 from shared import context
 from shared.auth import INTERNAL_TOKEN_HEADER, Identity
 from shared.errors import BankError
 from shared.http import CircuitBreaker, ServiceClient
+from shared.lean_transport import LeanTransport
 
 log = logging.getLogger("gateway.proxy")
 

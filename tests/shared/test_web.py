@@ -150,12 +150,16 @@ async def test_a_connection_lost_to_a_database_restart_is_a_503_then_recovers(tm
             await asyncio.to_thread(pg.start)
             # The pooled connection died with the old server: its first use fails, typed and
             # retryable, never a 500; the pool is invalidated and the next request reconnects.
-            first = await client.get("/now")
-            assert first.status_code in (200, 503)
-            if first.status_code == 503:
-                assert first.json()["code"] == "service_unavailable.database"
-                assert first.headers["retry-after"] == "1"
-            assert (await client.get("/now")).status_code == 200
+            answers = []
+            for _ in range(5):
+                answers.append(await client.get("/now"))
+                if answers[-1].status_code == 200:
+                    break
+            assert answers[-1].status_code == 200, [a.text for a in answers]
+            for failed in answers[:-1]:
+                assert failed.status_code == 503, failed.text
+                assert failed.json()["code"] == "service_unavailable.database"
+                assert failed.headers["retry-after"] == "1"
     finally:
         server.should_exit = True
         await task

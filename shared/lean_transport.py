@@ -1,13 +1,14 @@
 """A lean HTTP/1.1 transport for httpx: pooled keep-alive connections on asyncio streams.
 
-The gateway calls its upstreams through `shared.http.ServiceClient` (deadlines, trace
+Every service-to-service call goes through `shared.http.ServiceClient` (deadlines, trace
 propagation, retries, circuit breaker), which sits on an httpx client. httpx's default
 transport (httpcore + h11 + anyio) costs about 2 ms of CPU per call on the bank's small
-hosts, ten times what the same exchange costs on plain asyncio streams, and the gateway
-makes one such call per request (decision 0008). This transport replaces only that
-bottom layer: HTTP/1.1 with Content-Length or chunked bodies, keep-alive with a bounded
-pool per origin, and failures raised as the httpx exceptions ServiceClient expects.
-`GATEWAY_UPSTREAM_TRANSPORT=httpx` switches back to httpx's own.
+hosts, ten times what the same exchange costs on plain asyncio streams, and its pool checks
+every idle connection with a syscall on each request (decision 0008). This transport
+replaces only that bottom layer: HTTP/1.1 with Content-Length or chunked bodies, keep-alive
+with a bounded pool per origin, and failures raised as the httpx exceptions ServiceClient
+expects. It is ServiceClient's default; the gateway's `GATEWAY_UPSTREAM_TRANSPORT=httpx`
+switches its upstreams back to httpx's own.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from services.notifications.config import NotificationsSettings
 from services.notifications.observability import PUSH_LATENCY, PUSHES
 from services.notifications.providers import Provider, Push, SendResult
 from shared.db import Database
+from shared.observability import DEVICES_DEACTIVATED
 
 log = logging.getLogger("services.notifications.sender")
 
@@ -86,6 +87,7 @@ class Sender:
                 outcomes.append(self._outcome(row, result, now))
                 if result.outcome == "invalid_token":
                     dead.append((row.device_id, result.reason))
+                    DEVICES_DEACTIVATED.labels(row.platform).inc()
             await repository.record_outcomes(session, outcomes)
             for device_id, reason in dead:
                 await repository.deactivate_device(session, device_id, reason)

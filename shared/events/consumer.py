@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 
@@ -96,14 +97,15 @@ class Consumer:
                 backoff = min(backoff * 2, 5.0)
 
     async def _loop(self, sub: Subscription) -> None:
-        polls = 0
+        lag_due = 0.0
         while True:
             records = await sub.poll(self.batch_size, self.poll_seconds)
             if records:
                 await self.handle_batch_until_done(records)
                 await sub.commit(records)
-            polls += 1
-            if polls % 20 == 0 or not records:
+            # The lag gauge is a query: at most once a second, not once per poll.
+            if (now := time.monotonic()) >= lag_due:
+                lag_due = now + 1.0
                 for topic, lag in (await sub.lag()).items():
                     CONSUMER_LAG.labels(self.service, self.name, topic).set(lag)
 

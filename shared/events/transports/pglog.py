@@ -9,12 +9,14 @@
   session advisory lock on (group, topic, partition), so two members never
   read one partition at once, and a crashed member's locks vanish with its
   connection.
-* Wake-ups come from LISTEN/NOTIFY on `events_log`; polling is the fallback.
+* Wake-ups come from LISTEN/NOTIFY on a channel per topic (`events_log:<topic>`), so a consumer is
+  woken only by the topics it reads; polling is the fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -31,12 +33,20 @@ from shared.health import Checker
 
 log = logging.getLogger("shared.events.pglog")
 
-CHANNEL = "events_log"
+CHANNEL_PREFIX = "events_log:"
+
+
+def channel_of(topic: str) -> str:
+    """The NOTIFY channel of a topic: PostgreSQL channel names stop at 63 bytes, so long ones are hashed."""
+    channel = f"{CHANNEL_PREFIX}{topic}"
+    if len(channel.encode()) <= 63:
+        return channel
+    return f"{CHANNEL_PREFIX}{hashlib.sha1(topic.encode()).hexdigest()}"
 
 
 # Offsets are reserved under each partition row's lock, taken in a fixed order (so two publishers
 # cannot deadlock) and held until the statement commits: offsets become visible strictly in order.
-_APPEND = f"""
+_APPEND = """
 WITH batch AS (
     SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::bytea[])
         AS b(topic, partition, seq, key, payload)
@@ -56,7 +66,7 @@ WITH batch AS (
     FROM batch b JOIN bumped u USING (topic, partition)
     RETURNING 1
 )
-SELECT pg_notify('{CHANNEL}', '') FROM (SELECT 1 FROM appended LIMIT 1) AS any_row
+SELECT pg_notify(channel, '') FROM unnest($6::text[]) AS channel WHERE EXISTS (SELECT 1 FROM appended)
 """
 
 
@@ -123,7 +133,8 @@ class PgLogTransport:
                         columns, (record.topic, partition, seq, record.key, record.value), strict=True
                     ):
                         column.append(value)
-                await conn.execute(_APPEND, *columns)
+                channels = sorted({channel_of(r.topic) for r in records})
+                await conn.execute(_APPEND, *columns, channels)
             except BaseException:
                 await self._drop_publisher()
                 raise
@@ -172,10 +183,14 @@ class PgLogSubscription:
 
     async def connect(self) -> None:
         self._conn = await asyncpg.connect(self.transport.dsn)
-        await self._conn.add_listener(CHANNEL, lambda *_: self._wake.set())
+        for topic in self.topics:
+            await self._conn.add_listener(channel_of(topic), self._on_notify)
         self._positions.clear()
         self._next_rebalance = 0.0
         await self._rebalance()
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
 
     async def _ensure_connected(self) -> None:
         if self._conn is None or self._conn.is_closed():

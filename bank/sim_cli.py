@@ -9,8 +9,7 @@ from typing import Any
 
 import typer
 
-from simulator.chaos import SCENARIOS as CHAOS_SCENARIOS
-from simulator.scenarios import DEFAULT_DURATION, SCENARIOS
+from simulator.scenarios import CHAOS_SCENARIOS, DEFAULT_DURATION, SCENARIOS
 
 sim_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="The card-network simulator: load, failure, degradation."

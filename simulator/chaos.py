@@ -25,12 +25,9 @@ from typing import Any
 from simulator import report as reporting
 from simulator.cluster import Cluster
 from simulator.runner import During, RunConfig, RunResult, run_scenario
-from simulator.scenarios import AUTHORISATION
+from simulator.scenarios import AUTHORISATION, CHAOS_SCENARIOS
 
-SCENARIOS = (
-    "accounts-kill", "accounts-slow", "transactions-kill", "webhooks-kill", "notifications-kill",
-    "kafka-stop",
-)  # fmt: skip
+SCENARIOS = CHAOS_SCENARIOS
 CONSUMERS = ("transactions", "webhooks", "notifications")
 
 LAG_SQL = """

@@ -31,6 +31,12 @@ from dataclasses import dataclass
 from simulator.merchants import Merchant, by_category
 
 SCENARIOS = ("steady", "burst", "day", "soak")
+# Failures `bank sim chaos` can inject (simulator/chaos.py); named here so the command line can list
+# them without importing the load generator's dependencies (the service image leaves those out).
+CHAOS_SCENARIOS = (
+    "accounts-kill", "accounts-slow", "transactions-kill", "webhooks-kill", "notifications-kill",
+    "kafka-stop",
+)  # fmt: skip
 DEFAULT_DURATION = {"steady": 30.0, "burst": 30.0, "day": 60.0, "soak": 600.0}
 
 PURCHASE = "000000"

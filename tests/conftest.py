@@ -65,7 +65,8 @@ def settings(database_url: str) -> BankSettings:
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def database(settings: BankSettings) -> AsyncIterator[Database]:
-    db = Database(settings.database_url, pool_size=5, application_name="tests")
+    # pre_ping: some tests restart the session PostgreSQL; the next test must not get a dead connection.
+    db = Database(settings.database_url, pool_size=5, application_name="tests", pre_ping=True)
     db.seeds = await snapshot_seeds(db)  # type: ignore[attr-defined]
     yield db
     await db.dispose()
@@ -125,4 +126,13 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Keep the slow broker start-up out of the way of fast feedback: Kafka tests run last.
-    items.sort(key=lambda item: 1 if item.get_closest_marker("kafka") else 0)
+    # Whole banks on the session broker (the bank test under faults, the scale-out run) go after the
+    # service-level Kafka tests: their killed replicas and consumer groups must not be in the way.
+    def order(item: pytest.Item) -> int:
+        if not item.get_closest_marker("kafka"):
+            return 0
+        path = str(item.path)
+        whole_bank = "/tests/chaos/" in path or path.endswith("test_scale_out_kafka.py")
+        return 2 if whole_bank else 1
+
+    items.sort(key=order)

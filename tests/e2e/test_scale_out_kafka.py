@@ -204,9 +204,20 @@ def committed_at_end(admin: KafkaAdminClient, bootstrap: str, group: Group) -> b
     return all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in partitions)
 
 
+def _group_name(listed: Any) -> str:
+    """kafka-python lists groups as (id, protocol) tuples in 2.x and as dicts in 3.x."""
+    if isinstance(listed, tuple):
+        return str(listed[0])
+    if isinstance(listed, dict):
+        for key in ("group_id", "group", "groupId", "GroupId"):
+            if key in listed:
+                return str(listed[key])
+    return str(listed)
+
+
 def forget_bank_topics(admin: KafkaAdminClient, topics: set[str], groups: list[Group]) -> None:
     """The session broker is shared: start from no bank topics and no committed offsets of these groups."""
-    existing = {g for g in (x[0] if isinstance(x, tuple) else x for x in admin.list_groups())}
+    existing = {_group_name(x) for x in admin.list_groups()}
     stale_groups = [g.name for g in groups if g.name in existing]
     if stale_groups:
         admin.delete_groups(stale_groups)

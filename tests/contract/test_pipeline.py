@@ -104,7 +104,7 @@ async def test_events_flow_end_to_end_exactly_once_in_order(effects: Database, b
     assert await count(effects, "SELECT count(*) FROM accounts.inbox") == 40
 
 
-async def wait_for_count(db: Database, expected: int, timeout: float = 120) -> None:
+async def wait_for_count(db: Database, expected: int, timeout: float = 300) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while (n := await count(db, "SELECT count(*) FROM public.effects")) < expected:
@@ -179,7 +179,7 @@ async def test_redelivered_events_are_no_ops(effects: Database, backend: Backend
     assert await count(effects, "SELECT sum(amount) FROM public.effects") == 250
 
 
-async def wait_for_lag_zero(sub: object, topic: str, timeout: float = 120) -> None:
+async def wait_for_lag_zero(sub: object, topic: str, timeout: float = 300) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:

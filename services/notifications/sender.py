@@ -55,9 +55,10 @@ class Sender:
     async def _send(self, provider: Provider, push: Push) -> SendResult:
         try:
             return await provider.send(push)
-        except Exception as exc:  # a bug rendering this push must not hold up (or re-send) the batch
-            log.exception("push %s could not be sent", push.push_id)
-            return SendResult("failed", None, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # must not hold up (or re-send) the rest of the batch
+            log.exception("push %s could not be sent; it will be tried again", push.push_id)
+            # Retried with backoff, up to max_attempts: an unexpected error is not proof the push is bad.
+            return SendResult("retry", None, f"{type(exc).__name__}: {exc}")
 
     async def send_batch(self) -> int:
         """Claim and send up to `send_batch_size` due deliveries; how many were claimed (0: none due)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -120,3 +122,20 @@ def configure_logging(service: str, level: str = "INFO", as_json: bool = True) -
 def log_fields(**fields: Any) -> dict[str, Any]:
     """`log.info("…", extra=log_fields(account_id=…))` adds structured fields to the JSON line."""
     return {"fields": fields}
+
+
+def periodic_refresh(
+    what: str, refresh: Callable[[], Awaitable[None]], every_seconds: float
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A background job that runs `refresh` every `every_seconds`; a failed round is logged, not fatal."""
+
+    async def job() -> None:
+        while True:
+            try:
+                await refresh()
+            except Exception:
+                logging.getLogger("shared.observability").warning("could not refresh %s", what, exc_info=True)
+            await asyncio.sleep(every_seconds)
+
+    job.__name__ = f"refresh {what}"
+    return job

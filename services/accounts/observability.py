@@ -7,7 +7,6 @@ count (`gauges_job`, wired as a background job in app.py).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from prometheus_client import Counter, Gauge
@@ -16,6 +15,7 @@ from sqlalchemy import func, select
 from shared.db import Database
 from shared.events.envelope import Envelope
 from shared.events.outbox import observe_events
+from shared.observability import periodic_refresh
 from shared.web import Background
 
 NEGATIVE_BALANCES = Counter(
@@ -78,13 +78,4 @@ async def refresh_gauges(db: Database) -> None:
 
 def gauges_job(db: Database, every_seconds: float = 15.0) -> Background:
     """Background job: recount the holds outstanding every `every_seconds`."""
-
-    async def accounts_gauges() -> None:
-        while True:
-            try:
-                await refresh_gauges(db)
-            except Exception:
-                log.warning("could not refresh the accounts gauges", exc_info=True)
-            await asyncio.sleep(every_seconds)
-
-    return accounts_gauges
+    return periodic_refresh("the accounts gauges", lambda: refresh_gauges(db), every_seconds)

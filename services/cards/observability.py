@@ -8,7 +8,6 @@ states rather than flows (cards by status, holds outstanding) come from a period
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -19,7 +18,7 @@ from sqlalchemy import func, select
 from shared.db import Database
 from shared.events.envelope import Envelope
 from shared.events.outbox import observe_events
-from shared.observability import log_fields
+from shared.observability import log_fields, periodic_refresh
 from shared.web import Background
 
 AUTHORISATIONS = Counter(
@@ -133,14 +132,5 @@ async def refresh_gauges(db: Database) -> None:
 
 
 def gauges_job(db: Database, every_seconds: float = 15.0) -> Background:
-    """Background job: recount the state gauges every `every_seconds` (two indexed-or-small counts)."""
-
-    async def cards_gauges() -> None:
-        while True:
-            try:
-                await refresh_gauges(db)
-            except Exception:
-                log.warning("could not refresh the cards gauges", exc_info=True)
-            await asyncio.sleep(every_seconds)
-
-    return cards_gauges
+    """Background job: recount the state gauges every `every_seconds`."""
+    return periodic_refresh("the cards gauges", lambda: refresh_gauges(db), every_seconds)

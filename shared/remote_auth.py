@@ -50,11 +50,13 @@ class KeySet:
         client: ServiceClient,
         *,
         min_refresh_seconds: float = 5.0,
+        min_retry_unloaded_seconds: float = 0.25,
         refresh_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.min_refresh_seconds = min_refresh_seconds
+        self.min_retry_unloaded_seconds = min_retry_unloaded_seconds
         self.refresh_seconds = refresh_seconds
         self._clock = clock
         self.keys: dict[str, Ed25519PublicKey] = {}
@@ -96,7 +98,11 @@ class KeySet:
             key = self.keys.get(kid)
             if key is not None:
                 return key
-            due = self.last_attempt is None or self._clock() - self.last_attempt >= self.min_refresh_seconds
+            # Until the keys have loaded once, a request retries soon (accounts may have just come up
+            # between two background attempts); after that, unknown kids refresh at most every
+            # min_refresh_seconds so garbage kids cannot hammer accounts.
+            gap = self.min_refresh_seconds if self.loaded_at is not None else self.min_retry_unloaded_seconds
+            due = self.last_attempt is None or self._clock() - self.last_attempt >= gap
             if due:
                 if not await self._fetch():
                     raise _keys_unavailable()

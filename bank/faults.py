@@ -7,10 +7,11 @@ PostgreSQL can be restarted under the running services, accounts can be put behi
 delays every request, and (with `kafka=True`) the bank runs on a Kafka broker that can be stopped.
 
 `FaultRunner.run(seconds)` injects, while something else drives load: a SIGKILL + restart of a random
-service every `kill_every` seconds, one PostgreSQL restart, one window of delayed accounts, and one
-Kafka broker stop/start when there is a broker. Every fault is recorded (what, when, how long until
-the bank was ready again). `quiesce` then waits until the outboxes are published, the consumers have
-caught up and the background jobs are done, so `bank.checker` can judge a settled bank.
+service every `kill_every` seconds (at least `min_kills` per run), one PostgreSQL restart, one window
+of delayed accounts, and one Kafka broker stop/start when there is a broker. Every fault is recorded
+(what, when, how long until the bank was ready again). `quiesce` then waits until the outboxes are
+published, the consumers have caught up and the background jobs are done, so `bank.checker` can
+judge a settled bank.
 """
 
 from __future__ import annotations
@@ -294,6 +295,7 @@ class FaultRunner:
     cluster: BankCluster
     seed: int = 1
     kill_every: float = 6.0
+    min_kills: int = 2
     delay_seconds: float = 0.3
     delay_window: float = 5.0
     targets: tuple[str, ...] = KILLABLE
@@ -320,6 +322,10 @@ class FaultRunner:
                 await asyncio.sleep(0.2)
         for kind, _ in pending:  # a run too short to reach them still gets each rare fault once
             await self._inject(kind, "", elapsed())
+        # Slow recoveries on a loaded machine can crowd the kills out of a short run: it still gets
+        # `min_kills`, so every run shows a service surviving more than one crash.
+        while sum(f.kind == "kill" for f in self.faults) < self.min_kills:
+            await self._inject("kill", rng.choice(self.targets), elapsed())
         return self.faults
 
     async def _inject(self, kind: str, target: str, at: float) -> None:

@@ -59,6 +59,10 @@ class HttpError(Exception):
     pass
 
 
+class _StaleConnection(Exception):
+    """A reused keep-alive connection failed before any byte of an answer arrived."""
+
+
 class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -82,25 +86,41 @@ class Pool:
         self.idle: list[_Conn] = []
         self.slots = asyncio.Semaphore(size)
         self.opened = 0
+        self.stale = 0  # idle connections the server had closed, found on reuse
 
     async def post(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
-        async with self.slots:
+        async with self.slots, asyncio.timeout(timeout):
             conn = self.idle.pop() if self.idle else None
             try:
-                async with asyncio.timeout(timeout):
-                    if conn is None:
-                        conn = _Conn(*await asyncio.open_connection(self.host, self.port))
-                        self.opened += 1
-                    status, payload, keep = await self._exchange(conn, path, body)
-            except BaseException:
-                if conn is not None:
-                    conn.close()
-                raise
-            if keep:
-                self.idle.append(conn)
-            else:
+                return await self._exchange_on(conn, path, body)
+            except _StaleConnection:
+                # The server closed the idle connection as we reused it (its keep-alive timeout): it
+                # saw nothing, so the message goes again on a fresh connection, as any HTTP client does.
+                self.stale += 1
+                return await self._exchange_on(None, path, body)
+
+    async def _exchange_on(self, conn: _Conn | None, path: str, body: bytes) -> tuple[int, bytes]:
+        reused = conn is not None
+        try:
+            if conn is None:
+                conn = _Conn(*await asyncio.open_connection(self.host, self.port))
+                self.opened += 1
+            status, payload, keep = await self._exchange(conn, path, body)
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
+            if conn is not None:
                 conn.close()
-            return status, payload
+            if reused and (not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial):
+                raise _StaleConnection from exc
+            raise
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        if keep:
+            self.idle.append(conn)
+        else:
+            conn.close()
+        return status, payload
 
     async def _exchange(self, conn: _Conn, path: str, body: bytes) -> tuple[int, bytes, bool]:
         head = f"POST {self.prefix}{path} HTTP/1.1\r\n{self._head}Content-Length: {len(body)}\r\n\r\n"

@@ -104,13 +104,23 @@ async def test_events_flow_end_to_end_exactly_once_in_order(effects: Database, b
     assert await count(effects, "SELECT count(*) FROM accounts.inbox") == 40
 
 
-async def wait_for_count(db: Database, expected: int, timeout: float = 300) -> None:
+async def wait_for_count(
+    db: Database, expected: int, timeout: float = 300, consumer: Consumer | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while (n := await count(db, "SELECT count(*) FROM public.effects")) < expected:
-        assert loop.time() < deadline, f"{n} of {expected} events handled"
+        assert loop.time() < deadline, f"{n} of {expected} events handled; {consumer_state(consumer)}"
         await asyncio.sleep(0.05)
     assert n == expected
+
+
+def consumer_state(consumer: Consumer | None) -> str:
+    """Where a stuck consumer is: its subscription and, on Kafka, the partitions assigned to it."""
+    if consumer is None:
+        return "consumer not given"
+    sub = consumer.subscription
+    return f"subscription {sub!r}, assignment {getattr(sub, 'assignment', 'n/a')}"
 
 
 async def test_a_rolled_back_transaction_emits_nothing(effects: Database) -> None:
@@ -208,7 +218,7 @@ async def test_poison_and_undecodable_events_are_dead_lettered_and_the_consumer_
     consumer = make_consumer(effects, backend, topic)
     tasks = await run_background(consumer.run)
     try:
-        await wait_for_count(effects, 2)
+        await wait_for_count(effects, 2, consumer=consumer)
     finally:
         await stop(tasks)
     async with effects.read() as s:

@@ -117,8 +117,15 @@ class Replica:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
 
-def wait_until(what: str, condition: Callable[[], bool], procs: list[Replica], timeout: float = WAIT) -> None:
-    """Poll `condition` until it holds; fail naming `what` (and any replica that died) if it never does."""
+def wait_until(
+    what: str,
+    condition: Callable[[], bool],
+    procs: list[Replica],
+    timeout: float = WAIT,
+    explain: Callable[[], str] | None = None,
+) -> None:
+    """Poll `condition` until it holds; fail naming `what` (and any replica that died, and what
+    `explain` says about the state it was stuck in) if it never does."""
     deadline = time.monotonic() + timeout
     while not condition():
         dead = [
@@ -127,7 +134,8 @@ def wait_until(what: str, condition: Callable[[], bool], procs: list[Replica], t
         if dead:
             raise AssertionError(f"{dead[0].service}#{dead[0].index} exited:\n{dead[0].tail()}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout:.0f}s: {what}")
+            detail = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"not true after {timeout:.0f}s: {what}{detail}")
         threading.Event().wait(0.25)  # the poll interval; nothing is asserted on time
 
 
@@ -181,6 +189,16 @@ def members(admin: KafkaAdminClient, group: str) -> dict[str, set[tuple[str, int
                 owned.update((topic, p) for p in _field(entry, "partitions"))
         out[member["member_id"]] = owned
     return out
+
+
+def stuck_group(admin: KafkaAdminClient, group: Group, replicas: list[Replica]) -> str:
+    """What the coordinator says about a group that will not settle, and what its replicas logged."""
+    try:
+        described = repr(admin.describe_groups([group.name])[group.name])[:3000]
+    except Exception as exc:  # the explanation must not hide the failure it explains
+        described = f"describe_groups failed: {exc!r}"
+    logs = "\n".join(f"--- {r.service}#{r.index} log tail:\n{r.tail()}" for r in replicas)
+    return f"group {group.name} as the coordinator describes it: {described}\n{logs}"
 
 
 def all_partitions(admin: KafkaAdminClient, topics: tuple[str, ...]) -> set[tuple[str, int]]:
@@ -469,7 +487,12 @@ def test_two_replicas_share_partitions_and_survive_a_kill(
                     and sum(map(len, owned.values())) == len(wanted)
                 )
 
-            wait_until(f"{group.name}'s partitions split between its two replicas", shared, everyone)
+            def explain(group: Group = group) -> str:
+                return stuck_group(admin, group, replicas[group.service])
+
+            wait_until(
+                f"{group.name}'s partitions split between its two replicas", shared, everyone, explain=explain
+            )
         print(f"\nconsumer groups, each split over two replicas: {[g.name for g in groups] or 'none yet'}")
 
         front = {s: f"http://127.0.0.1:{port}" for s, port in fronts.items()}

@@ -85,3 +85,40 @@ async def test_requests_leave_on_schedule_whatever_the_answers() -> None:
     span_us = (schedule[-1].at - schedule[0].at) * 1e6
     assert stats.latency[AUTHORISATION].get_max_value() >= span_us * 0.99
     assert stats.latency[AUTHORISATION].get_total_count() == REQUESTS
+
+
+async def test_a_keep_alive_connection_the_server_closed_while_idle_is_replaced_not_a_lost_answer() -> None:
+    """Servers close idle keep-alive connections (uvicorn after 5 s). A message sent on one of those
+    reaches nobody; the pool sends it again on a fresh connection instead of calling it unanswered."""
+    closed = asyncio.Event()
+    answered = 0
+
+    async def answer_once_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        await reader.readexactly(length)
+        answered += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()  # the keep-alive timeout, at once: the client still holds the connection as idle
+        await writer.wait_closed()
+        closed.set()
+
+    server = await asyncio.start_server(answer_once_then_hang_up, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    pool = Pool(f"http://127.0.0.1:{port}", {})
+    try:
+        assert await pool.post("/network/authorisations", b"{}", timeout=10) == (200, b"{}")
+        await closed.wait()
+        assert len(pool.idle) == 1  # the client did not hear the close: it reuses the connection
+        assert await pool.post("/network/authorisations", b"{}", timeout=10) == (200, b"{}")
+        assert (pool.stale, pool.opened, answered) == (1, 2, 2)
+    finally:
+        pool.close()
+        server.close()
+        await server.wait_closed()

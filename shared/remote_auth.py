@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.auth import TokenVerifier, public_keys_from_jwks
 from shared.errors import BankError
-from shared.http import ServiceClient, raise_for_upstream_error
+from shared.http import CircuitBreaker, ServiceClient, raise_for_upstream_error
 
 log = logging.getLogger("shared.remote_auth")
 
@@ -213,12 +214,25 @@ class RevocationList:
         return details
 
 
+def identity_client(accounts_url: str) -> ServiceClient:
+    """The client for accounts' keys and revocation list. No breaker to speak of: its calls are few and
+    rate-limited already, and a breaker opened by revocation polls while accounts was starting would
+    refuse the first key fetch after accounts came up (every token answered 503 until it half-opened)."""
+    return ServiceClient(
+        "accounts",
+        accounts_url,
+        timeout=2.0,
+        retries=1,
+        breaker=CircuitBreaker("accounts-identity", failure_threshold=sys.maxsize),
+    )
+
+
 def accounts_token_verifier(
     accounts_url: str, *, min_refresh_seconds: float, poll_seconds: float
 ) -> tuple[TokenVerifier, RevocationList, ServiceClient]:
     """A verifier for a service's own routes; run the returned revocation list's `run` in the
     background and close the client on shutdown."""
-    client = ServiceClient("accounts", accounts_url, timeout=2.0, retries=1)
+    client = identity_client(accounts_url)
     keys = KeySet(client, min_refresh_seconds=min_refresh_seconds)
     revocations = RevocationList(client, poll_seconds=poll_seconds)
 

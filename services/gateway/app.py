@@ -28,8 +28,7 @@ from services.gateway.ops.traces import TraceSearch
 from services.gateway.proxy import Proxy, upstream_client
 from services.gateway.routes import RouteTable, RouteTableError, parse_table
 from shared.config import SERVICES, BankSettings, load
-from shared.http import CircuitBreaker, ServiceClient
-from shared.remote_auth import KeySet, RevocationList
+from shared.remote_auth import KeySet, RevocationList, identity_client
 from shared.web import create_app as create_web_app
 
 log = logging.getLogger("gateway")
@@ -61,16 +60,8 @@ class Gateway:
             name: upstream_client(name, settings.url_of(name), config)
             for name in sorted(self.table.upstreams())
         }
-        # Its own pool and breaker: token keys keep refreshing whatever the API traffic does to accounts.
-        # A short breaker pause: while the keys have never loaded, requests themselves retry the fetch,
-        # and the first one after accounts comes up should get through.
-        self.accounts = ServiceClient(
-            "accounts",
-            settings.url_of("accounts"),
-            timeout=2.0,
-            retries=1,
-            breaker=CircuitBreaker("accounts-keys", reset_timeout=1.0),
-        )
+        # Its own pool: token keys keep refreshing whatever the API traffic does to accounts.
+        self.accounts = identity_client(settings.url_of("accounts"))
         self.keys = KeySet(
             self.accounts,
             min_refresh_seconds=config.jwks_min_refresh_seconds,

@@ -176,6 +176,7 @@ class Push:
     relay: Relay
     outbox: Outbox = field(default_factory=lambda: Outbox("transactions"))
     server: Served | None = None
+    replicas: list[Served] = field(default_factory=list)
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=30))
 
     @property
@@ -184,15 +185,19 @@ class Push:
         return self.server.url
 
     async def start(self, **overrides: Any) -> Served:
+        """Start a replica (another one if one runs already); `url` is the newest one's."""
         settings = self.settings.model_copy(update=overrides) if overrides else self.settings
         server = Served(create_app(Runtime("notifications", self.bank_settings), settings))
         await server.start()
         self.server = server
+        self.replicas.append(server)
         return server
 
     async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop()
+        """Stop every replica started: one left running would go on claiming the next test's pushes."""
+        for server in self.replicas:
+            await server.stop()
+        self.replicas.clear()
 
     def customer(self) -> Customer:
         customer = Customer(new_id("user"), new_id("acc"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from services.accounts.models import Account, Hold, User
 
@@ -45,7 +45,17 @@ def balance_json(account: Account, spend_today: int) -> dict[str, Any]:
     }
 
 
-def hold_json(hold: Hold, account: Account) -> dict[str, Any]:
+class Money(Protocol):
+    """An account's money, however it was read (an ORM object or the hold path's plain row)."""
+
+    @property
+    def balance(self) -> int: ...
+
+    @property
+    def available(self) -> int: ...
+
+
+def hold_json(hold: Hold, account: Money) -> dict[str, Any]:
     return {
         "hold": {
             "id": hold.id,

@@ -189,7 +189,8 @@ class Authoriser:
                 now = datetime.now(UTC)
                 decision, expires_at, balance = await self._decide(session, card, msg, now, watch)
                 placed = decision.approved and expires_at is not None
-                auth = self._record(session, card, msg, decision, digest, now, expires_at, balance)
+                auth = self._record(card, msg, decision, digest, now, expires_at, balance)
+                await repo.insert_authorisation(session, auth)
                 if card is not None:
                     await emit_decision(self.outbox, session, auth, card)
             watch.lap("record")
@@ -269,7 +270,6 @@ class Authoriser:
 
     def _record(
         self,
-        session: AsyncSession,
         card: Card | None,
         msg: AuthorisationRequest,
         decision: Decision,
@@ -305,7 +305,6 @@ class Authoriser:
             transmission_time=msg.transmission_time, request_digest=digest, response=response,
             expires_at=expires_at, created=now, updated=now,
         )  # fmt: skip
-        session.add(auth)
         return auth
 
     def _release_soon(self, hold_id: str) -> None:

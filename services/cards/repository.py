@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,6 +28,17 @@ async def card_for_message(
     if row is None:
         return None, None
     return row[0], row[1]
+
+
+_AUTHORISATIONS = cast(Table, Authorisation.__table__)
+_INSERT_AUTHORISATION = insert(_AUTHORISATIONS)  # the table's, not the entity's: no ORM bulk machinery
+_AUTHORISATION_COLUMNS = tuple(c.key for c in _AUTHORISATIONS.columns)
+
+
+async def insert_authorisation(session: AsyncSession, auth: Authorisation) -> None:
+    """Write a new authorisation as one INSERT from a statement built once: on the card network's
+    path this is cheaper than the ORM's unit of work (decision 0018). `auth` stays transient."""
+    await session.execute(_INSERT_AUTHORISATION, {key: getattr(auth, key) for key in _AUTHORISATION_COLUMNS})
 
 
 async def authorisation_by_network_id(

@@ -51,6 +51,7 @@ class Outbox:
     def __init__(self, service: str, schema: str | None = None) -> None:
         self.service = service
         self.table = event_tables(schema or service).outbox
+        self._insert = self.table.insert()  # built once: a statement per emit costs CPU on hot paths
         # Set after a transaction with events commits, so the relay in this process publishes at
         # once instead of at its next poll. Replicas elsewhere fall back to polling.
         self.wake = asyncio.Event()
@@ -61,13 +62,14 @@ class Outbox:
         try:
             envelope = Envelope.wrap(self.service, subject, data)  # its traceparent: the emit span
             await session.execute(
-                self.table.insert().values(
-                    event_id=envelope.id,
-                    topic=topic,
-                    key=subject,
-                    event_type=envelope.type,
-                    payload=envelope.to_json(),
-                )
+                self._insert,
+                {
+                    "event_id": envelope.id,
+                    "topic": topic,
+                    "key": subject,
+                    "event_type": envelope.type,
+                    "payload": envelope.to_json(),
+                },
             )
         except BaseException as exc:
             if span is not None:
@@ -96,7 +98,7 @@ class Outbox:
             Envelope.wrap(self.service, e.subject, e.data, traceparent=_child_of(e.cause)) for e in events
         ]
         await session.execute(
-            self.table.insert(),
+            self._insert,
             [
                 {"event_id": env.id, "topic": e.topic, "key": e.subject, "event_type": env.type,
                  "payload": env.to_json()}

@@ -43,31 +43,32 @@ class Relay:
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
         self._lock_key = zlib.crc32(f"relay:{outbox.table.schema}".encode())
+        table = outbox.table
+        oldest = (
+            select(table.c.id)
+            .where(table.c.published_at.is_(None))
+            .order_by(table.c.id)
+            .limit(batch_size)
+            # Locked in id order: a second publisher (a test, a leader handing over) waits instead
+            # of deadlocking with this one.
+            .with_for_update()
+            .scalar_subquery()
+        )
+        # Built once: the relay runs after every committed request that emitted an event.
+        self._mark = (
+            table.update()
+            .where(table.c.id.in_(oldest))
+            .values(published_at=func.now())
+            .returning(table.c.id, table.c.topic, table.c.key, table.c.payload)
+        )
 
     async def publish_batch(self) -> int:
         """Publish up to one batch of unpublished events; return how many were sent.
 
         The rows are marked and read in one statement, published, then committed: if publishing
         fails the marks roll back, so nothing is marked that was not sent."""
-        table = self.outbox.table
-        oldest = (
-            select(table.c.id)
-            .where(table.c.published_at.is_(None))
-            .order_by(table.c.id)
-            .limit(self.batch_size)
-            # Locked in id order: a second publisher (a test, a leader handing over) waits instead
-            # of deadlocking with this one.
-            .with_for_update()
-            .scalar_subquery()
-        )
-        mark = (
-            table.update()
-            .where(table.c.id.in_(oldest))
-            .values(published_at=func.now())
-            .returning(table.c.id, table.c.topic, table.c.key, table.c.payload)
-        )
         async with self.db.transaction() as session:
-            rows = sorted((await session.execute(mark)).all(), key=lambda r: r.id)
+            rows = sorted((await session.execute(self._mark)).all(), key=lambda r: r.id)
             if not rows:
                 return 0
             started = time.time_ns()

@@ -57,7 +57,9 @@ async def test_rejected_tokens(gateway: Gateway, upstreams: Upstreams) -> None:
     head, payload, signature = good.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     forged = base64.urlsafe_b64encode(json.dumps({**claims, "sub": "user_mallory"}).encode()).rstrip(b"=")
-    flipped = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
+    # One character in the middle: still canonical base64url (the last character carries padding bits,
+    # and changing it can make the token malformed rather than wrongly signed).
+    flipped = signature[:20] + ("A" if signature[20] != "A" else "B") + signature[21:]
     wrong_audience = jwt.encode(
         {**claims, "aud": "someone-else"}, key.private_key, algorithm="EdDSA", headers={"kid": key.kid}
     )

@@ -16,7 +16,7 @@ uvicorn, pglog transport, their relays running); this process is the card networ
 * Where the time goes: each process's CPU per authorisation (psutil), the server-side latency of cards'
   route and accounts' hold route (their Prometheus histograms), and a cProfile of both service
   processes during one more closed-loop run (switched on and off by signal, so start-up is not in it),
-  summed by package.
+  summed by package (the profiles are kept as bench/results/cards-<service>.prof).
 
 Figures go to stdout and bench/results/cards.json. Nothing is asserted. On 2 cores the load
 generator, both services and PostgreSQL share the CPUs; run it on an otherwise idle machine.
@@ -34,6 +34,7 @@ import platform
 import pstats
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -527,6 +528,9 @@ async def run(args: Args, pg: EmbeddedPostgres, url: str, folder: Path) -> dict[
             for service in (cards_service, accounts):
                 profile = await service.stop_profile()
                 result[f"profile_{service.name}"] = summarise_profile(profile, len(rec.latencies))
+                # Kept for a closer look (python -m pstats bench/results/cards-<service>.prof).
+                RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(profile, RESULTS_DIR / f"cards-{service.name}.prof")
     finally:
         cards_service.stop()
         accounts.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -44,12 +45,22 @@ class KafkaTransport:
     name = "kafka"
 
     def __init__(
-        self, bootstrap: str, *, client_id: str = "bank", partitions: int = 6, publish_timeout: float = 60.0
+        self,
+        bootstrap: str,
+        *,
+        client_id: str = "bank",
+        partitions: int = 6,
+        publish_timeout: float = 60.0,
+        unassigned_patience: float = 30.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.client_id = client_id
         self.partitions = partitions
         self.publish_timeout = publish_timeout
+        # A member that holds no partition this long rejoins its group (see KafkaUnassigned); the
+        # patience doubles, per group, each time that does not help.
+        self.unassigned_patience = unassigned_patience
+        self.patience: dict[str, float] = {}
         self._producer: KafkaProducer | None = None
         self._worker = _Worker(f"kafka-producer-{client_id}")
         self._known_topics: set[str] = set()
@@ -131,6 +142,16 @@ class KafkaTransport:
         self._worker.shutdown()
 
 
+class KafkaUnassigned(RuntimeError):
+    """A group member that has held no partition for a long time. On a busy machine we saw members
+    join and then sit without an assignment for minutes; leaving and joining again (a new
+    subscription) recovers them. A group with more members than partitions has idle members by
+    design: the doubling patience keeps those to a rebalance every few minutes at most."""
+
+
+MAX_PATIENCE_SECONDS = 600.0
+
+
 class KafkaSubscription:
     def __init__(self, transport: KafkaTransport, group: str, topics: list[str]) -> None:
         self.transport = transport
@@ -138,6 +159,7 @@ class KafkaSubscription:
         self.topics = sorted(set(topics))
         self._worker = _Worker(f"kafka-consumer-{group}")
         self._consumer: KafkaConsumer | None = None
+        self._unassigned_since: float | None = None
 
     async def connect(self) -> None:
         def make() -> KafkaConsumer:
@@ -166,6 +188,7 @@ class KafkaSubscription:
     def _poll(self, max_records: int, timeout: float) -> list[IncomingRecord]:
         assert self._consumer is not None
         batches = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        self._check_assignment()
         out = []
         for tp, messages in sorted(batches.items(), key=lambda kv: (kv[0].topic, kv[0].partition)):
             for m in messages:
@@ -173,7 +196,23 @@ class KafkaSubscription:
         return out
 
     async def poll(self, max_records: int = 500, timeout: float = 0.5) -> list[IncomingRecord]:
+        """The next records; raises KafkaUnassigned when this member should rejoin its group."""
         return await self._worker.run(self._poll, max_records, timeout)
+
+    def _check_assignment(self) -> None:
+        assert self._consumer is not None
+        patience = self.transport.patience
+        if self._consumer.assignment():
+            self._unassigned_since = None
+            patience.pop(self.group, None)
+            return
+        now = time.monotonic()
+        if self._unassigned_since is None:
+            self._unassigned_since = now
+        waited = patience.get(self.group, self.transport.unassigned_patience)
+        if now - self._unassigned_since > waited:
+            patience[self.group] = min(waited * 2, MAX_PATIENCE_SECONDS)
+            raise KafkaUnassigned(f"group {self.group}: no partition assigned for {waited:.0f}s; rejoining")
 
     def _commit(self, records: list[IncomingRecord]) -> None:
         assert self._consumer is not None

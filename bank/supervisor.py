@@ -116,6 +116,19 @@ def start_fake_push(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str] 
     return subprocess.Popen(command, env=env, start_new_session=True), url
 
 
+def usable(name: str, readyz: httpx.Response) -> bool:
+    """Ready, and for the gateway also holding accounts' token keys: the gateway stays ready without
+    them (the card network does not need them), but "the bank is up" promises a working API."""
+    if readyz.status_code != 200:
+        return False
+    if name != "gateway":
+        return True
+    try:
+        return bool(readyz.json()["checks"]["identity"]["jwks_loaded"] == "yes")
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
 def wait_until_ready(settings: BankSettings, procs: dict[str, subprocess.Popen[bytes]]) -> None:
     pending = set(procs)
     deadline = time.monotonic() + READY_TIMEOUT
@@ -126,7 +139,7 @@ def wait_until_ready(settings: BankSettings, procs: dict[str, subprocess.Popen[b
                 if code is not None:
                     raise RuntimeError(f"{name} exited with code {code} during start-up (see its log above)")
                 try:
-                    if client.get(f"{settings.url_of(name)}/readyz").status_code == 200:
+                    if usable(name, client.get(f"{settings.url_of(name)}/readyz")):
                         pending.discard(name)
                 except httpx.HTTPError:
                     pass

@@ -121,7 +121,9 @@ class KeySet:
                 backoff = 0.25
                 await asyncio.sleep(self.refresh_seconds)
             else:
-                backoff = min(backoff * 2, 10.0)
+                # At most a second between attempts until the keys first load: a bank starting up
+                # waits on them.
+                backoff = min(backoff * 2, 10.0 if self.loaded_at is not None else 1.0)
                 await asyncio.sleep(min(backoff, self.refresh_seconds))
 
     def details(self) -> dict[str, str]:

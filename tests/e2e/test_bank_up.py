@@ -36,6 +36,8 @@ def test_bank_up_runs_every_service_and_stops_cleanly(bank_env: dict[str, str]) 
                 checks = ready.json()["checks"]
                 if name != "gateway":  # the gateway keeps no state: no database, no transport
                     assert checks["database"]["ok"] and checks["transport"]["transport"] == "pglog"
+                else:  # "up" promises a working API: the gateway holds accounts' token keys
+                    assert checks["identity"]["jwks_loaded"] == "yes", checks
                 assert "http_requests_total" in client.get(f"{url}/metrics").text
             ops_auth = {"Authorization": "Bearer dev-ops-token"}  # GATEWAY_OPS_TOKEN's development default
             ops = client.get(f"{bank_env['BANK_GATEWAY_URL']}/ops/health", headers=ops_auth).json()

@@ -32,8 +32,8 @@ class FakeSession:
         self.info: dict[str, Any] = {}
         self.statements: list[Any] = []
 
-    async def execute(self, statement: Any) -> None:
-        self.statements.append(statement)
+    async def execute(self, statement: Any, params: Any = None) -> None:
+        self.statements.append((statement, params))
 
     def commit(self) -> None:
         for callback in self.info.pop("after_commit", {}).values():

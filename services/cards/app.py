@@ -34,7 +34,9 @@ def create_app(runtime: Runtime | None = None, settings: CardsSettings | None = 
     cards = CardService(runtime.db, vault, accounts, settings)
     authoriser = Authoriser(runtime.db, runtime.outbox, vault, accounts, settings)
     advices = Advices(runtime.db, runtime.outbox, vault, accounts)
-    reverser = Reverser(runtime.db, runtime.outbox, accounts)
+    reverser = Reverser(
+        runtime.db, runtime.outbox, accounts, rehold_in_doubt_seconds=settings.rehold_in_doubt_seconds
+    )
     clearing = Clearing(runtime.db, runtime.outbox, vault, accounts, settings)
     verifier, revocations, token_client = accounts_token_verifier(
         accounts_url,

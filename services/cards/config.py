@@ -77,6 +77,9 @@ class CardsSettings(BaseSettings):
     compensation_poll_seconds: float = Field(default=1.0, gt=0)
     # A release that finds no hold is retried this long: a late hold request may still land.
     compensation_settle_seconds: float = Field(default=60.0, ge=0)
+    # A partial reversal's new hold is released this long after it was asked for, unless the
+    # reversal committed (a crash in between would otherwise leave it blocking money).
+    rehold_in_doubt_seconds: float = Field(default=60.0, ge=0)
 
     # Card holders' access tokens: accounts' JWKS and revocation list.
     jwks_min_refresh_seconds: float = Field(default=5.0, ge=0)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -109,6 +109,28 @@ async def add_compensation(session: AsyncSession, hold_id: str, reason: str) -> 
             index_elements=[Compensation.hold_id],
             set_={"status": "pending", "reason": reason, "next_attempt_at": func.now(), "completed": None},
         )
+    )
+
+
+async def add_compensation_after(session: AsyncSession, hold_id: str, reason: str, seconds: float) -> None:
+    """A compensation that is not due for `seconds`: a safety net to be cancelled if all goes well."""
+    due = func.now() + timedelta(seconds=seconds)
+    await session.execute(
+        insert(Compensation)
+        .values(hold_id=hold_id, reason=reason, status="pending", attempts=0, next_attempt_at=due)
+        .on_conflict_do_update(
+            index_elements=[Compensation.hold_id],
+            set_={"status": "pending", "reason": reason, "next_attempt_at": due, "completed": None},
+        )
+    )
+
+
+async def cancel_compensation(session: AsyncSession, hold_id: str) -> None:
+    """The hold is wanted after all (its owner committed): the pending safety net is not needed."""
+    await session.execute(
+        update(Compensation)
+        .where(Compensation.hold_id == hold_id, Compensation.status == "pending")
+        .values(status="done", outcome="not_needed", completed=func.now())
     )
 
 

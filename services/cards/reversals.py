@@ -49,10 +49,13 @@ def _answer(code: ResponseCode, nid: str, auth: Authorisation | None) -> dict[st
 
 
 class Reverser:
-    def __init__(self, db: Database, outbox: Outbox, accounts: AccountsClient) -> None:
+    def __init__(
+        self, db: Database, outbox: Outbox, accounts: AccountsClient, *, rehold_in_doubt_seconds: float = 60.0
+    ) -> None:
         self.db = db
         self.outbox = outbox
         self.accounts = accounts
+        self.rehold_in_doubt_seconds = rehold_in_doubt_seconds
 
     async def reverse(self, msg: ReversalRequest) -> dict[str, Any]:
         nid, remaining = msg.network_transaction_id, msg.remaining
@@ -125,6 +128,12 @@ class Reverser:
         if remaining == 0:
             return True
         new = f"{auth.network_transaction_id}:r{remaining}"
+        # Committed before the new hold is asked for: if we die before our own commit (which cancels
+        # it), the network may clear before it repeats the reversal, and nothing here would point at
+        # the new hold; this releases it then instead of leaving the money blocked until expiry.
+        async with self.db.transaction() as own:
+            await repo.add_compensation_after(own, new, "rehold_in_doubt", self.rehold_in_doubt_seconds)
+        await repo.cancel_compensation(session, new)  # takes effect only if our transaction commits
         try:
             answer = await self.accounts.place_hold(
                 auth.account_id or "", new, remaining, auth.currency,

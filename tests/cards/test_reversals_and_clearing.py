@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
+import httpx
+import pytest
+
 from services.accounts.verify import verify_ledger
+from services.cards import repository
+from shared.config import BankSettings
+from shared.db import Database
 from tests.accounts.conftest import Customer
-from tests.cards.conftest import Bank, authorisation, merchant, presentment, reversal
+from tests.cards.conftest import Bank, authorisation, merchant, presentment, reversal, running_bank
 
 
 async def approved(
@@ -227,3 +235,35 @@ async def test_reversal_of_an_unknown_or_settled_transaction(bank: Bank) -> None
     await bank.present(presentment(card, 1_000, message["network_transaction_id"]))
     assert (await bank.reverse(reversal(message)))["response_code"] == "57"
     assert await bank.money(ada) == (4_000, 0)
+
+
+async def test_a_partial_reversal_that_dies_after_its_new_hold_leaves_no_hold_blocking_money(
+    db: Database, settings: BankSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cards places the remainder's hold, then dies before its own commit; the network clears before
+    it repeats the reversal. Nothing in cards points at the new hold, so the safety net recorded
+    before asking for it releases it: the customer's money is not blocked until the hold expires."""
+    async with running_bank(db, settings, rehold_in_doubt_seconds=0.5) as bank:
+        ada = await bank.customer(balance=20_000)
+        card = await bank.issue(ada)
+        message = await approved(bank, ada, card, 10_000)
+        nid = message["network_transaction_id"]
+        real_get_card = repository.get_card
+
+        async def dies_once(*args: Any, **kwargs: Any) -> Any:
+            monkeypatch.setattr(repository, "get_card", real_get_card)
+            raise RuntimeError("cards died before committing the reversal")
+
+        monkeypatch.setattr(repository, "get_card", dies_once)
+        with contextlib.suppress(httpx.HTTPError, AssertionError):
+            await bank.reverse(reversal(message, replacement_amount=6_500))
+        assert (await bank.hold(f"{nid}:r6500") or {})["status"] == "active"  # asked for, not recorded
+
+        result = await bank.present(presentment(card, 6_500, nid))  # before any repeat of the reversal
+        assert result["status"] == "settled"
+        deadline = asyncio.get_running_loop().time() + 120
+        while (await bank.hold(f"{nid}:r6500") or {}).get("status") == "active":
+            assert asyncio.get_running_loop().time() < deadline, "the in-doubt hold was never released"
+            await asyncio.sleep(0.1)
+        assert await bank.money(ada) == (13_500, 0)
+        assert await verify_ledger(bank.db) == []

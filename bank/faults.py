@@ -392,19 +392,26 @@ async def backlog(database_url: str) -> dict[str, int | None]:
         await conn.close()
 
 
-async def quiesce(cluster: BankCluster, limit: float = 120.0) -> dict[str, Any]:
-    """Wait until every service is ready and nothing is left to do in the background (or `limit`)."""
+async def until_no_backlog(database_url: str, limit: float) -> dict[str, int | None]:
+    """Wait until nothing is left to do in the background (or `limit` seconds); the last backlog."""
     began = time.monotonic()
-    await cluster.all_ready()
     last: dict[str, int | None] = {}
     while time.monotonic() - began < limit:
         try:
-            last = await backlog(cluster.database_url)
+            last = await backlog(database_url)
         except OSError:
             last = {}
         if last and not any(last.values()):
             break
         await asyncio.sleep(0.5)
+    return last
+
+
+async def quiesce(cluster: BankCluster, limit: float = 120.0) -> dict[str, Any]:
+    """Wait until every service is ready and nothing is left to do in the background (or `limit`)."""
+    began = time.monotonic()
+    await cluster.all_ready()
+    last = await until_no_backlog(cluster.database_url, max(0.0, limit - (time.monotonic() - began)))
     return {"seconds": round(time.monotonic() - began, 2), "backlog": last}
 
 

@@ -128,14 +128,10 @@ def rss_mb(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, float]:
 
 async def settled(database_url: str, limit: float = 180.0) -> float:
     """Seconds until every outbox is published and every consumer has caught up (or `limit`)."""
-    from bank.faults import backlog
+    from bank.faults import until_no_backlog
 
     began = time.monotonic()
-    while time.monotonic() - began < limit:
-        left = await backlog(database_url)
-        if left and not any(left.values()):
-            break
-        await asyncio.sleep(0.5)
+    await until_no_backlog(database_url, limit)
     return round(time.monotonic() - began, 1)
 
 

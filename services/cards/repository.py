@@ -100,21 +100,12 @@ async def presentment(session: AsyncSession, presentment_id: str) -> Presentment
     return await session.get(Presentment, presentment_id)
 
 
-async def add_compensation(session: AsyncSession, hold_id: str, reason: str) -> None:
-    """Make sure a release of `hold_id` is pending (again, if an earlier one finished)."""
-    await session.execute(
-        insert(Compensation)
-        .values(hold_id=hold_id, reason=reason, status="pending", attempts=0)
-        .on_conflict_do_update(
-            index_elements=[Compensation.hold_id],
-            set_={"status": "pending", "reason": reason, "next_attempt_at": func.now(), "completed": None},
-        )
-    )
-
-
-async def add_compensation_after(session: AsyncSession, hold_id: str, reason: str, seconds: float) -> None:
-    """A compensation that is not due for `seconds`: a safety net to be cancelled if all goes well."""
-    due = func.now() + timedelta(seconds=seconds)
+async def add_compensation(
+    session: AsyncSession, hold_id: str, reason: str, *, after_seconds: float = 0
+) -> None:
+    """Make sure a release of `hold_id` is pending (again, if an earlier one finished), due now or, as a
+    safety net to be cancelled if all goes well, in `after_seconds`."""
+    due = func.now() + timedelta(seconds=after_seconds) if after_seconds else func.now()
     await session.execute(
         insert(Compensation)
         .values(hold_id=hold_id, reason=reason, status="pending", attempts=0, next_attempt_at=due)

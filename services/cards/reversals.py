@@ -132,7 +132,9 @@ class Reverser:
         # it), the network may clear before it repeats the reversal, and nothing here would point at
         # the new hold; this releases it then instead of leaving the money blocked until expiry.
         async with self.db.transaction() as own:
-            await repo.add_compensation_after(own, new, "rehold_in_doubt", self.rehold_in_doubt_seconds)
+            await repo.add_compensation(
+                own, new, "rehold_in_doubt", after_seconds=self.rehold_in_doubt_seconds
+            )
         await repo.cancel_compensation(session, new)  # takes effect only if our transaction commits
         try:
             answer = await self.accounts.place_hold(

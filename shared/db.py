@@ -3,19 +3,28 @@
 Services write `async with db.transaction() as session:` exactly once per
 request or event; everything below that receives the session and never
 commits. `expire_on_commit=False` so objects stay readable after the commit.
+
+The card network's hot path instead opens `db.fast_transaction()`: a `Tx` on a
+plain asyncpg connection, for statements written as SQL with `$n` parameters
+(decision 0020). `fetch_row`, `fetch_value` and `execute` run such a statement
+in either kind of transaction, so a query is written once.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
+import asyncpg
 from sqlalchemy import MetaData, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared import tracing
-from shared.config import to_asyncpg
+from shared.config import to_asyncpg, to_libpq
 from shared.health import Checker
 
 NAMING_CONVENTION = {
@@ -34,9 +43,62 @@ def service_metadata(schema: str) -> MetaData:
 _AFTER_COMMIT = "after_commit"
 
 
-def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
+class Tx:
+    """A transaction on a plain asyncpg connection (`Database.fast_transaction`)."""
+
+    __slots__ = ("conn", "info")
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.info: dict[str, Any] = {}
+
+
+Executor = AsyncSession | Tx
+
+
+def after_commit(session: Executor, callback: Callable[[], None]) -> None:
     """Run `callback` once after the edge transaction commits (never if it rolls back)."""
     session.info.setdefault(_AFTER_COMMIT, {})[callback] = callback
+
+
+async def fetch_row(on: Executor, sql: str, *args: Any) -> Sequence[Any] | None:
+    """The first row of `sql` (`$n` parameters), by position; JSON columns come back parsed."""
+    if isinstance(on, Tx):
+        row: Sequence[Any] | None = await on.conn.fetchrow(sql, *args)
+        return row
+    conn = await on.connection()
+    return (await conn.exec_driver_sql(sql, args)).first()
+
+
+async def fetch_value(on: Executor, sql: str, *args: Any) -> Any:
+    row = await fetch_row(on, sql, *args)
+    return None if row is None else row[0]
+
+
+async def execute(on: Executor, sql: str, *args: Any) -> None:
+    if isinstance(on, Tx):
+        await on.conn.execute(sql, *args)
+    else:
+        await (await on.connection()).exec_driver_sql(sql, args)
+
+
+async def _json_codecs(conn: asyncpg.Connection) -> None:
+    """JSON as SQLAlchemy's asyncpg dialect has it: a JSON text in, a parsed value out."""
+    await conn.set_type_codec(
+        "json", schema="pg_catalog", format="binary",
+        encoder=str.encode, decoder=lambda b: json.loads(b.decode()),
+    )  # fmt: skip
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", format="binary",
+        encoder=lambda s: b"\x01" + s.encode(), decoder=lambda b: json.loads(b[1:].decode()),
+    )  # fmt: skip
+
+
+async def _roll_back_if_open(conn: asyncpg.Connection) -> None:
+    """The pool's reset: our transactions always end, so the default reset (a round trip of
+    RESET ALL, UNLISTEN, unlock…) on every release would buy nothing."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 class Database:
@@ -55,6 +117,11 @@ class Database:
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
         self._span_attributes = {"db.system": "postgresql", "db.client": application_name}
+        self._url = url
+        self._application_name = application_name
+        self._fast_pool_size = pool_size
+        self._fast_pool: asyncpg.Pool | None = None
+        self._fast_pool_lock = asyncio.Lock()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -76,11 +143,48 @@ class Database:
             raise
 
     @asynccontextmanager
+    async def fast_transaction(self) -> AsyncIterator[Tx]:
+        """The edge, for the hot path: a transaction on a plain asyncpg connection from a pool of
+        its own (opened on first use), committed once if the block succeeds."""
+        pool = self._fast_pool or await self._open_fast_pool()
+        span = tracing.child("db.transaction", kind=tracing.CLIENT, attributes=self._span_attributes)
+        try:
+            async with pool.acquire() as conn:
+                tx = Tx(conn)
+                async with conn.transaction():
+                    yield tx
+            if span is not None:
+                span.end()
+                span = None
+            for callback in tx.info.pop(_AFTER_COMMIT, {}).values():
+                callback()
+        except BaseException as exc:
+            if span is not None:
+                span.end(exc)
+            raise
+
+    async def _open_fast_pool(self) -> asyncpg.Pool:
+        async with self._fast_pool_lock:
+            if self._fast_pool is None:
+                self._fast_pool = await asyncpg.create_pool(
+                    to_libpq(self._url),
+                    min_size=0,
+                    max_size=self._fast_pool_size,
+                    init=_json_codecs,
+                    reset=_roll_back_if_open,
+                    server_settings={"application_name": self._application_name},
+                )
+        return self._fast_pool
+
+    @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as session:
             yield session
 
     async def dispose(self) -> None:
+        if self._fast_pool is not None:
+            await self._fast_pool.close()
+            self._fast_pool = None
         await self.engine.dispose()
 
     async def _server_version(self) -> str:

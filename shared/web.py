@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -35,6 +36,12 @@ _UNMETERED = frozenset({"/metrics", "/healthz", "/readyz"})
 # Not traced either: probes, and the ops page's own polling (it would fill the span store with itself).
 _UNTRACED = frozenset({*_UNMETERED, "/internal/spans", "/internal/dead-letters"})
 _UNTRACED_PREFIX = "/ops"
+_CONNECTION_LOST: tuple[type[Exception], ...] = (
+    ConnectionError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # the server is shutting down or starting up
+    asyncpg.InterfaceError,  # e.g. the connection was closed under a statement
+)
 
 
 class RequestContextMiddleware:
@@ -144,12 +151,15 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse(error.body(), status_code=error.status, headers={"Retry-After": "1"})
         return await unexpected(request, exc)
 
-    @app.exception_handler(ConnectionError)
-    async def connection_error(request: Request, exc: ConnectionError) -> JSONResponse:
-        # Raised bare (not as a DBAPIError) when the pool reconnects to a database that is down.
+    async def connection_error(request: Request, exc: Exception) -> JSONResponse:
         log.warning("connection refused or lost: %s", exc, extra=log_fields(path=request.url.path))
         error = BankError("service_unavailable.database", "the database is unavailable; try again")
         return JSONResponse(error.body(), status_code=error.status, headers={"Retry-After": "1"})
+
+    # Raised bare (not as a DBAPIError) when a pool reconnects to a database that is down, and by
+    # the hot path's plain asyncpg connections (shared/db.py) when theirs is lost or shut down.
+    for lost in _CONNECTION_LOST:
+        app.add_exception_handler(lost, connection_error)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

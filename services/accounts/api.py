@@ -103,7 +103,7 @@ def internal_router(db: Database, ledger: LedgerService) -> APIRouter:
     # FastAPI (jsonable_encoder), which costs more CPU than the hold's own logic.
     @api.post("/holds", response_model=dict[str, Any])
     async def place_hold(body: PlaceHold) -> JSONResponse:
-        async with db.transaction() as session:
+        async with db.fast_transaction() as session:
             result = await ledger.place_hold(
                 session, account_id=body.account_id, network_txn_id=body.network_txn_id,
                 amount=body.amount, currency=parse_currency(body.currency), expires_at=body.expires_at,

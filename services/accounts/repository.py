@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.accounts.ledger import Line
 from services.accounts.models import Account, Hold, JournalEntry, Posting, User
+from shared.db import Executor, fetch_row, fetch_value
 from shared.ids import new_id
 
 
@@ -41,28 +42,29 @@ async def get_user(session: AsyncSession, user_id: str) -> User | None:
     return await session.get(User, user_id)
 
 
-# The card path's statements as SQL text: built once, and cheap for SQLAlchemy to look up on each
-# execution (an ORM or Core statement costs milliseconds of CPU per authorisation to build, key and
-# track; decision 0018).
-_LOCK_ACCOUNT_ROW = text(
-    "SELECT kind, currency, balance, held, closed FROM accounts.accounts WHERE id = :account_id FOR UPDATE"
+# The card path's statements: SQL with `$n` parameters, run on the hot path's plain connection
+# (decision 0020) or, elsewhere, in a session.
+_LOCK_ACCOUNT_ROW = (
+    "SELECT kind, currency, balance, held, closed FROM accounts.accounts WHERE id = $1 FOR UPDATE"
 )
-_INSERT_HOLD_AND_RESERVE = text(
-    """
+_INSERT_HOLD_AND_RESERVE = """
     WITH new_hold AS (
         INSERT INTO accounts.holds (id, account_id, network_txn_id, amount, currency, status,
                                     decline_reason, created, updated, expires_at)
-        VALUES (:id, :account_id, :network_txn_id, :amount, :currency, :status,
-                :decline_reason, :now, :now, :expires_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)
         ON CONFLICT (network_txn_id) DO NOTHING
         RETURNING status
     ), reserved AS (
-        UPDATE accounts.accounts SET held = held + :amount
-        WHERE id = :account_id AND EXISTS (SELECT 1 FROM new_hold WHERE status = 'active')
+        UPDATE accounts.accounts SET held = held + $4
+        WHERE id = $2 AND EXISTS (SELECT 1 FROM new_hold WHERE status = 'active')
     )
     SELECT EXISTS (SELECT 1 FROM new_hold) AS inserted
-    """
-)
+"""
+_HOLD_COLUMNS = (
+    "id", "account_id", "network_txn_id", "amount", "currency", "status", "decline_reason",
+    "captured_amount", "entry_id", "created", "updated", "expires_at",
+)  # fmt: skip
+_HOLD_BY_NETWORK_ID = f"SELECT {', '.join(_HOLD_COLUMNS)} FROM accounts.holds WHERE network_txn_id = $1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,27 +83,32 @@ class LockedAccount:
         return self.balance - self.held
 
 
-async def lock_account_row(session: AsyncSession, account_id: str) -> LockedAccount | None:
+async def lock_account_row(on: Executor, account_id: str) -> LockedAccount | None:
     """Row-lock the account and read what a hold decision needs."""
-    row = (await session.execute(_LOCK_ACCOUNT_ROW, {"account_id": account_id})).first()
+    row = await fetch_row(on, _LOCK_ACCOUNT_ROW, account_id)
     if row is None:
         return None
-    return LockedAccount(account_id, row.kind, row.currency, row.balance, row.held, row.closed)
+    kind, currency, balance, held, closed = row
+    return LockedAccount(account_id, kind, currency, balance, held, closed)
 
 
-async def insert_hold_and_reserve(session: AsyncSession, hold: Hold) -> bool:
+async def insert_hold_and_reserve(on: Executor, hold: Hold) -> bool:
     """Insert the hold unless its network id is taken and, when it is active, add its amount to the
     account's held total, in one round trip. False if the id was taken (nothing written)."""
-    params = {
-        "id": hold.id, "account_id": hold.account_id, "network_txn_id": hold.network_txn_id,
-        "amount": hold.amount, "currency": hold.currency, "status": hold.status,
-        "decline_reason": hold.decline_reason, "now": hold.created, "expires_at": hold.expires_at,
-    }  # fmt: skip
-    return bool((await session.execute(_INSERT_HOLD_AND_RESERVE, params)).scalar_one())
+    args = (hold.id, hold.account_id, hold.network_txn_id, hold.amount, hold.currency, hold.status,
+            hold.decline_reason, hold.created, hold.expires_at)  # fmt: skip
+    return bool(await fetch_value(on, _INSERT_HOLD_AND_RESERVE, *args))
 
 
 async def hold_by_network_id(session: AsyncSession, network_txn_id: str) -> Hold | None:
     return await session.scalar(select(Hold).where(Hold.network_txn_id == network_txn_id))
+
+
+async def hold_row(on: Executor, network_txn_id: str) -> Hold | None:
+    """The hold under a network id, read in either kind of transaction, as an object not in any
+    session (its changes are not saved)."""
+    row = await fetch_row(on, _HOLD_BY_NETWORK_ID, network_txn_id)
+    return None if row is None else Hold(**dict(zip(_HOLD_COLUMNS, row, strict=True)))
 
 
 async def entry_by_reference(session: AsyncSession, kind: str, reference: str) -> JournalEntry | None:

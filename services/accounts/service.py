@@ -43,6 +43,7 @@ from services.accounts.ledger import (
 )
 from services.accounts.models import Account, Hold
 from services.accounts.observability import NEGATIVE_BALANCES
+from shared.db import Executor
 from shared.errors import BankError, bad_request, conflict, forbidden, not_found
 from shared.events.outbox import Outbox
 from shared.ids import new_id
@@ -149,7 +150,7 @@ class LedgerService:
 
     async def place_hold(
         self,
-        session: AsyncSession,
+        session: Executor,
         *,
         account_id: str,
         network_txn_id: str,
@@ -160,7 +161,7 @@ class LedgerService:
         """Reserve money for an authorisation, or record why not. Idempotent on the network's id.
 
         The card network's hot path: plain rows and two statements (lock and read the account; insert
-        the hold and reserve its amount), no ORM unit of work (decision 0018)."""
+        the hold and reserve its amount), no ORM unit of work (decisions 0018, 0020)."""
         account = await repo.lock_account_row(session, account_id)
         if account is None or account.kind != "customer":
             raise not_found("account", "no account with that id")
@@ -188,7 +189,7 @@ class LedgerService:
         # Insert first, look for a repeat only if the network id is taken: the common case costs one
         # statement, and a concurrent first use of the id on another account cannot slip in between.
         if not await repo.insert_hold_and_reserve(session, hold):
-            existing = await repo.hold_by_network_id(session, network_txn_id)
+            existing = await repo.hold_row(session, network_txn_id)
             if existing is None or existing.account_id != account_id or existing.amount != amount:
                 raise conflict(
                     "network_txn_id_reused", "that network transaction id was used for another hold"

@@ -15,7 +15,7 @@ from services.cards import repository as repo
 from services.cards.accounts_client import AccountsClient, AccountsRefused, AccountsUnavailable
 from services.cards.authorise import approval_code, emit_decision, request_digest
 from services.cards.decision import DeclineReason
-from services.cards.models import Authorisation, Card
+from services.cards.models import Authorisation, CardRow
 from services.cards.network import AdviceRequest, ResponseCode
 from services.cards.vault import Vault
 from shared.db import Database
@@ -37,8 +37,9 @@ class Advices:
         nid = msg.network_transaction_id
         fingerprint = self.vault.fingerprint(msg.pan)
         async with self.db.transaction() as session:
-            card, existing = await repo.card_for_message(session, fingerprint, nid)
-            if card is None:
+            card, prior = await repo.card_for_message(session, fingerprint, nid)
+            existing = None
+            if card is None or prior is not None:  # the row itself, to record the advice on it
                 existing = await repo.authorisation_by_network_id(session, nid, lock=True)
             if existing is not None and existing.advice_response is not None:
                 return existing.advice_response
@@ -63,7 +64,7 @@ class Advices:
                 await emit_decision(self.outbox, session, auth, card)
         return auth.advice_response
 
-    async def _force_post(self, card: Card, msg: AdviceRequest) -> bool:
+    async def _force_post(self, card: CardRow, msg: AdviceRequest) -> bool:
         """Debit the stand-in approval; False if accounts refuses it (clearing will force-post it)."""
         nid = msg.network_transaction_id
         try:
@@ -74,7 +75,9 @@ class Advices:
             return False
         return True
 
-    def _advice_row(self, card: Card | None, msg: AdviceRequest, digest: str, now: datetime) -> Authorisation:
+    def _advice_row(
+        self, card: CardRow | None, msg: AdviceRequest, digest: str, now: datetime
+    ) -> Authorisation:
         auth_id = new_id("auth")
         approved = _approved(msg)
         approval = approval_code() if approved else None

@@ -20,8 +20,7 @@ import string
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+import asyncpg
 
 from services.cards import repository as repo
 from services.cards.accounts_client import AccountsClient, AccountsRefused, AccountsUnavailable
@@ -45,7 +44,7 @@ from services.cards.events import (
     AuthorisationDeclined,
     MerchantData,
 )
-from services.cards.models import Authorisation, Card
+from services.cards.models import Authorisation, Card, CardRow, PriorAnswer
 from services.cards.network import (
     RESPONSE_CODES,
     AdviceRequest,
@@ -56,7 +55,7 @@ from services.cards.observability import AUTHORISATIONS, ISSUER_UNAVAILABLE, SHE
 from services.cards.schemas import controls_of, expiry_of
 from services.cards.vault import Expiry, Vault
 from shared.context import remaining_seconds
-from shared.db import Database
+from shared.db import Database, Executor, Tx
 from shared.errors import BankError
 from shared.events.outbox import Outbox
 from shared.ids import new_id
@@ -84,19 +83,19 @@ def duplicate(network_transaction_id: str) -> dict[str, Any]:
             "network_transaction_id": network_transaction_id}  # fmt: skip
 
 
-def answer_to_repeat(existing: Authorisation, digest: str) -> dict[str, Any]:
+def answer_to_repeat(existing: Authorisation | PriorAnswer, digest: str) -> dict[str, Any]:
     return (
         existing.response if existing.request_digest == digest else duplicate(existing.network_transaction_id)
     )
 
 
-def card_state(card: Card | None) -> CardState | None:
+def card_state(card: CardRow | None) -> CardState | None:
     if card is None:
         return None
     return CardState(card.status, expiry_of(card), card.currency, controls_of(card))
 
 
-def event_fields(auth: Authorisation, card: Card) -> dict[str, Any]:
+def event_fields(auth: Authorisation, card: Card | CardRow) -> dict[str, Any]:
     return {
         "account_id": card.account_id,
         "card_id": card.id,
@@ -113,7 +112,7 @@ def event_fields(auth: Authorisation, card: Card) -> dict[str, Any]:
     }
 
 
-async def emit_decision(outbox: Outbox, session: AsyncSession, auth: Authorisation, card: Card) -> None:
+async def emit_decision(outbox: Outbox, session: Executor, auth: Authorisation, card: Card | CardRow) -> None:
     """card.authorisation.approved or .declined, in the caller's transaction."""
     fields = event_fields(auth, card)
     if auth.status == "approved":
@@ -179,26 +178,26 @@ class Authoriser:
         digest = request_digest(msg, fingerprint)
         placed = False
         try:
-            async with self.db.transaction() as session:
-                card, existing = await repo.card_for_message(session, fingerprint, nid)
+            async with self.db.fast_transaction() as tx:
+                card, existing = await repo.card_for_message(tx, fingerprint, nid)
                 if card is None:
-                    existing = await repo.authorisation_by_network_id(session, nid)
+                    existing = await repo.prior_answer(tx, nid)
                 if existing is not None:
                     return answer_to_repeat(existing, digest)
                 watch.lap("lookup")
                 now = datetime.now(UTC)
-                decision, expires_at, balance = await self._decide(session, card, msg, now, watch)
+                decision, expires_at, balance = await self._decide(tx, card, msg, now, watch)
                 placed = decision.approved and expires_at is not None
                 auth = self._record(card, msg, decision, digest, now, expires_at, balance)
-                await repo.insert_authorisation(session, auth)
+                await repo.insert_authorisation(tx, auth)
                 if card is not None:
-                    await emit_decision(self.outbox, session, auth, card)
+                    await emit_decision(self.outbox, tx, auth, card)
             watch.lap("record")
             return auth.response
-        except IntegrityError:
+        except asyncpg.UniqueViolationError:
             # A concurrent message under the same network id committed first: answer as it did.
-            async with self.db.read() as session:
-                existing = await repo.authorisation_by_network_id(session, nid)
+            async with self.db.fast_transaction() as tx:
+                existing = await repo.prior_answer(tx, nid)
             if existing is None:
                 raise
             return answer_to_repeat(existing, digest)
@@ -209,8 +208,8 @@ class Authoriser:
 
     async def _decide(
         self,
-        session: AsyncSession,
-        card: Card | None,
+        tx: Tx,
+        card: CardRow | None,
         msg: AuthorisationRequest,
         now: datetime,
         watch: Stopwatch,
@@ -225,18 +224,18 @@ class Authoriser:
         )
         spent = 0
         if card is not None and needs_daily_total(state, attempt):
-            spent = await repo.spent_since(session, card.id, spend_day_start(now))
+            spent = await repo.spent_since(tx, card.id, spend_day_start(now))
         decision = decide(state, attempt, now=now, spent_today=spent)
         watch.lap("decision")
         if card is None or decision.action is Action.NONE:
             return decision, None, None
         try:
-            return await self._ask_accounts(session, card, msg, decision, now)
+            return await self._ask_accounts(tx, card, msg, decision, now)
         finally:
             watch.lap("accounts")
 
     async def _ask_accounts(
-        self, session: AsyncSession, card: Card, msg: AuthorisationRequest, decision: Decision, now: datetime
+        self, tx: Tx, card: CardRow, msg: AuthorisationRequest, decision: Decision, now: datetime
     ) -> tuple[Decision, datetime | None, int | None]:
         """The one call: place the hold (or read the balance for an inquiry)."""
         nid = msg.network_transaction_id
@@ -254,7 +253,7 @@ class Authoriser:
         except AccountsUnavailable as exc:
             ISSUER_UNAVAILABLE.labels(exc.cause).inc()
             if exc.maybe_applied:
-                await repo.add_compensation(session, nid, Outcome.ISSUER_UNAVAILABLE.value)
+                await repo.add_compensation(tx, nid, Outcome.ISSUER_UNAVAILABLE.value)
             self._unavailable.warning(
                 "accounts unavailable: answering 91",
                 network_transaction_id=nid, error=str(exc), compensation=exc.maybe_applied,
@@ -270,7 +269,7 @@ class Authoriser:
 
     def _record(
         self,
-        card: Card | None,
+        card: CardRow | None,
         msg: AuthorisationRequest,
         decision: Decision,
         digest: str,

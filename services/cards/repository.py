@@ -1,44 +1,77 @@
-"""Cards' queries. Receives the caller's session; never commits."""
+"""Cards' queries. Receives the caller's transaction (a session, or the hot path's `Tx`); never commits."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import json
+from dataclasses import fields
+from datetime import datetime
 from typing import cast
 
 from sqlalchemy import Table, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.cards.models import Authorisation, Card, Compensation, Presentment, Reversal
+from services.cards.models import (
+    Authorisation,
+    Card,
+    CardRow,
+    Compensation,
+    Presentment,
+    PriorAnswer,
+    Reversal,
+)
+from shared.db import Executor, execute, fetch_row, fetch_value
+
+_CARD_COLUMNS = tuple(f.name for f in fields(CardRow))
+_PRIOR_COLUMNS = tuple(f.name for f in fields(PriorAnswer))
+# The card path's statements: SQL with `$n` parameters, run on the hot path's plain connection
+# (decision 0020) or in a session.
+_CARD_FOR_MESSAGE = f"""
+    SELECT {", ".join(f"c.{c}" for c in _CARD_COLUMNS)}, {", ".join(f"a.{c}" for c in _PRIOR_COLUMNS)}
+    FROM cards.cards c LEFT JOIN cards.authorisations a ON a.network_transaction_id = $2
+    WHERE c.fingerprint = $1
+    FOR UPDATE OF c
+"""
+_PRIOR_ANSWER = (
+    f"SELECT {', '.join(_PRIOR_COLUMNS)} FROM cards.authorisations WHERE network_transaction_id = $1"
+)
 
 
 async def card_for_message(
-    session: AsyncSession, fingerprint: str, network_transaction_id: str
-) -> tuple[Card | None, Authorisation | None]:
+    on: Executor, fingerprint: str, network_transaction_id: str
+) -> tuple[CardRow | None, PriorAnswer | None]:
     """The card, row-locked (one message per card at a time: daily limits, repeats), and any
     authorisation already recorded under the message's network id: one round trip."""
-    row = (
-        await session.execute(
-            select(Card, Authorisation)
-            .outerjoin(Authorisation, Authorisation.network_transaction_id == network_transaction_id)
-            .where(Card.fingerprint == fingerprint)
-            .with_for_update(of=Card)
-        )
-    ).first()
+    row = await fetch_row(on, _CARD_FOR_MESSAGE, fingerprint, network_transaction_id)
     if row is None:
         return None, None
-    return row[0], row[1]
+    n = len(_CARD_COLUMNS)
+    prior = PriorAnswer(*row[n:]) if row[n] is not None else None
+    return CardRow(*row[:n]), prior
+
+
+async def prior_answer(on: Executor, network_transaction_id: str) -> PriorAnswer | None:
+    row = await fetch_row(on, _PRIOR_ANSWER, network_transaction_id)
+    return None if row is None else PriorAnswer(*row)
 
 
 _AUTHORISATIONS = cast(Table, Authorisation.__table__)
-_INSERT_AUTHORISATION = insert(_AUTHORISATIONS)  # the table's, not the entity's: no ORM bulk machinery
 _AUTHORISATION_COLUMNS = tuple(c.key for c in _AUTHORISATIONS.columns)
+_JSON_COLUMNS = frozenset(c.key for c in _AUTHORISATIONS.columns if isinstance(c.type, JSONB))
+_INSERT_AUTHORISATION = (
+    f"INSERT INTO cards.authorisations ({', '.join(_AUTHORISATION_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(_AUTHORISATION_COLUMNS) + 1))})"
+)
 
 
-async def insert_authorisation(session: AsyncSession, auth: Authorisation) -> None:
-    """Write a new authorisation as one INSERT from a statement built once: on the card network's
-    path this is cheaper than the ORM's unit of work (decision 0018). `auth` stays transient."""
-    await session.execute(_INSERT_AUTHORISATION, {key: getattr(auth, key) for key in _AUTHORISATION_COLUMNS})
+async def insert_authorisation(on: Executor, auth: Authorisation) -> None:
+    """Write a new authorisation as one INSERT: on the card network's path this is cheaper than the
+    ORM's unit of work (decisions 0018, 0020). `auth` stays transient."""
+    values = [getattr(auth, key) for key in _AUTHORISATION_COLUMNS]
+    for i, key in enumerate(_AUTHORISATION_COLUMNS):
+        if key in _JSON_COLUMNS and values[i] is not None:
+            values[i] = json.dumps(values[i])
+    await execute(on, _INSERT_AUTHORISATION, *values)
 
 
 async def authorisation_by_network_id(
@@ -72,17 +105,16 @@ async def card_by_idempotency_key(session: AsyncSession, user_id: str, key: str)
     return await session.scalar(select(Card).where(Card.user_id == user_id, Card.idempotency_key == key))
 
 
-async def spent_since(session: AsyncSession, card_id: str, since: datetime) -> int:
+_SPENT_SINCE = """
+    SELECT coalesce(sum(amount - reversed_amount), 0) FROM cards.authorisations
+    WHERE card_id = $1 AND created >= $2 AND status IN ('approved', 'settled')
+      AND left(processing_code, 2) IN ('00', '01')
+"""
+
+
+async def spent_since(on: Executor, card_id: str, since: datetime) -> int:
     """What the card's purchases and cash withdrawals since `since` stand at (after reversals)."""
-    total = await session.scalar(
-        select(func.coalesce(func.sum(Authorisation.amount - Authorisation.reversed_amount), 0)).where(
-            Authorisation.card_id == card_id,
-            Authorisation.created >= since,
-            Authorisation.status.in_(("approved", "settled")),
-            func.left(Authorisation.processing_code, 2).in_(("00", "01")),
-        )
-    )
-    return int(total or 0)
+    return int(await fetch_value(on, _SPENT_SINCE, card_id, since) or 0)
 
 
 async def reversal(
@@ -100,20 +132,18 @@ async def presentment(session: AsyncSession, presentment_id: str) -> Presentment
     return await session.get(Presentment, presentment_id)
 
 
-async def add_compensation(
-    session: AsyncSession, hold_id: str, reason: str, *, after_seconds: float = 0
-) -> None:
+_ADD_COMPENSATION = """
+    INSERT INTO cards.compensations (hold_id, reason, status, attempts, next_attempt_at)
+    VALUES ($1, $2, 'pending', 0, now() + make_interval(secs => $3))
+    ON CONFLICT (hold_id) DO UPDATE SET status = 'pending', reason = excluded.reason,
+                                        next_attempt_at = excluded.next_attempt_at, completed = NULL
+"""
+
+
+async def add_compensation(on: Executor, hold_id: str, reason: str, *, after_seconds: float = 0) -> None:
     """Make sure a release of `hold_id` is pending (again, if an earlier one finished), due now or, as a
     safety net to be cancelled if all goes well, in `after_seconds`."""
-    due = func.now() + timedelta(seconds=after_seconds) if after_seconds else func.now()
-    await session.execute(
-        insert(Compensation)
-        .values(hold_id=hold_id, reason=reason, status="pending", attempts=0, next_attempt_at=due)
-        .on_conflict_do_update(
-            index_elements=[Compensation.hold_id],
-            set_={"status": "pending", "reason": reason, "next_attempt_at": due, "completed": None},
-        )
-    )
+    await execute(on, _ADD_COMPENSATION, hold_id, reason, float(after_seconds))
 
 
 async def cancel_compensation(session: AsyncSession, hold_id: str) -> None:

@@ -11,7 +11,7 @@ from functools import partial
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import tracing
-from shared.db import after_commit
+from shared.db import Executor, Tx, after_commit
 from shared.events.envelope import Envelope, EventData
 from shared.events.tables import event_tables
 
@@ -37,6 +37,9 @@ def _notify(observer: EventObserver, envelope: Envelope) -> None:
         log.exception("event observer failed", extra={"fields": {"event_type": envelope.type}})
 
 
+_OUTBOX_COLUMNS = ("event_id", "topic", "key", "event_type", "payload")
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """One event for `Outbox.emit_many`; `cause` is the event it answers, whose trace it continues."""
@@ -52,25 +55,24 @@ class Outbox:
         self.service = service
         self.table = event_tables(schema or service).outbox
         self._insert = self.table.insert()  # built once: a statement per emit costs CPU on hot paths
+        self._insert_sql = (
+            f"INSERT INTO {self.table.schema}.outbox (event_id, topic, key, event_type, payload)"
+            " VALUES ($1, $2, $3, $4, $5)"
+        )
         # Set after a transaction with events commits, so the relay in this process publishes at
         # once instead of at its next poll. Replicas elsewhere fall back to polling.
         self.wake = asyncio.Event()
 
-    async def emit(self, session: AsyncSession, topic: str, subject: str, data: EventData) -> Envelope:
+    async def emit(self, session: Executor, topic: str, subject: str, data: EventData) -> Envelope:
         """Add an event to the caller's transaction. It is published only if that transaction commits."""
         span = tracing.child(f"outbox.emit {data.event_type}", kind=tracing.PRODUCER)
         try:
             envelope = Envelope.wrap(self.service, subject, data)  # its traceparent: the emit span
-            await session.execute(
-                self._insert,
-                {
-                    "event_id": envelope.id,
-                    "topic": topic,
-                    "key": subject,
-                    "event_type": envelope.type,
-                    "payload": envelope.to_json(),
-                },
-            )
+            row = (envelope.id, topic, subject, envelope.type, envelope.to_json())
+            if isinstance(session, Tx):
+                await session.conn.execute(self._insert_sql, *row)
+            else:
+                await session.execute(self._insert, dict(zip(_OUTBOX_COLUMNS, row, strict=True)))
         except BaseException as exc:
             if span is not None:
                 span.end(exc)

@@ -11,24 +11,27 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import context, tracing
+from shared.direct import DirectRoutes
 from shared.errors import BankError
 from shared.health import Checker, run_checkers
 from shared.observability import HTTP_LATENCY, HTTP_REQUESTS, log_fields
 
 log = logging.getLogger("shared.web")
 
+M = TypeVar("M", bound=BaseModel)
 Background = Callable[[], Coroutine[Any, Any, None]]
 Hook = Callable[[], Awaitable[None]]
 
@@ -116,6 +119,41 @@ def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
+def malformed(exc: ValidationError) -> BankError:
+    """A typed 400 naming the first bad field, built from the error's type and location only (never
+    its input, which may be a PAN)."""
+    first = exc.errors(include_input=False, include_url=False)[0]
+    kind = first["type"]
+    param = ".".join(str(p) for p in first["loc"]) or "message"
+    if kind == "json_invalid":
+        return BankError(
+            "bad_request.malformed_message", "the body is not valid JSON", params={"param": "body"}
+        )
+    if kind == "missing":
+        return BankError("bad_request.missing_param", f"{param} is required", params={"param": param})
+    return BankError("bad_request.bad_param", f"{param}: {first['msg']}", params={"param": param})
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise BankError("payload_too_large.request", f"messages are at most {max_bytes} bytes")
+    raw = await request.body()
+    if len(raw) > max_bytes:
+        raise BankError("payload_too_large.request", f"messages are at most {max_bytes} bytes")
+    return raw
+
+
+async def read_model(request: Request, model: type[M], max_bytes: int = 1024 * 1024) -> M:
+    """The JSON body as `model`, or a typed 400 (a route that parses its own body: a direct route,
+    or one that must never echo its input)."""
+    raw = await read_body(request, max_bytes)
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise malformed(exc) from None
+
+
 def error_response(error: BankError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers or None)
 
@@ -176,8 +214,11 @@ def create_app(
     on_startup: Iterable[Hook] = (),
     on_shutdown: Iterable[Hook] = (),
     title: str | None = None,
+    direct_routes: Iterable[tuple[str, str]] = (),
     **fastapi_kwargs: Any,
 ) -> FastAPI:
+    """`direct_routes`: (method, path) of the hottest routes, dispatched past FastAPI's router
+    (shared/direct.py)."""
     checkers = dict(checkers or {})
     background = list(background)
     on_startup = list(on_startup)
@@ -201,6 +242,9 @@ def create_app(
         tracing.configure(service)
     app = FastAPI(title=title or f"bank {service}", lifespan=lifespan, **fastapi_kwargs)
     install_error_handlers(app)
+    direct_routes = tuple(direct_routes)
+    if direct_routes:  # added first: inside the request context (trace, deadline, metrics)
+        app.add_middleware(DirectRoutes, routes=direct_routes)
     app.add_middleware(RequestContextMiddleware, service=service)
     app.state.service = service
     app.state.checkers = checkers
@@ -225,3 +269,23 @@ def create_app(
     for router in routers:
         app.include_router(router)
     return app
+
+
+def document_models(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Put request bodies that routes parse themselves (`read_model`) into the OpenAPI components,
+    where the routes' `openapi_extra` refers to them."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in doc.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components[model.__name__] = doc
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

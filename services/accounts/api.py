@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Header, Query
+from fastapi import APIRouter, Depends, Form, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -17,6 +17,7 @@ from shared.auth import Identity, require_identity, require_internal
 from shared.db import Database
 from shared.errors import not_found
 from shared.money import parse_amount, parse_currency
+from shared.web import read_model
 
 User = Annotated[Identity, Depends(require_identity)]
 
@@ -99,10 +100,20 @@ def internal_router(db: Database, ledger: LedgerService) -> APIRouter:
     """Service-to-service routes for the cards service. Idempotent on the network's transaction id."""
     api = APIRouter(prefix="/internal", tags=["internal"], dependencies=[Depends(require_internal)])
 
-    # The card path answers a JSONResponse: a returned dict would be validated and re-encoded by
-    # FastAPI (jsonable_encoder), which costs more CPU than the hold's own logic.
-    @api.post("/holds", response_model=dict[str, Any])
-    async def place_hold(body: PlaceHold) -> JSONResponse:
+    # The card path: served directly (shared/direct.py), so it parses its own body and answers a
+    # JSONResponse (a returned dict would be validated and re-encoded by FastAPI).
+    @api.post(
+        "/holds",
+        response_model=dict[str, Any],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PlaceHold"}}},
+            }
+        },
+    )
+    async def place_hold(request: Request) -> JSONResponse:
+        body = await read_model(request, PlaceHold)
         async with db.fast_transaction() as session:
             result = await ledger.place_hold(
                 session, account_id=body.account_id, network_txn_id=body.network_txn_id,

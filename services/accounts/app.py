@@ -1,6 +1,6 @@
 from fastapi import FastAPI
 
-from services.accounts.api import internal_router, public_router
+from services.accounts.api import PlaceHold, internal_router, public_router
 from services.accounts.config import AccountsSettings
 from services.accounts.identity import IdentityService, identity_routers
 from services.accounts.jobs import hold_expiry_job
@@ -8,6 +8,7 @@ from services.accounts.observability import gauges_job
 from services.accounts.service import LedgerService
 from shared.config import load
 from shared.runtime import Runtime
+from shared.web import document_models
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
@@ -27,7 +28,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             hold_expiry_job(runtime.db, ledger, settings.expiry_job_seconds),
             gauges_job(runtime.db),
         ],
+        direct_routes=[("POST", "/internal/holds")],
     )
+    document_models(app, PlaceHold)
     app.state.token_verifier = identity.verifier()
     app.state.internal_token = runtime.settings.internal_token
     return app

@@ -61,6 +61,7 @@ def create_app(runtime: Runtime | None = None, settings: CardsSettings | None = 
         ],
         on_startup=[warn_about_dev_keys],
         on_shutdown=[close_clients],
+        direct_routes=[("POST", "/network/authorisations")],
     )
     document_messages(app)
     app.state.token_verifier = verifier

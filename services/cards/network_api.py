@@ -34,6 +34,7 @@ from services.cards.network import (
 from services.cards.reversals import Reverser
 from shared.auth import INTERNAL_TOKEN_HEADER
 from shared.errors import BankError
+from shared.web import document_models, malformed, read_body, read_model
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 M = TypeVar("M", bound=BaseModel)
@@ -66,41 +67,9 @@ async def require_network(request: Request) -> None:
     raise _bad_credential()
 
 
-def malformed(exc: ValidationError) -> BankError:
-    """A typed 400 naming the first bad field, built from the error's type and location only."""
-    first = exc.errors(include_input=False, include_url=False)[0]
-    kind = first["type"]
-    param = ".".join(str(p) for p in first["loc"]) or "message"
-    if kind == "json_invalid":
-        return BankError(
-            "bad_request.malformed_message", "the body is not valid JSON", params={"param": "body"}
-        )
-    if kind == "missing":
-        return BankError("bad_request.missing_param", f"{param} is required", params={"param": param})
-    return BankError("bad_request.bad_param", f"{param}: {first['msg']}", params={"param": param})
-
-
-async def _body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise BankError("payload_too_large.request", f"messages are at most {MAX_BODY_BYTES} bytes")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise BankError("payload_too_large.request", f"messages are at most {MAX_BODY_BYTES} bytes")
-    return raw
-
-
-async def read_message(request: Request, model: type[M]) -> M:
-    raw = await _body(request)
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        raise malformed(exc) from None
-
-
 async def read_presentments(request: Request) -> list[Presentment]:
     """One presentment, or `{"presentments": [...]}`."""
-    raw = await _body(request)
+    raw = await read_body(request, MAX_BODY_BYTES)
     try:
         doc = pydantic_core.from_json(raw)  # refuses lone surrogates, which PostgreSQL would
     except ValueError:
@@ -135,7 +104,7 @@ def network_router(
     async def authorisation(request: Request) -> JSONResponse:
         """0100 authorisation request → 0110. Idempotent on `network_transaction_id`: a repeat gets
         the original answer (and no second hold); another message under a used id gets 94."""
-        msg = await read_message(request, AuthorisationRequest)
+        msg = await read_model(request, AuthorisationRequest, MAX_BODY_BYTES)
         return JSONResponse(await authoriser.authorise(msg))
 
     @api.post(
@@ -143,7 +112,7 @@ def network_router(
     )
     async def advice(request: Request) -> JSONResponse:
         """0120 advice of a stand-in decision → 0130. Approved spends are force-posted."""
-        msg = await read_message(request, AdviceRequest)
+        msg = await read_model(request, AdviceRequest, MAX_BODY_BYTES)
         return JSONResponse(await advices.advise(msg))
 
     @api.post(
@@ -154,7 +123,7 @@ def network_router(
     )
     async def reversal(request: Request) -> JSONResponse:
         """0400 reversal (full, or partial with `replacement_amount`) → 0410."""
-        msg = await read_message(request, ReversalRequest)
+        msg = await read_model(request, ReversalRequest, MAX_BODY_BYTES)
         return JSONResponse(await reverser.reverse(msg))
 
     @api.post(
@@ -174,18 +143,4 @@ def network_router(
 
 def document_messages(app: FastAPI) -> None:
     """Put the request messages (parsed by hand above) into the OpenAPI components."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = generate()
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (AuthorisationRequest, AdviceRequest, ReversalRequest, Presentment, ClearingBatch):
-            doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            for name, definition in doc.pop("$defs", {}).items():
-                components.setdefault(name, definition)
-            components[model.__name__] = doc
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    document_models(app, AuthorisationRequest, AdviceRequest, ReversalRequest, Presentment, ClearingBatch)

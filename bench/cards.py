@@ -2,12 +2,14 @@
 
     .venv/bin/python -m bench.cards [--cards 10000] [--connections 100] [--seconds 20]
                                     [--rates 300,30] [--rate-seconds 20] [--profile-seconds 10]
-                                    [--what-if relay-linger,no-pre-ping]
+                                    [--via-gateway] [--what-if relay-linger,no-pre-ping]
 
 Embedded mode, laid out as `bank up` runs it: a durable PostgreSQL (default settings, fsync on) in a
 temporary folder, migrated; accounts and cards each in its own process (`python -m services.<name>`,
 uvicorn, pglog transport, their relays running); this process is the card network, calling cards'
-`POST /network/authorisations` directly (no gateway) over `--connections` keep-alive connections.
+`POST /network/authorisations` over `--connections` keep-alive connections: directly, or with
+`--via-gateway` through the gateway (its own process, as `bank up` runs it: the network key checked
+there, the rate limits, deadlines and breakers of the route table).
 `--cards` customers each get a funded account and one card (seeded with SQL and COPY).
 
 * Max rate: closed loop, `--connections` workers sending back to back for `--seconds`.
@@ -360,6 +362,7 @@ class Stack:
     pg: EmbeddedPostgres
     accounts: Service
     cards: Service
+    gateway: Service | None = None
 
 
 async def measure(name: str, stack: Stack, run: Any) -> dict[str, Any]:
@@ -368,8 +371,14 @@ async def measure(name: str, stack: Stack, run: Any) -> dict[str, Any]:
     causes_before = await unavailable_causes(stack.cards.url)
     me = psutil.Process()
 
+    gateway = stack.gateway
+
     def cpu_now() -> tuple[float, ...]:
-        ours = (stack.cards.cpu(), stack.accounts.cpu(), postgres_cpu(stack.pg), sum(me.cpu_times()[:2]))
+        ours: tuple[float, ...] = (
+            stack.cards.cpu(), stack.accounts.cpu(), postgres_cpu(stack.pg), sum(me.cpu_times()[:2])
+        )  # fmt: skip
+        if gateway is not None:
+            ours = (gateway.cpu(), *ours)
         return (*ours, machine_busy() - sum(ours))
 
     cpu_before = cpu_now()
@@ -391,7 +400,9 @@ async def measure(name: str, stack: Stack, run: Any) -> dict[str, Any]:
     def pct(q: float) -> float:
         return lat[min(n - 1, int(q * n))] * 1000 if n else float("nan")
 
-    parts = ("cards", "accounts", "postgres", "load generator", "other processes")
+    parts: tuple[str, ...] = ("cards", "accounts", "postgres", "load generator", "other processes")
+    if gateway is not None:
+        parts = ("gateway", *parts)
     cpu_ms = {
         k: (a - b) / n * 1000 if n else 0.0 for k, a, b in zip(parts, cpu_after, cpu_before, strict=True)
     }
@@ -481,12 +492,13 @@ class Args:
     rate_seconds: float
     profile_seconds: float
     what_if: str
+    via_gateway: bool = False
 
 
 async def run(args: Args, pg: EmbeddedPostgres, url: str, folder: Path) -> dict[str, Any]:
     print(f"seeding {args.cards} customers, accounts and cards ...", file=sys.stderr)
     cards = await seed(url, args.cards)
-    ports = {"accounts": free_port(), "cards": free_port()}
+    ports = {"accounts": free_port(), "cards": free_port(), "gateway": free_port()}
     env = {
         **os.environ,
         "BANK_DATABASE_URL": url,
@@ -494,17 +506,23 @@ async def run(args: Args, pg: EmbeddedPostgres, url: str, folder: Path) -> dict[
         "BANK_LOG_LEVEL": "WARNING",
         "BANK_ACCOUNTS_URL": f"http://127.0.0.1:{ports['accounts']}",
         "BANK_CARDS_URL": f"http://127.0.0.1:{ports['cards']}",
+        "BANK_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",
         "CARDS_NETWORK_API_KEY": NETWORK_KEY,
+        "GATEWAY_NETWORK_API_KEY": NETWORK_KEY,
         "BENCH_WHAT_IF": args.what_if,
     }
     accounts = Service("accounts", env, ports["accounts"], folder / "accounts.prof")
     cards_service = Service("cards", env, ports["cards"], folder / "cards.prof")
-    stack = Stack(pg, accounts, cards_service)
-    result: dict[str, Any] = {}
+    gateway = Service("gateway", env, ports["gateway"], folder / "gateway.prof") if args.via_gateway else None
+    stack = Stack(pg, accounts, cards_service, gateway)
+    result: dict[str, Any] = {"path": "gateway -> cards -> accounts" if gateway else "cards -> accounts"}
     try:
         await accounts.ready()
         await cards_service.ready()
         url = cards_service.url
+        if gateway is not None:
+            await gateway.ready()
+            url = gateway.url
         print("warming up ...", file=sys.stderr)
         await closed_loop(url, cards, args.connections, 3)
         if args.seconds:
@@ -532,6 +550,8 @@ async def run(args: Args, pg: EmbeddedPostgres, url: str, folder: Path) -> dict[
                 RESULTS_DIR.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(profile, RESULTS_DIR / f"cards-{service.name}.prof")
     finally:
+        if gateway is not None:
+            gateway.stop()
         cards_service.stop()
         accounts.stop()
     return result
@@ -544,7 +564,8 @@ def brief(r: dict[str, Any]) -> str:
 
 
 def report(result: dict[str, Any], env: dict[str, str]) -> str:
-    lines = [f"Card authorisation benchmark ({', '.join(f'{k} {v}' for k, v in env.items())})"]
+    about = ", ".join(f"{k} {v}" for k, v in env.items())
+    lines = [f"Card authorisation benchmark, {result['path']} ({about})"]
     for key in [k for k in result if k == "max_rate" or k.startswith("offered_")]:
         r = result[key]
         cpu = "  ".join(f"{k} {v:.2f}" for k, v in r["cpu_ms_per_authorisation"].items())
@@ -600,6 +621,7 @@ def parse_args(argv: Sequence[str] | None) -> Args:
     )
     parser.add_argument("--rate-seconds", type=float, default=20)
     parser.add_argument("--profile-seconds", type=float, default=10, help="0: no profile")
+    parser.add_argument("--via-gateway", action="store_true", help="send through the gateway")
     parser.add_argument(
         "--what-if", default="", help=f"comma-separated platform experiments: {', '.join(WHAT_IF)}"
     )
@@ -608,7 +630,10 @@ def parse_args(argv: Sequence[str] | None) -> Args:
     if unknown:
         parser.error(f"unknown --what-if {', '.join(sorted(unknown))}")
     rates = tuple(float(r) for r in ns.rates.split(",") if r.strip())
-    return Args(ns.cards, ns.connections, ns.seconds, rates, ns.rate_seconds, ns.profile_seconds, ns.what_if)
+    return Args(
+        ns.cards, ns.connections, ns.seconds, rates, ns.rate_seconds, ns.profile_seconds, ns.what_if,
+        ns.via_gateway,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -423,6 +423,7 @@ async def measure(name: str, stack: Stack, run: Any) -> dict[str, Any]:
 
 PACKAGES = [
     ("services/cards", "services.cards"), ("services/accounts", "services.accounts"), ("shared/", "shared"),
+    ("services/gateway", "services.gateway"), ("opentelemetry", "opentelemetry (tracing)"),
     ("sqlalchemy", "sqlalchemy"),
     ("asyncpg", "asyncpg"), ("pydantic", "pydantic"), ("fastapi", "fastapi+starlette"),
     ("starlette", "fastapi+starlette"), ("uvicorn", "uvicorn"), ("h11", "h11 (HTTP/1.1, server and client)"),
@@ -435,7 +436,8 @@ PACKAGES = [
 
 # Where a process's time starts: HTTP handlers and background loops (inclusive time, % of all own time).
 ENTRY_POINTS = {
-    "uvicorn: a request, end to end": ("h11_impl.py", "run_asgi"),
+    "uvicorn: a request, end to end": ("httptools_impl.py", "run_asgi"),
+    "gateway: a proxied request": ("services/gateway/edge.py", "__call__"),
     "cards: /network/authorisations handler": ("network_api.py", "authorisation"),
     "accounts: /internal/holds handler": ("services/accounts/api.py", "place_hold"),
     "outbox relay: publish_batch": ("relay.py", "publish_batch"),
@@ -447,6 +449,55 @@ def bucket_of(filename: str) -> str:
     if filename.startswith("~") or filename == "<built-in>":
         return "builtins (sockets, C calls)"
     return next((label for needle, label in PACKAGES if needle in filename), "other")
+
+
+_SPY_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*):\d+\)$")
+
+
+def summarise_spy(path: Path, authorisations: int) -> dict[str, Any]:
+    """A py-spy sampling profile (`--format raw`: one `frame;frame;… count` line per stack): own time
+    by package, and the inclusive share of the entry points. Sampling does not slow the process
+    down as cProfile does, nor misattribute time across coroutine switches."""
+    own: Counter[str] = Counter()
+    entries: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [m.groupdict() for f in stack.split(";") if (m := _SPY_FRAME.match(f))]
+        own[bucket_of(frames[-1]["file"]) if frames else "builtins (sockets, C calls)"] += n
+        for label, (file, func) in ENTRY_POINTS.items():
+            if any(f["file"].endswith(file) and f["func"].endswith(func) for f in frames):
+                entries[label] += n
+    total = total or 1
+    return {
+        "profiled_authorisations": authorisations,
+        "samples": total,
+        "share_by_package": {k: round(v / total * 100, 1) for k, v in own.most_common()},
+        "inclusive_share_of_entry_points": {k: round(entries[k] / total * 100, 1) for k in ENTRY_POINTS},
+    }
+
+
+async def spy_on(services: Sequence[Service], seconds: float, rate: int = 200) -> dict[str, Path]:
+    """Record each service process with py-spy for `seconds`, all at once."""
+    outputs = {s.name: RESULTS_DIR / f"cards-{s.name}.spy.txt" for s in services}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    procs = []
+    for s in services:
+        command = [py_spy, "record", "-p", str(s.proc.pid), "-d", str(int(seconds)), "-r", str(rate),
+                   "-f", "raw", "-o", str(outputs[s.name]), "--nonblocking", "--full-filenames"]  # fmt: skip
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+            )
+        )
+    for proc in procs:
+        await proc.wait()
+    return outputs
 
 
 def summarise_profile(path: Path, authorisations: int) -> dict[str, Any]:
@@ -493,6 +544,7 @@ class Args:
     profile_seconds: float
     what_if: str
     via_gateway: bool = False
+    spy_seconds: float = 0
 
 
 async def run(args: Args, pg: EmbeddedPostgres, url: str, folder: Path) -> dict[str, Any]:
@@ -537,6 +589,14 @@ async def run(args: Args, pg: EmbeddedPostgres, url: str, folder: Path) -> dict[
             offered = open_loop(url, cards, args.connections, rate, args.rate_seconds)
             result[f"offered_{rate:g}"] = await measure(f"{rate:g}/s offered", stack, offered)
             print(brief(result[f"offered_{rate:g}"]), file=sys.stderr)
+        if args.spy_seconds:
+            print(f"py-spy on every service for {args.spy_seconds:.0f}s ...", file=sys.stderr)
+            await asyncio.sleep(1)
+            watched = [s for s in (gateway, cards_service, accounts) if s is not None]
+            spying = asyncio.ensure_future(spy_on(watched, args.spy_seconds))
+            rec = await closed_loop(url, cards, args.connections, args.spy_seconds + 1)
+            for name, path in (await spying).items():
+                result[f"spy_{name}"] = summarise_spy(path, len(rec.latencies))
         if args.profile_seconds:
             print(f"profiling both services for {args.profile_seconds:.0f}s ...", file=sys.stderr)
             await asyncio.sleep(1)
@@ -589,6 +649,17 @@ def report(result: dict[str, Any], env: dict[str, str]) -> str:
                     f"  server time {route}: mean {s['mean_ms']:.1f} ms, "
                     f"p50 <= {s['p50_le_ms']:g} ms, p99 <= {s['p99_le_ms']:g} ms"
                 )
+    for name in ("gateway", "cards", "accounts"):
+        if (p := result.get(f"spy_{name}")) is None:
+            continue
+        lines.append(
+            f"\n{name} process under py-spy, max rate, {p['profiled_authorisations']} authorisations,"
+            f" {p['samples']} samples:"
+        )
+        lines.append("  own time by package (share of samples)")
+        lines += [f"    {k:<36}{v:>6.1f} %" for k, v in p["share_by_package"].items() if v >= 0.5]
+        lines.append("  inclusive time of entry points (% of samples)")
+        lines += [f"    {k:<44}{v:>6.1f} %" for k, v in p["inclusive_share_of_entry_points"].items() if v]
     for name in ("cards", "accounts"):
         if (p := result.get(f"profile_{name}")) is None:
             continue
@@ -623,6 +694,9 @@ def parse_args(argv: Sequence[str] | None) -> Args:
     parser.add_argument("--profile-seconds", type=float, default=10, help="0: no profile")
     parser.add_argument("--via-gateway", action="store_true", help="send through the gateway")
     parser.add_argument(
+        "--spy-seconds", type=float, default=0, help="sample every service with py-spy at max rate (0: no)"
+    )
+    parser.add_argument(
         "--what-if", default="", help=f"comma-separated platform experiments: {', '.join(WHAT_IF)}"
     )
     ns = parser.parse_args(argv)
@@ -632,7 +706,7 @@ def parse_args(argv: Sequence[str] | None) -> Args:
     rates = tuple(float(r) for r in ns.rates.split(",") if r.strip())
     return Args(
         ns.cards, ns.connections, ns.seconds, rates, ns.rate_seconds, ns.profile_seconds, ns.what_if,
-        ns.via_gateway,
+        ns.via_gateway, ns.spy_seconds,
     )  # fmt: skip
 
 

@@ -73,3 +73,28 @@ async def test_an_idle_member_rejoins_and_its_patience_doubles(kafka_broker: Kaf
             await sub.close()
         await a.close()
         await b.close()
+
+
+async def test_a_member_whose_session_lapsed_rejoins(kafka_broker: KafkaBroker) -> None:
+    """The client still holds partitions but its own heartbeat bookkeeping says the session timed
+    out (the coordinator has dropped it): the member gives up its subscription instead of waiting."""
+    transport = KafkaTransport(kafka_broker.bootstrap, partitions=1)
+    topic, group = f"test.lapsed.{uuid.uuid4().hex[:8]}", f"test-lapsed-{uuid.uuid4().hex[:8]}"
+    await transport.publish([OutgoingRecord(topic, "k", b"v")])
+    sub = await transport.subscribe(group, [topic])
+    loop = asyncio.get_running_loop()
+    try:
+        deadline = loop.time() + WAIT
+        while not sub.assignment:
+            assert loop.time() < deadline, "the member never got the partition"
+            await _poll(sub)
+        assert await _poll(sub) is None  # a live session: nothing to do
+
+        heartbeat = sub._consumer._coordinator.heartbeat  # type: ignore[union-attr]
+        heartbeat.session_timeout_expired = lambda: True  # as after a session's worth of silence
+        raised = await _poll(sub)
+        assert raised is not None and "heartbeat" in str(raised) and group in str(raised)
+        assert group not in transport.patience  # not an idle member: no longer patience next time
+    finally:
+        await sub.close()
+        await transport.close()

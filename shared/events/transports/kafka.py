@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
@@ -143,13 +143,41 @@ class KafkaTransport:
 
 
 class KafkaUnassigned(RuntimeError):
-    """A group member that has held no partition for a long time. On a busy machine we saw members
-    join and then sit without an assignment for minutes; leaving and joining again (a new
-    subscription) recovers them. A group with more members than partitions has idle members by
-    design: the doubling patience keeps those to a rebalance every few minutes at most."""
+    """A group member that should leave and join its group again (a new subscription).
+
+    * It has held no partition for a long time. On a busy machine we saw members join and then sit
+      without an assignment for minutes. A group with more members than partitions has idle members
+      by design: the doubling patience keeps those to a rebalance every few minutes at most.
+    * Its heartbeats have gone unanswered for a whole session timeout while it still holds
+      partitions: the coordinator has dropped it, whatever the client believes. On an overloaded
+      machine we saw such a member keep its old assignment and never rejoin (decision 0019)."""
 
 
 MAX_PATIENCE_SECONDS = 600.0
+
+
+class _ForgetCommitted(ConsumerRebalanceListener):
+    """Partitions revoked in a rebalance: another member may commit them now, so what this member
+    knew of their committed offsets is stale."""
+
+    def __init__(self, committed: dict[TopicPartition, int]) -> None:
+        self.committed = committed
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self.committed.pop(tp, None)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
+
+
+def _session_lost(consumer: KafkaConsumer) -> bool:
+    """Whether the client's own heartbeat bookkeeping says the session has timed out. Read through
+    getattr: kafka-python keeps it on private attributes, and a version without them means no
+    check rather than a crash."""
+    heartbeat = getattr(getattr(consumer, "_coordinator", None), "heartbeat", None)
+    expired = getattr(heartbeat, "session_timeout_expired", None)
+    return bool(expired()) if callable(expired) else False
 
 
 class KafkaSubscription:
@@ -160,6 +188,9 @@ class KafkaSubscription:
         self._worker = _Worker(f"kafka-consumer-{group}")
         self._consumer: KafkaConsumer | None = None
         self._unassigned_since: float | None = None
+        # What this member last committed per partition it holds (it is the only committer while
+        # it holds them): the lag gauge needs no round trip per partition each time.
+        self._committed: dict[TopicPartition, int] = {}
 
     async def connect(self) -> None:
         def make() -> KafkaConsumer:
@@ -174,7 +205,7 @@ class KafkaSubscription:
                 max_poll_interval_ms=300_000,
                 metadata_max_age_ms=5_000,
             )
-            consumer.subscribe(self.topics)
+            consumer.subscribe(self.topics, listener=_ForgetCommitted(self._committed))
             return consumer
 
         self._consumer = await self._worker.run(make)
@@ -205,6 +236,8 @@ class KafkaSubscription:
         if self._consumer.assignment():
             self._unassigned_since = None
             patience.pop(self.group, None)
+            if _session_lost(self._consumer):
+                raise KafkaUnassigned(f"group {self.group}: no heartbeat answered for a session; rejoining")
             return
         now = time.monotonic()
         if self._unassigned_since is None:
@@ -223,6 +256,7 @@ class KafkaSubscription:
                 offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
         try:
             self._consumer.commit(offsets)
+            self._committed.update({tp: meta.offset for tp, meta in offsets.items()})
         except CommitFailedError as exc:
             # The group rebalanced under us: the new owner re-reads from the last commit and the
             # inbox turns the repeats into no-ops.
@@ -233,6 +267,8 @@ class KafkaSubscription:
             await self._worker.run(self._commit, records)
 
     def _lag(self) -> dict[str, int]:
+        """Per topic: records past the last committed offset of the partitions this member holds.
+        One request for the ends; committed offsets are asked once per partition it gains."""
         assert self._consumer is not None
         assigned = list(self._consumer.assignment())
         if not assigned:
@@ -240,8 +276,9 @@ class KafkaSubscription:
         ends = self._consumer.end_offsets(assigned)
         lag: dict[str, int] = {}
         for tp in assigned:
-            committed = self._consumer.committed(tp) or 0
-            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, ends[tp] - committed)
+            if tp not in self._committed:
+                self._committed[tp] = self._consumer.committed(tp) or 0
+            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, ends[tp] - self._committed[tp])
         return lag
 
     async def lag(self) -> dict[str, int]:

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi import APIRouter, Query, Request
 from opentelemetry import trace as otel
@@ -87,15 +87,47 @@ class TracingSettings(BaseSettings):
     trace_ring_size: int = Field(default=20_000, ge=0)
 
 
+class StoredSpan(NamedTuple):
+    """A finished span as the ring keeps it: a plain tuple of atomic values (`StoredSpan.of`), read
+    back through these names. The garbage collector stops tracking exact tuples of atomic values
+    (after a few collection passes), so 20,000 of them cost its full collections nothing, where
+    OpenTelemetry's span objects (a dozen containers each) made every full collection walk
+    hundreds of thousands of objects."""
+
+    trace_id: int
+    span_id: int
+    parent_id: int | None
+    name: str
+    service: str
+    kind: str
+    start_ns: int
+    end_ns: int
+    status: str
+    attributes: tuple[tuple[str, Any], ...]
+
+    @staticmethod
+    def of(s: ReadableSpan) -> tuple[Any, ...]:
+        parent = s.parent
+        attributes = tuple(
+            (k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in (s.attributes or {}).items()
+        )
+        return (
+            s.context.trace_id, s.context.span_id, parent.span_id if parent is not None else None, s.name,
+            str(s.resource.attributes.get("service.name", "?")) if s.resource else "?",
+            s.kind.name.lower(), s.start_time or 0, s.end_time or s.start_time or 0,
+            s.status.status_code.name.lower(), attributes,
+        )  # fmt: skip
+
+
 class SpanRing(SpanProcessor):
     """The embedded span store: the last N finished spans of this process, newest last.
 
-    Appending is the whole cost on the hot path (a deque append); turning spans into JSON happens
+    The hot path's cost is one small tuple and a deque append; turning spans into JSON happens
     only when someone asks (`/internal/spans`).
     """
 
     def __init__(self, size: int) -> None:
-        self.spans: deque[ReadableSpan] = deque(maxlen=max(size, 1))
+        self.spans: deque[tuple[Any, ...]] = deque(maxlen=max(size, 1))
         self.size = size
 
     def resize(self, size: int) -> None:
@@ -107,7 +139,7 @@ class SpanRing(SpanProcessor):
         return None
 
     def on_end(self, span: ReadableSpan) -> None:
-        self.spans.append(span)
+        self.spans.append(StoredSpan.of(span))
 
     def shutdown(self) -> None:
         return None
@@ -123,7 +155,7 @@ class SpanRing(SpanProcessor):
     ) -> list[dict[str, Any]]:
         """Spans of one trace, or of every trace that has a span with an attribute equal to (or, for
         8+ characters, containing) `search`."""
-        spans = list(self.spans)
+        spans = [StoredSpan._make(t) for t in self.spans]
         traces: set[int] = set()
         if trace_id:
             try:
@@ -133,15 +165,16 @@ class SpanRing(SpanProcessor):
         if search:
             for s in spans:
                 if s.attributes and _matches(s.attributes, search):
-                    traces.add(s.context.trace_id)
-        found = [span_json(s) for s in spans if s.context.trace_id in traces]
+                    traces.add(s.trace_id)
+        found = [span_json(s) for s in spans if s.trace_id in traces]
         return found[-limit:]
 
     def recent(self, name_contains: str, limit: int = 20) -> list[dict[str, Any]]:
         """The newest finished spans whose name (or url.path) contains `name_contains`."""
         out: list[dict[str, Any]] = []
-        for s in reversed(self.spans):
-            path = (s.attributes or {}).get("url.path", "")
+        for t in reversed(self.spans):
+            s = StoredSpan._make(t)
+            path = dict(s.attributes).get("url.path", "")
             if name_contains in s.name or (isinstance(path, str) and name_contains in path):
                 out.append(span_json(s))
                 if len(out) >= limit:
@@ -149,27 +182,25 @@ class SpanRing(SpanProcessor):
         return out
 
 
-def _matches(attributes: Mapping[str, Any], search: str) -> bool:
-    for value in attributes.values():
+def _matches(attributes: tuple[tuple[str, Any], ...], search: str) -> bool:
+    for _, value in attributes:
         if value == search or (len(search) >= 8 and isinstance(value, str) and search in value):
             return True
     return False
 
 
-def span_json(s: ReadableSpan) -> dict[str, Any]:
-    parent = s.parent
-    service = s.resource.attributes.get("service.name", "?") if s.resource else "?"
+def span_json(s: StoredSpan) -> dict[str, Any]:
     return {
-        "trace_id": format(s.context.trace_id, "032x"),
-        "span_id": format(s.context.span_id, "016x"),
-        "parent_id": format(parent.span_id, "016x") if parent is not None else None,
+        "trace_id": format(s.trace_id, "032x"),
+        "span_id": format(s.span_id, "016x"),
+        "parent_id": format(s.parent_id, "016x") if s.parent_id is not None else None,
         "name": s.name,
-        "service": service,
-        "kind": s.kind.name.lower(),
-        "start_us": (s.start_time or 0) // 1000,
-        "end_us": (s.end_time or s.start_time or 0) // 1000,
-        "status": s.status.status_code.name.lower(),
-        "attributes": dict(s.attributes or {}),
+        "service": s.service,
+        "kind": s.kind,
+        "start_us": s.start_ns // 1000,
+        "end_us": s.end_ns // 1000,
+        "status": s.status,
+        "attributes": {k: list(v) if isinstance(v, tuple) else v for k, v in s.attributes},
     }
 
 

@@ -7,6 +7,7 @@ authorisation hot path and must add microseconds, not milliseconds.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -228,6 +229,11 @@ def create_app(
     async def lifespan(_: FastAPI) -> Any:
         for hook in on_startup:
             await hook()
+        # Everything built so far (modules, classes, the app, settings) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks ~100,000 objects (a pause
+        # of ~100 ms on the card path that showed in its p99).
+        gc.collect()
+        gc.freeze()
         tasks = [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in background]
         try:
             yield

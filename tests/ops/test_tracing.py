@@ -3,6 +3,7 @@ the outbox, the relay and a consumer, recorded in the process's span ring."""
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -157,3 +158,20 @@ def test_tracing_off_records_nothing_and_changes_nothing() -> None:
     finally:
         context.set_trace(None)
         tracing.configure("ops-test", tracing.TracingSettings())
+
+
+def test_the_ring_keeps_finished_spans_out_of_the_garbage_collectors_way(traced: None) -> None:
+    """Full collections walk every tracked object: 20,000 stored spans must not be among them."""
+    parent = context.TraceContext.parse(PARENT)
+    for n in range(50):
+        span = tracing.start("POST", kind=tracing.SERVER, parent=parent, service="ops-test",
+                             attributes={"url.path": "/network/authorisations", "n": n})  # fmt: skip
+        assert span is not None
+        span.span.set_attribute("bank.tags", ["a", "b"])
+        span.end()
+    for _ in range(5):  # a tuple is untracked once what it holds is: up to a pass per level of nesting
+        gc.collect()
+    assert len(tracing.RING.spans) == 50
+    assert not any(gc.is_tracked(stored) for stored in tracing.RING.spans)
+    found = tracing.RING.recent("/network/authorisations", limit=1)[0]
+    assert found["attributes"] == {"url.path": "/network/authorisations", "n": 49, "bank.tags": ["a", "b"]}

@@ -126,6 +126,22 @@ def rss_mb(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, float]:
     return out
 
 
+def cpu_seconds(procs: dict[str, subprocess.Popen[bytes]], pg: Any) -> dict[str, float]:
+    """CPU seconds used so far by each service process and by PostgreSQL (all its processes)."""
+    from bench.cards import postgres_cpu
+
+    out = {}
+    for name, proc in procs.items():
+        try:
+            times = psutil.Process(proc.pid).cpu_times()
+            out[name] = times.user + times.system
+        except psutil.Error:
+            out[name] = 0.0
+    if pg is not None:
+        out["postgres"] = postgres_cpu(pg)
+    return out
+
+
 async def settled(database_url: str, limit: float = 180.0) -> float:
     """Seconds until every outbox is published and every consumer has caught up (or `limit`)."""
     from bank.faults import until_no_backlog
@@ -159,10 +175,18 @@ async def standard(args: argparse.Namespace) -> dict[str, Any]:
             # Measure the steady state, not the bank still digesting the seeding's events.
             result["settled_after_seeding_s"] = await settled(cluster.database_url)
             start = await balances(cluster.base_url, pop.customers)
+            cpu_before = cpu_seconds(cluster.procs, cluster.pg)
             bank = await steady_run(cluster.base_url, pop.customers, args.rate, args.seconds,
                                     key=DEV_NETWORK_KEY, budgets=start)  # fmt: skip
             books = bank.pop("books")
             result["service_rss_mb"] = rss_mb(cluster.procs)
+            # Until every consumer has caught up: what one authorisation costs each process in all.
+            await settled(cluster.database_url)
+            cpu_after = cpu_seconds(cluster.procs, cluster.pg)
+            n = max(1, bank["authorisations"])
+            result["cpu_ms_per_authorisation"] = {
+                name: round((cpu_after[name] - cpu_before.get(name, 0.0)) / n * 1000, 2) for name in cpu_after
+            }
             diffs = await reconcile(books, pop.customers, cluster.base_url, settle_seconds=30,
                                     database_url=cluster.database_url)  # fmt: skip
             bank["reconciliation_differences"] = len(diffs)
@@ -224,6 +248,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"| **ratio bank / baseline** | **{r['ratio_to_baseline']}** |",
         "",
         "RSS after the steady run (MB): " + ", ".join(f"{k} {v}" for k, v in r["service_rss_mb"].items()),
+        "",
+        "CPU ms per authorisation in the steady run, until every consumer caught up: "
+        + ", ".join(f"{k} {v}" for k, v in r.get("cpu_ms_per_authorisation", {}).items()),
         "",
         f"Reconciliation after the steady run: {r['bank_steady']['reconciliation_differences']} differences.",
     ]

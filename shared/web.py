@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
@@ -42,6 +43,7 @@ _UNTRACED = frozenset({*_UNMETERED, "/internal/spans", "/internal/dead-letters"}
 _UNTRACED_PREFIX = "/ops"
 _CONNECTION_LOST: tuple[type[Exception], ...] = (
     ConnectionError,
+    socket.gaierror,  # the database's host name did not resolve (a DNS blip in a cluster)
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # the server is shutting down or starting up
     asyncpg.InterfaceError,  # e.g. the connection was closed under a statement

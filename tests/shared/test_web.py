@@ -14,7 +14,7 @@ from fastapi import APIRouter, Form
 from sqlalchemy import text
 
 from bank.infra.postgres import EmbeddedPostgres
-from shared.db import Database
+from shared.db import Database, fetch_value
 from shared.errors import BankError
 from shared.money import parse_amount
 from shared.web import create_app
@@ -157,6 +157,43 @@ async def test_a_connection_lost_to_a_database_restart_is_a_503_then_recovers(tm
                     break
             assert answers[-1].status_code == 200, [a.text for a in answers]
             for failed in answers[:-1]:
+                assert failed.status_code == 503, failed.text
+                assert failed.json()["code"] == "service_unavailable.database"
+                assert failed.headers["retry-after"] == "1"
+    finally:
+        server.should_exit = True
+        await task
+        await db.dispose()
+        pg.stop("immediate")
+
+
+async def test_the_fast_path_answers_503_while_the_database_is_down_then_recovers(tmp_path: Path) -> None:
+    """The card path's plain asyncpg connections (Database.fast_transaction): a connection lost to a
+    restart, or no database at all, is a typed, retryable 503 too, never a 500."""
+    pg = EmbeddedPostgres(tmp_path / "pg", free_port(), durable=False)
+    pg.start()
+    db = Database(pg.url, pool_size=2)
+    queries = APIRouter()
+
+    @queries.get("/fast")
+    async def fast() -> dict[str, int]:
+        async with db.fast_transaction() as tx:
+            return {"one": await fetch_value(tx, "SELECT $1::int", 1)}
+
+    server, task, url = await serve(create_app("test", routers=[queries]))
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            assert (await client.get("/fast")).json() == {"one": 1}
+            await asyncio.to_thread(pg.stop, "immediate")
+            down = [await client.get("/fast") for _ in range(3)]  # the pooled connection, then none
+            await asyncio.to_thread(pg.start)
+            answers = []
+            for _ in range(5):
+                answers.append(await client.get("/fast"))
+                if answers[-1].status_code == 200:
+                    break
+            assert answers[-1].json() == {"one": 1}, [a.text for a in answers]
+            for failed in down + answers[:-1]:
                 assert failed.status_code == 503, failed.text
                 assert failed.json()["code"] == "service_unavailable.database"
                 assert failed.headers["retry-after"] == "1"

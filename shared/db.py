@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import MetaData, text
@@ -54,6 +54,7 @@ class Tx:
 
 
 Executor = AsyncSession | Tx
+E = TypeVar("E", AsyncSession, Tx)
 
 
 def after_commit(session: Executor, callback: Callable[[], None]) -> None:
@@ -126,42 +127,43 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """The edge: commit once if the block succeeds, roll back if it raises."""
-        span = tracing.child("db.transaction", kind=tracing.CLIENT, attributes=self._span_attributes)
-        try:
-            async with self.sessions() as session:
-                async with session.begin():
-                    yield session
-                if span is not None:
-                    span.end()
-                    span = None
-                for callback in session.info.pop(_AFTER_COMMIT, {}).values():
-                    callback()
-        except BaseException as exc:
-            if span is not None:
-                span.end(exc)
-                span = None
-            raise
+        async with self._edge(self._session_transaction) as session:
+            yield session
 
     @asynccontextmanager
     async def fast_transaction(self) -> AsyncIterator[Tx]:
         """The edge, for the hot path: a transaction on a plain asyncpg connection from a pool of
         its own (opened on first use), committed once if the block succeeds."""
-        pool = self._fast_pool or await self._open_fast_pool()
+        async with self._edge(self._plain_transaction) as tx:
+            yield tx
+
+    @asynccontextmanager
+    async def _edge(self, open_transaction: Callable[[], AbstractAsyncContextManager[E]]) -> AsyncIterator[E]:
+        """A traced transaction whose after-commit callbacks run once it has committed."""
         span = tracing.child("db.transaction", kind=tracing.CLIENT, attributes=self._span_attributes)
         try:
-            async with pool.acquire() as conn:
-                tx = Tx(conn)
-                async with conn.transaction():
-                    yield tx
+            async with open_transaction() as handle:
+                yield handle
             if span is not None:
                 span.end()
                 span = None
-            for callback in tx.info.pop(_AFTER_COMMIT, {}).values():
+            for callback in handle.info.pop(_AFTER_COMMIT, {}).values():
                 callback()
         except BaseException as exc:
             if span is not None:
                 span.end(exc)
             raise
+
+    @asynccontextmanager
+    async def _session_transaction(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def _plain_transaction(self) -> AsyncIterator[Tx]:
+        pool = self._fast_pool or await self._open_fast_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            yield Tx(conn)
 
     async def _open_fast_pool(self) -> asyncpg.Pool:
         async with self._fast_pool_lock:

@@ -184,18 +184,16 @@ def install_error_handlers(app: FastAPI) -> None:
             {"code": code, "message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )
 
-    @app.exception_handler(DBAPIError)
-    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
-        if exc.connection_invalidated or isinstance(exc.orig, OSError | ConnectionError):
-            log.warning("database connection lost", extra=log_fields(path=request.url.path))
-            error = BankError("service_unavailable.database", "the database is unavailable; try again")
-            return JSONResponse(error.body(), status_code=error.status, headers={"Retry-After": "1"})
-        return await unexpected(request, exc)
-
     async def connection_error(request: Request, exc: Exception) -> JSONResponse:
         log.warning("connection refused or lost: %s", exc, extra=log_fields(path=request.url.path))
         error = BankError("service_unavailable.database", "the database is unavailable; try again")
         return JSONResponse(error.body(), status_code=error.status, headers={"Retry-After": "1"})
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated or isinstance(exc.orig, OSError | ConnectionError):
+            return await connection_error(request, exc)
+        return await unexpected(request, exc)
 
     # Raised bare (not as a DBAPIError) when a pool reconnects to a database that is down, and by
     # the hot path's plain asyncpg connections (shared/db.py) when theirs is lost or shut down.
@@ -277,6 +275,14 @@ def create_app(
     for router in routers:
         app.include_router(router)
     return app
+
+
+def json_body_doc(*schemas: str) -> dict[str, Any]:
+    """`openapi_extra` for a route that parses its own JSON body: one of the named component schemas
+    (put there by `document_models`)."""
+    refs = [{"$ref": f"#/components/schemas/{name}"} for name in schemas]
+    schema = refs[0] if len(refs) == 1 else {"oneOf": refs}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def document_models(app: FastAPI, *models: type[BaseModel]) -> None:

@@ -17,7 +17,7 @@ from shared.auth import Identity, require_identity, require_internal
 from shared.db import Database
 from shared.errors import not_found
 from shared.money import parse_amount, parse_currency
-from shared.web import read_model
+from shared.web import json_body_doc, read_model
 
 User = Annotated[Identity, Depends(require_identity)]
 
@@ -105,12 +105,7 @@ def internal_router(db: Database, ledger: LedgerService) -> APIRouter:
     @api.post(
         "/holds",
         response_model=dict[str, Any],
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PlaceHold"}}},
-            }
-        },
+        openapi_extra=json_body_doc("PlaceHold"),
     )
     async def place_hold(request: Request) -> JSONResponse:
         body = await read_model(request, PlaceHold)

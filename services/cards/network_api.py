@@ -10,12 +10,12 @@ typed code and never an error text that echoes its input (a PAN).
 from __future__ import annotations
 
 import hmac
-from typing import Any, TypeVar
+from typing import Any
 
 import pydantic_core
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from services.cards.advices import Advices
 from services.cards.authorise import Authoriser
@@ -34,10 +34,9 @@ from services.cards.network import (
 from services.cards.reversals import Reverser
 from shared.auth import INTERNAL_TOKEN_HEADER
 from shared.errors import BankError
-from shared.web import document_models, malformed, read_body, read_model
+from shared.web import document_models, json_body_doc, malformed, read_body, read_model
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
-M = TypeVar("M", bound=BaseModel)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "malformed message: `{code, message, params: {param}}`, never an approval"},
@@ -84,12 +83,6 @@ async def read_presentments(request: Request) -> list[Presentment]:
         raise malformed(exc) from None
 
 
-def _body_doc(*schemas: str) -> dict[str, Any]:
-    refs = [{"$ref": f"#/components/schemas/{name}"} for name in schemas]
-    schema = refs[0] if len(refs) == 1 else {"oneOf": refs}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
 def network_router(
     authoriser: Authoriser, advices: Advices, reverser: Reverser, clearing: Clearing
 ) -> APIRouter:
@@ -99,7 +92,7 @@ def network_router(
         "/authorisations",
         response_model=AuthorisationResponse,
         responses=_ERRORS,
-        openapi_extra=_body_doc("AuthorisationRequest"),
+        openapi_extra=json_body_doc("AuthorisationRequest"),
     )
     async def authorisation(request: Request) -> JSONResponse:
         """0100 authorisation request → 0110. Idempotent on `network_transaction_id`: a repeat gets
@@ -108,7 +101,10 @@ def network_router(
         return JSONResponse(await authoriser.authorise(msg))
 
     @api.post(
-        "/advices", response_model=AdviceResponse, responses=_ERRORS, openapi_extra=_body_doc("AdviceRequest")
+        "/advices",
+        response_model=AdviceResponse,
+        responses=_ERRORS,
+        openapi_extra=json_body_doc("AdviceRequest"),
     )
     async def advice(request: Request) -> JSONResponse:
         """0120 advice of a stand-in decision → 0130. Approved spends are force-posted."""
@@ -119,7 +115,7 @@ def network_router(
         "/reversals",
         response_model=ReversalResponse,
         responses=_ERRORS,
-        openapi_extra=_body_doc("ReversalRequest"),
+        openapi_extra=json_body_doc("ReversalRequest"),
     )
     async def reversal(request: Request) -> JSONResponse:
         """0400 reversal (full, or partial with `replacement_amount`) → 0410."""
@@ -130,7 +126,7 @@ def network_router(
         "/clearing",
         response_model=ClearingResponse,
         responses=_ERRORS,
-        openapi_extra=_body_doc("Presentment", "ClearingBatch"),
+        openapi_extra=json_body_doc("Presentment", "ClearingBatch"),
     )
     async def clear(request: Request) -> JSONResponse:
         """First presentments (1240), one or a batch → one result each. Idempotent per

@@ -67,11 +67,14 @@ _INSERT_AUTHORISATION = (
 async def insert_authorisation(on: Executor, auth: Authorisation) -> None:
     """Write a new authorisation as one INSERT: on the card network's path this is cheaper than the
     ORM's unit of work (decisions 0018, 0020). `auth` stays transient."""
-    values = [getattr(auth, key) for key in _AUTHORISATION_COLUMNS]
-    for i, key in enumerate(_AUTHORISATION_COLUMNS):
-        if key in _JSON_COLUMNS and values[i] is not None:
-            values[i] = json.dumps(values[i])
-    await execute(on, _INSERT_AUTHORISATION, *values)
+    await execute(
+        on, _INSERT_AUTHORISATION, *(_stored(key, getattr(auth, key)) for key in _AUTHORISATION_COLUMNS)
+    )
+
+
+def _stored(column: str, value: object) -> object:
+    """A value as the statement takes it: JSON columns as JSON text (both connection kinds' codecs)."""
+    return json.dumps(value) if column in _JSON_COLUMNS and value is not None else value
 
 
 async def authorisation_by_network_id(

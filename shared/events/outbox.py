@@ -56,8 +56,8 @@ class Outbox:
         self.table = event_tables(schema or service).outbox
         self._insert = self.table.insert()  # built once: a statement per emit costs CPU on hot paths
         self._insert_sql = (
-            f"INSERT INTO {self.table.schema}.outbox (event_id, topic, key, event_type, payload)"
-            " VALUES ($1, $2, $3, $4, $5)"
+            f"INSERT INTO {self.table.fullname} ({', '.join(_OUTBOX_COLUMNS)})"
+            f" VALUES ({', '.join(f'${i}' for i in range(1, len(_OUTBOX_COLUMNS) + 1))})"
         )
         # Set after a transaction with events commits, so the relay in this process publishes at
         # once instead of at its next poll. Replicas elsewhere fall back to polling.

@@ -46,7 +46,7 @@ class Relay:
         # Built once: the relay runs after every committed request that emitted an event. The oldest
         # rows are locked in id order: a second publisher (a test, a leader handing over) waits
         # instead of deadlocking with this one.
-        outbox_table = f"{outbox.table.schema}.outbox"
+        outbox_table = outbox.table.fullname
         self._mark = f"""
             UPDATE {outbox_table} SET published_at = now()
             WHERE id IN (SELECT id FROM {outbox_table} WHERE published_at IS NULL

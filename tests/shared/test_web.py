@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, FastAPI, Form
 from sqlalchemy import text
 
 from bank.infra.postgres import EmbeddedPostgres
@@ -104,104 +105,107 @@ async def test_metrics_count_requests_by_route_template(base_url: str) -> None:
     assert "http_request_duration_seconds_bucket" in text
 
 
-async def test_readyz_reports_the_database_going_away(tmp_path: Path) -> None:
+@asynccontextmanager
+async def served_on_a_database(
+    tmp_path: Path, app_for: Callable[[Database], FastAPI], pool_size: int
+) -> AsyncIterator[tuple[httpx.AsyncClient, EmbeddedPostgres]]:
+    """A real PostgreSQL, the app `app_for` builds on it over a real socket, and a client of it."""
     pg = EmbeddedPostgres(tmp_path / "pg", free_port(), durable=False)
     pg.start()
-    db = Database(pg.url, pool_size=1)
-    server, task, url = await serve(create_app("test", checkers={"database": db.checker()}))
+    db = Database(pg.url, pool_size=pool_size)
+    server, task, url = await serve(app_for(db))
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            ready = await client.get("/readyz")
-            assert ready.status_code == 200
-            assert ready.json()["checks"]["database"]["ok"] is True
-
-            await asyncio.to_thread(pg.stop, "immediate")
-            down = await client.get("/readyz")
-            assert down.status_code == 503
-            assert down.json()["checks"]["database"]["ok"] is False
-            assert down.json()["checks"]["database"]["error"]
-            assert (await client.get("/healthz")).status_code == 200
-
-            await asyncio.to_thread(pg.start)
-            assert (await client.get("/readyz")).status_code == 200
+            yield client, pg
     finally:
         server.should_exit = True
         await task
         await db.dispose()
         pg.stop("immediate")
+
+
+async def until_answered(client: httpx.AsyncClient, path: str) -> list[httpx.Response]:
+    """GET `path` until a 200 (at most five times): every answer, the last one last."""
+    answers = []
+    for _ in range(5):
+        answers.append(await client.get(path))
+        if answers[-1].status_code == 200:
+            break
+    return answers
+
+
+def assert_retryable_503(failed: httpx.Response) -> None:
+    assert failed.status_code == 503, failed.text
+    assert failed.json()["code"] == "service_unavailable.database"
+    assert failed.headers["retry-after"] == "1"
+
+
+async def test_readyz_reports_the_database_going_away(tmp_path: Path) -> None:
+    def app_for(db: Database) -> FastAPI:
+        return create_app("test", checkers={"database": db.checker()})
+
+    async with served_on_a_database(tmp_path, app_for, pool_size=1) as (client, pg):
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"]["database"]["ok"] is True
+
+        await asyncio.to_thread(pg.stop, "immediate")
+        down = await client.get("/readyz")
+        assert down.status_code == 503
+        assert down.json()["checks"]["database"]["ok"] is False
+        assert down.json()["checks"]["database"]["error"]
+        assert (await client.get("/healthz")).status_code == 200
+
+        await asyncio.to_thread(pg.start)
+        assert (await client.get("/readyz")).status_code == 200
 
 
 async def test_a_connection_lost_to_a_database_restart_is_a_503_then_recovers(tmp_path: Path) -> None:
-    pg = EmbeddedPostgres(tmp_path / "pg", free_port(), durable=False)
-    pg.start()
-    db = Database(pg.url, pool_size=2)
-    queries = APIRouter()
+    def app_for(db: Database) -> FastAPI:
+        queries = APIRouter()
 
-    @queries.get("/now")
-    async def now() -> dict[str, str]:
-        async with db.read() as session:
-            return {"now": str((await session.execute(text("SELECT now()"))).scalar_one())}
+        @queries.get("/now")
+        async def now() -> dict[str, str]:
+            async with db.read() as session:
+                return {"now": str((await session.execute(text("SELECT now()"))).scalar_one())}
 
-    server, task, url = await serve(create_app("test", routers=[queries]))
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            assert (await client.get("/now")).status_code == 200
-            await asyncio.to_thread(pg.stop, "immediate")
-            await asyncio.to_thread(pg.start)
-            # The pooled connection died with the old server: its first use fails, typed and
-            # retryable, never a 500; the pool is invalidated and the next request reconnects.
-            answers = []
-            for _ in range(5):
-                answers.append(await client.get("/now"))
-                if answers[-1].status_code == 200:
-                    break
-            assert answers[-1].status_code == 200, [a.text for a in answers]
-            for failed in answers[:-1]:
-                assert failed.status_code == 503, failed.text
-                assert failed.json()["code"] == "service_unavailable.database"
-                assert failed.headers["retry-after"] == "1"
-    finally:
-        server.should_exit = True
-        await task
-        await db.dispose()
-        pg.stop("immediate")
+        return create_app("test", routers=[queries])
+
+    async with served_on_a_database(tmp_path, app_for, pool_size=2) as (client, pg):
+        assert (await client.get("/now")).status_code == 200
+        await asyncio.to_thread(pg.stop, "immediate")
+        await asyncio.to_thread(pg.start)
+        # The pooled connection died with the old server: its first use fails, typed and
+        # retryable, never a 500; the pool is invalidated and the next request reconnects.
+        answers = await until_answered(client, "/now")
+        assert answers[-1].status_code == 200, [a.text for a in answers]
+        for failed in answers[:-1]:
+            assert_retryable_503(failed)
 
 
 async def test_the_fast_path_answers_503_while_the_database_is_down_then_recovers(tmp_path: Path) -> None:
     """The card path's plain asyncpg connections (Database.fast_transaction): a connection lost to a
     restart, or no database at all, is a typed, retryable 503 too, never a 500."""
-    pg = EmbeddedPostgres(tmp_path / "pg", free_port(), durable=False)
-    pg.start()
-    db = Database(pg.url, pool_size=2)
-    queries = APIRouter()
 
-    @queries.get("/fast")
-    async def fast() -> dict[str, int]:
-        async with db.fast_transaction() as tx:
-            return {"one": await fetch_value(tx, "SELECT $1::int", 1)}
+    def app_for(db: Database) -> FastAPI:
+        queries = APIRouter()
 
-    server, task, url = await serve(create_app("test", routers=[queries]))
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            assert (await client.get("/fast")).json() == {"one": 1}
-            await asyncio.to_thread(pg.stop, "immediate")
-            down = [await client.get("/fast") for _ in range(3)]  # the pooled connection, then none
-            await asyncio.to_thread(pg.start)
-            answers = []
-            for _ in range(5):
-                answers.append(await client.get("/fast"))
-                if answers[-1].status_code == 200:
-                    break
-            assert answers[-1].json() == {"one": 1}, [a.text for a in answers]
-            for failed in down + answers[:-1]:
-                assert failed.status_code == 503, failed.text
-                assert failed.json()["code"] == "service_unavailable.database"
-                assert failed.headers["retry-after"] == "1"
-    finally:
-        server.should_exit = True
-        await task
-        await db.dispose()
-        pg.stop("immediate")
+        @queries.get("/fast")
+        async def fast() -> dict[str, int]:
+            async with db.fast_transaction() as tx:
+                return {"one": await fetch_value(tx, "SELECT $1::int", 1)}
+
+        return create_app("test", routers=[queries])
+
+    async with served_on_a_database(tmp_path, app_for, pool_size=2) as (client, pg):
+        assert (await client.get("/fast")).json() == {"one": 1}
+        await asyncio.to_thread(pg.stop, "immediate")
+        down = [await client.get("/fast") for _ in range(3)]  # the pooled connection, then none
+        await asyncio.to_thread(pg.start)
+        answers = await until_answered(client, "/fast")
+        assert answers[-1].json() == {"one": 1}, [a.text for a in answers]
+        for failed in down + answers[:-1]:
+            assert_retryable_503(failed)
 
 
 @pytest.mark.parametrize("header", ["garbage", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", ""])

@@ -86,7 +86,7 @@ class RequestContextMiddleware:
             expired = BankError("timeout.deadline_exceeded", "the caller's deadline passed before we started")
             await error_response(expired)(scope, receive, send)
             if span is not None:
-                span.span.set_attribute("http.response.status_code", expired.status)
+                span.set("http.response.status_code", expired.status)
                 span.end(restore=False)
             return
 
@@ -104,11 +104,11 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             if span is not None:
-                span.span.update_name(f"{scope['method']} {template}")
-                span.span.set_attribute("http.route", template)
-                span.span.set_attribute("http.response.status_code", status)
+                span.rename(f"{scope['method']} {template}")
+                span.set("http.route", template)
+                span.set("http.response.status_code", status)
                 if status >= 500:
-                    span.span.set_status(tracing.Status(tracing.StatusCode.ERROR))
+                    span.fail()
                 span.end(restore=False)
             if template not in _UNMETERED:
                 elapsed = time.perf_counter() - started

@@ -167,7 +167,7 @@ def test_the_ring_keeps_finished_spans_out_of_the_garbage_collectors_way(traced:
         span = tracing.start("POST", kind=tracing.SERVER, parent=parent, service="ops-test",
                              attributes={"url.path": "/network/authorisations", "n": n})  # fmt: skip
         assert span is not None
-        span.span.set_attribute("bank.tags", ["a", "b"])
+        span.set("bank.tags", ["a", "b"])
         span.end()
     for _ in range(5):  # a tuple is untracked once what it holds is: up to a pass per level of nesting
         gc.collect()

@@ -44,6 +44,7 @@ class Runtime:
             self.transport,
             batch_size=self.settings.relay_batch,
             poll_seconds=self.settings.relay_poll_seconds,
+            linger_seconds=self.settings.relay_linger_ms / 1000,
         )
         self.consumers: list[Consumer] = []
 

@@ -104,6 +104,45 @@ async def test_events_flow_end_to_end_exactly_once_in_order(effects: Database, b
     assert await count(effects, "SELECT count(*) FROM accounts.inbox") == 40
 
 
+async def test_a_busy_relay_publishes_once_per_linger_and_an_idle_one_at_once(
+    effects: Database, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 0024: the first event after a quiet spell goes out at once; events committed within
+    the linger interval after a publish wait for it and then go out together, in one batch."""
+    topic = unique("accounts.ledger")
+    outbox = Outbox("accounts")
+    relay = Relay(effects, outbox, backend.transport, poll_seconds=0.2, linger_seconds=30)
+    batches: list[int] = []
+    publish = backend.transport.publish
+
+    async def counted(records: list[OutgoingRecord]) -> None:
+        batches.append(len(records))
+        await publish(records)
+
+    monkeypatch.setattr(backend.transport, "publish", counted)
+    unpublished = "SELECT count(*) FROM accounts.outbox WHERE published_at IS NULL"
+    await relay.drain()  # earlier tests' leftovers, so the outbox starts empty
+    batches.clear()
+    tasks = await run_background(relay.run)
+    try:
+        async with effects.transaction() as s:
+            await outbox.emit(s, topic, "acc_1", MoneyMoved(amount=1, seq=0))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20  # well inside the 30 s linger: proves the idle relay did not wait
+        while await count(effects, unpublished):
+            assert loop.time() < deadline, "the first event waited for the linger"
+            await asyncio.sleep(0.05)
+        for seq in range(1, 6):
+            async with effects.transaction() as s:
+                await outbox.emit(s, topic, "acc_1", MoneyMoved(amount=1, seq=seq))
+        await asyncio.sleep(0.5)
+        assert await count(effects, unpublished) == 5  # held: the relay published less than 30 s ago
+    finally:
+        await stop(tasks)
+    assert await relay.drain() == 5
+    assert batches == [1, 5]
+
+
 async def wait_for_count(
     db: Database, expected: int, timeout: float = 300, consumer: Consumer | None = None
 ) -> None:

@@ -298,10 +298,12 @@ class Active:
                 self.span.attributes["error.type"] = type(error).__name__
                 self.span.attributes["error.message"] = str(error)[:300]
 
-    def end(self, error: BaseException | None = None, *, restore: bool = True) -> None:
+    def end(self, error: BaseException | None = None, *, restore: bool = True, record: bool = True) -> None:
+        """Finish the span (unless `record` is False: then it only stops being the current context,
+        and a later `end(restore=False)` finishes it) and give the previous context back."""
         if error is not None:
             self.fail(error)
-        if self.span is not None:
+        if record and self.span is not None:
             self.span.finish(time.time_ns())
         if restore:
             context.set_trace(self._prev_trace)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.accounts.ledger import Line
 from services.accounts.models import Account, Hold, JournalEntry, Posting, User
 from shared.db import Executor, fetch_row, fetch_value
+from shared.events.outbox import Staged
 from shared.ids import new_id
 
 
@@ -47,7 +48,7 @@ async def get_user(session: AsyncSession, user_id: str) -> User | None:
 _LOCK_ACCOUNT_ROW = (
     "SELECT kind, currency, balance, held, closed FROM accounts.accounts WHERE id = $1 FOR UPDATE"
 )
-_INSERT_HOLD_AND_RESERVE = """
+_NEW_HOLD_AND_RESERVATION = """
     WITH new_hold AS (
         INSERT INTO accounts.holds (id, account_id, network_txn_id, amount, currency, status,
                                     decline_reason, created, updated, expires_at)
@@ -57,9 +58,10 @@ _INSERT_HOLD_AND_RESERVE = """
     ), reserved AS (
         UPDATE accounts.accounts SET held = held + $4
         WHERE id = $2 AND EXISTS (SELECT 1 FROM new_hold WHERE status = 'active')
-    )
-    SELECT EXISTS (SELECT 1 FROM new_hold) AS inserted
-"""
+    )"""
+_INSERTED = "SELECT EXISTS (SELECT 1 FROM new_hold) AS inserted"
+_INSERT_HOLD_AND_RESERVE = f"{_NEW_HOLD_AND_RESERVATION} {_INSERTED}"
+_HOLD_PARAMETERS = 9
 _HOLD_COLUMNS = (
     "id", "account_id", "network_txn_id", "amount", "currency", "status", "decline_reason",
     "captured_amount", "entry_id", "created", "updated", "expires_at",
@@ -92,12 +94,17 @@ async def lock_account_row(on: Executor, account_id: str) -> LockedAccount | Non
     return LockedAccount(account_id, kind, currency, balance, held, closed)
 
 
-async def insert_hold_and_reserve(on: Executor, hold: Hold) -> bool:
+async def insert_hold_and_reserve(on: Executor, hold: Hold, event: Staged | None = None) -> bool:
     """Insert the hold unless its network id is taken and, when it is active, add its amount to the
-    account's held total, in one round trip. False if the id was taken (nothing written)."""
+    account's held total and write its staged event, in one round trip (decision 0025). False if the
+    id was taken (nothing written)."""
     args = (hold.id, hold.account_id, hold.network_txn_id, hold.amount, hold.currency, hold.status,
             hold.decline_reason, hold.created, hold.expires_at)  # fmt: skip
-    return bool(await fetch_value(on, _INSERT_HOLD_AND_RESERVE, *args))
+    if event is None:
+        return bool(await fetch_value(on, _INSERT_HOLD_AND_RESERVE, *args))
+    add_event = event.insert_sql(_HOLD_PARAMETERS + 1, when="EXISTS (SELECT 1 FROM new_hold)")
+    sql = f"{_NEW_HOLD_AND_RESERVATION}, event AS ({add_event}) {_INSERTED}"
+    return bool(await fetch_value(on, sql, *args, *event.row))
 
 
 async def hold_by_network_id(session: AsyncSession, network_txn_id: str) -> Hold | None:

@@ -161,7 +161,8 @@ class LedgerService:
         """Reserve money for an authorisation, or record why not. Idempotent on the network's id.
 
         The card network's hot path: plain rows and two statements (lock and read the account; insert
-        the hold and reserve its amount), no ORM unit of work (decisions 0018, 0020)."""
+        the hold, reserve its amount and write its event), no ORM unit of work (decisions 0018, 0020,
+        0025)."""
         account = await repo.lock_account_row(session, account_id)
         if account is None or account.kind != "customer":
             raise not_found("account", "no account with that id")
@@ -186,26 +187,29 @@ class LedgerService:
             if reason
             else (expires_at or now + timedelta(days=self.settings.hold_default_expiry_days)),
         )
+        event = None
+        reserved = replace(account, held=account.held + amount)  # as the statement stores it if active
+        if reason is None:  # the event is written only if the hold is (not for a repeat)
+            event = self.outbox.stage(
+                LEDGER_TOPIC,
+                account_id,
+                HoldPlaced(
+                    account_id=account_id, amount=-amount, currency=currency, balance=reserved.balance,
+                    available=reserved.available, hold_id=hold.id, network_txn_id=network_txn_id,
+                ),
+            )  # fmt: skip
         # Insert first, look for a repeat only if the network id is taken: the common case costs one
         # statement, and a concurrent first use of the id on another account cannot slip in between.
-        if not await repo.insert_hold_and_reserve(session, hold):
+        if not await repo.insert_hold_and_reserve(session, hold, event):
             existing = await repo.hold_row(session, network_txn_id)
             if existing is None or existing.account_id != account_id or existing.amount != amount:
                 raise conflict(
                     "network_txn_id_reused", "that network transaction id was used for another hold"
                 )
             return HoldResult(existing, account)
-        if reason is None:
-            account = replace(account, held=account.held + amount)  # as the statement just stored it
-            await self.outbox.emit(
-                session,
-                LEDGER_TOPIC,
-                account_id,
-                HoldPlaced(
-                    account_id=account_id, amount=-amount, currency=currency, balance=account.balance,
-                    available=account.available, hold_id=hold.id, network_txn_id=network_txn_id,
-                ),
-            )  # fmt: skip
+        if event is not None:
+            self.outbox.written(session, event)
+            account = reserved
         return HoldResult(hold, account)
 
     async def capture_hold(

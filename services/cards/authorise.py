@@ -112,20 +112,25 @@ def event_fields(auth: Authorisation, card: Card | CardRow) -> dict[str, Any]:
     }
 
 
-async def emit_decision(outbox: Outbox, session: Executor, auth: Authorisation, card: Card | CardRow) -> None:
-    """card.authorisation.approved or .declined, in the caller's transaction."""
+def decision_event(
+    auth: Authorisation, card: Card | CardRow
+) -> AuthorisationApproved | AuthorisationDeclined:
+    """card.authorisation.approved or .declined."""
     fields = event_fields(auth, card)
     if auth.status == "approved":
-        event: AuthorisationApproved | AuthorisationDeclined = AuthorisationApproved(
+        return AuthorisationApproved(
             **fields, approval_code=auth.approval_code, held_amount=auth.held_amount, stand_in=auth.stand_in
         )
-    else:
-        event = AuthorisationDeclined(
-            **fields,
-            decline_reason=auth.decline_reason or DeclineReason.OTHER.value,
-            decline_detail=auth.decline_detail or "",
-        )
-    await outbox.emit(session, AUTHORISATIONS_TOPIC, card.account_id, event)
+    return AuthorisationDeclined(
+        **fields,
+        decline_reason=auth.decline_reason or DeclineReason.OTHER.value,
+        decline_detail=auth.decline_detail or "",
+    )
+
+
+async def emit_decision(outbox: Outbox, session: Executor, auth: Authorisation, card: Card | CardRow) -> None:
+    """The decision's event, in the caller's transaction."""
+    await outbox.emit(session, AUTHORISATIONS_TOPIC, card.account_id, decision_event(auth, card))
 
 
 class Authoriser:
@@ -189,9 +194,14 @@ class Authoriser:
                 decision, expires_at, balance = await self._decide(tx, card, msg, now, watch)
                 placed = decision.approved and expires_at is not None
                 auth = self._record(card, msg, decision, digest, now, expires_at, balance)
-                await repo.insert_authorisation(tx, auth)
-                if card is not None:
-                    await emit_decision(self.outbox, tx, auth, card)
+                if card is None:  # an unknown card: no account to tell
+                    await repo.insert_authorisation(tx, auth)
+                else:
+                    event = self.outbox.stage(
+                        AUTHORISATIONS_TOPIC, card.account_id, decision_event(auth, card)
+                    )
+                    await repo.insert_authorisation(tx, auth, event)
+                    self.outbox.written(tx, event)
             watch.lap("record")
             return auth.response
         except asyncpg.UniqueViolationError:

@@ -9,24 +9,33 @@ are returned, and `raise_for_upstream_error` turns them into the upstream's type
 from __future__ import annotations
 
 import asyncio
+import json as _json
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
 from shared import tracing
 from shared.context import DEADLINE_HEADER, TRACEPARENT_HEADER, TraceContext, current_trace, remaining_seconds
 from shared.errors import BankError
-from shared.lean_transport import LeanTransport
+from shared.lean_transport import Answer, LeanTransport, Origin
 
 IDEMPOTENCY_HEADER = "idempotency-key"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 # Raised before the request was written, so retrying cannot apply it twice, whatever the method.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class _Answered(Protocol):
+    @property
+    def status_code(self) -> int: ...
+
+
+R = TypeVar("R", bound=_Answered)
 
 
 class CircuitBreaker:
@@ -108,10 +117,14 @@ class ServiceClient:
         self.retries = retries
         self.backoff = backoff
         self.breaker = breaker or CircuitBreaker(name)
+        transport = transport or LeanTransport()
         # trust_env=False: in-cluster calls go direct, never via an HTTP(S)_PROXY from the environment.
         self._client = httpx.AsyncClient(
-            base_url=base_url, transport=transport or LeanTransport(), timeout=timeout, trust_env=False
+            base_url=base_url, transport=transport, timeout=timeout, trust_env=False
         )
+        self._lean = transport if isinstance(transport, LeanTransport) else None
+        self._origin = Origin.of(self._client.base_url)
+        self._prefix = self._client.base_url.path.rstrip("/")
 
     async def request(
         self,
@@ -125,7 +138,58 @@ class ServiceClient:
         timeout: float | None = None,
         idempotent: bool | None = None,
     ) -> httpx.Response:
+        body: dict[str, Any] = {"content": data} if isinstance(data, bytes | str) else {"data": data}
+
+        async def attempt(hdrs: dict[str, str], attempt_timeout: float) -> httpx.Response:
+            return await self._client.request(
+                method, path, params=params, json=json, headers=hdrs, timeout=attempt_timeout,
+                extensions={"upstream": self.name}, **body,
+            )  # fmt: skip
+
+        return await self._traced(method.upper(), path, headers, timeout, idempotent, attempt)
+
+    async def exchange(
+        self,
+        method: str,
+        target: str,
+        *,
+        body: bytes | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+    ) -> Answer:
+        """`request` for the hot paths (the gateway's proxy, cards' calls to accounts): the same
+        deadlines, retries, breaker and trace, without httpx's request and response models, which
+        cost about 0.2 ms of CPU a call (decision 0026). `target` is the path and query as sent; the
+        answer is buffered. On a transport other than the lean one it goes through httpx."""
         method = method.upper()
+        if json is not None:
+            body = _json.dumps(json, separators=(",", ":")).encode()
+            headers = {**(headers or {}), "content-type": "application/json"}
+        lean, origin, url = self._lean, self._origin, self._prefix + target
+
+        async def attempt(hdrs: dict[str, str], attempt_timeout: float) -> Answer:
+            if lean is None:
+                resp = await self._client.request(
+                    method, target, content=body, headers=hdrs, timeout=attempt_timeout,
+                    extensions={"upstream": self.name},
+                )  # fmt: skip
+                return Answer(resp.status_code, resp.headers.raw, resp.content)
+            return await lean.exchange(method, origin, url, hdrs, body, attempt_timeout)
+
+        return await self._traced(method, target, headers, timeout, idempotent, attempt)
+
+    async def _traced(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | None,
+        timeout: float | None,
+        idempotent: bool | None,
+        attempt: Callable[[dict[str, str], float], Awaitable[R]],
+    ) -> R:
+        """One call, its client span around every attempt."""
         hdrs = dict(headers or {})
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS or any(k.lower() == IDEMPOTENCY_HEADER for k in hdrs)
@@ -135,7 +199,7 @@ class ServiceClient:
         if span is not None:
             hdrs[TRACEPARENT_HEADER] = span.trace.header
             try:
-                resp = await self._send(method, path, params, data, json, hdrs, timeout, idempotent)
+                resp = await self._attempts(method, path, hdrs, timeout, idempotent, attempt)
             except BaseException as exc:
                 span.end(exc)
                 raise
@@ -144,28 +208,25 @@ class ServiceClient:
             return resp
         trace = current_trace()
         hdrs[TRACEPARENT_HEADER] = (trace.child() if trace else TraceContext.new()).header
-        return await self._send(method, path, params, data, json, hdrs, timeout, idempotent)
+        return await self._attempts(method, path, hdrs, timeout, idempotent, attempt)
 
-    async def _send(
+    async def _attempts(
         self,
         method: str,
         path: str,
-        params: Mapping[str, Any] | None,
-        data: Mapping[str, Any] | bytes | str | None,
-        json: Any,
         hdrs: dict[str, str],
         timeout: float | None,
         idempotent: bool,
-    ) -> httpx.Response:
-        body: dict[str, Any] = {"content": data} if isinstance(data, bytes | str) else {"data": data}
+        attempt: Callable[[dict[str, str], float], Awaitable[R]],
+    ) -> R:
+        """Attempts within the deadline, retrying what is safe to retry, through the breaker."""
         per_attempt = self.timeout if timeout is None else timeout
-
-        resp: httpx.Response | None = None
+        resp: R | None = None
         last_exc: Exception | None = None
         attempts = 0
-        for attempt in range(self.retries + 1):
-            if attempt:  # exponential backoff with jitter, never sleeping past the deadline
-                delay = self.backoff * 2 ** (attempt - 1)
+        for n in range(self.retries + 1):
+            if n:  # exponential backoff with jitter, never sleeping past the deadline
+                delay = self.backoff * 2 ** (n - 1)
                 delay = delay / 2 + random.uniform(0, delay / 2)
                 budget = remaining_seconds()
                 if budget is not None and delay >= budget:
@@ -173,7 +234,7 @@ class ServiceClient:
                 await asyncio.sleep(delay)
             budget = remaining_seconds()
             if budget is not None and budget <= 0:
-                if attempt == 0:
+                if n == 0:
                     raise BankError(
                         "timeout.deadline_exceeded",
                         f"deadline already passed before calling {self.name} {method} {path}",
@@ -186,16 +247,10 @@ class ServiceClient:
             attempts += 1
             try:
                 async with asyncio.timeout(attempt_timeout):  # hard bound: httpx timeouts are per I/O op
-                    resp = await self._client.request(
-                        method,
-                        path,
-                        params=params,
-                        json=json,
-                        headers=hdrs,
-                        timeout=attempt_timeout,
-                        extensions={"upstream": self.name},
-                        **body,
-                    )
+                    resp = await attempt(hdrs, attempt_timeout)
+            except httpx.LocalProtocolError:
+                self.breaker.release()  # our request cannot be written: not the upstream's failure
+                raise
             except (httpx.TransportError, TimeoutError) as exc:
                 self.breaker.record_failure()
                 resp, last_exc = None, exc

@@ -14,15 +14,64 @@ switches its upstreams back to httpx's own.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+# Controls, space and DEL would break or smuggle a request line; a proxy passes the rest as sent.
+_UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    scheme: bytes
+    host: bytes
+    port: int
+
+    @staticmethod
+    def of(url: httpx.URL) -> Origin:
+        return Origin(url.raw_scheme, url.raw_host, url.port or (443 if url.raw_scheme == b"https" else 80))
+
+    @property
+    def host_header(self) -> bytes:
+        default = 443 if self.scheme == b"https" else 80
+        return self.host if self.port == default else b"%s:%d" % (self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An upstream's whole answer, as `LeanTransport.exchange` read it."""
+
+    status_code: int
+    headers: list[tuple[bytes, bytes]]  # as received, in order
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def _head(
+    method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]], request: httpx.Request | None
+) -> bytes:
+    """The request line and header block, refusing a line break smuggled into a name or value."""
+    head = [method, b" ", target, b" HTTP/1.1\r\n"]
+    lines = 2  # the request line and the blank line
+    for name, value in headers:
+        head += (name, b": ", value, b"\r\n")
+        lines += 1
+    head.append(b"\r\n")
+    data = b"".join(head)
+    if data.count(b"\n") != lines or data.count(b"\r") != lines:
+        raise httpx.LocalProtocolError("a header name or value holds a line break", request=request)
+    return data
 
 
 @dataclass(slots=True, eq=False)
@@ -59,32 +108,83 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
         self._clock = clock
-        self._pools: dict[tuple[bytes, bytes, int], _Pool] = {}
+        self._pools: dict[Origin, _Pool] = {}
         self._tls: ssl.SSLContext | None = None
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
         url = request.url
-        origin = (url.raw_scheme, url.raw_host, url.port or (443 if url.raw_scheme == b"https" else 80))
+        head = _head(request.method.encode("ascii"), url.raw_path, request.headers.raw, request)
+        try:
+            body: bytes | AsyncIterable[bytes] = request.content
+        except httpx.RequestNotRead:  # a streamed body: httpx has set Transfer-Encoding: chunked
+            body = request.stream  # type: ignore[assignment]
+        status, reason, headers, content = await self._round_trip(
+            Origin.of(url), request.method, head, body,
+            timeouts.get("pool"), timeouts.get("connect"), timeouts.get("read"), request,
+        )  # fmt: skip
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=httpx.ByteStream(content),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
+            request=request,
+        )
+
+    async def exchange(
+        self,
+        method: str,
+        origin: Origin,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout: float | None,
+    ) -> Answer:
+        """One request without httpx's models: what `ServiceClient.exchange` sends (decision 0026).
+        Host and Content-Length are set here; failures raise the same httpx exceptions."""
+        raw_target = target.encode("latin-1", "replace")
+        if _UNSAFE_TARGET.search(raw_target):
+            raise httpx.LocalProtocolError(f"the request target {target[:80]!r} is not a valid URL path")
+        fields = [(b"host", origin.host_header)]
+        fields += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        if body is not None or method not in _BODYLESS_METHODS:
+            fields.append((b"content-length", b"%d" % len(body or b"")))
+        head = _head(method.encode("ascii"), raw_target, fields, None)
+        status, _, answer_headers, content = await self._round_trip(
+            origin, method, head, body or b"", timeout, timeout, timeout, None
+        )
+        return Answer(status, answer_headers, content)
+
+    async def _round_trip(
+        self,
+        origin: Origin,
+        method: str,
+        head: bytes,
+        body: bytes | AsyncIterable[bytes],
+        pool_timeout: float | None,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+        request: httpx.Request | None,
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes]:
         pool = self._pools.get(origin)
         if pool is None:
             pool = self._pools[origin] = _Pool(asyncio.Semaphore(self.max_connections))
-        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
         if pool.slots.locked():
             try:
-                async with asyncio.timeout(timeouts.get("pool")):
+                async with asyncio.timeout(pool_timeout):
                     await pool.slots.acquire()
             except TimeoutError:
                 raise httpx.PoolTimeout("no free connection to the upstream", request=request) from None
         else:
             await pool.slots.acquire()
         try:
-            conn = self._checkout(pool) or await self._connect(request, origin, timeouts.get("connect"))
+            conn = self._checkout(pool) or await self._connect(origin, connect_timeout, request)
             reusable = False
             try:
-                async with asyncio.timeout(timeouts.get("read")):
-                    await self._send(conn, request)
-                    status, reason, headers, body, reusable = await self._receive(conn, request)
+                async with asyncio.timeout(read_timeout):
+                    await self._send(conn, head, body)
+                    status, reason, headers, content, reusable = await self._receive(conn, method)
             except TimeoutError:
                 raise httpx.ReadTimeout("the upstream did not answer in time", request=request) from None
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
@@ -105,13 +205,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                     conn.close()
         finally:
             pool.slots.release()
-        return httpx.Response(
-            status,
-            headers=headers,
-            stream=httpx.ByteStream(body),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
-            request=request,
-        )
+        return status, reason, headers, content
 
     def _checkout(self, pool: _Pool) -> _Connection | None:
         now = self._clock()
@@ -123,16 +217,15 @@ class LeanTransport(httpx.AsyncBaseTransport):
         return None
 
     async def _connect(
-        self, request: httpx.Request, origin: tuple[bytes, bytes, int], timeout: float | None
+        self, origin: Origin, timeout: float | None, request: httpx.Request | None
     ) -> _Connection:
-        scheme, host, port = origin
         context = None
-        if scheme == b"https":
+        if origin.scheme == b"https":
             context = self._tls = self._tls or ssl.create_default_context()
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(
-                    host.decode("ascii"), port, ssl=context, limit=self.max_header_bytes
+                    origin.host.decode("ascii"), origin.port, ssl=context, limit=self.max_header_bytes
                 )
         except TimeoutError:
             raise httpx.ConnectTimeout("connecting to the upstream timed out", request=request) from None
@@ -140,32 +233,20 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from None
         return _Connection(reader, writer)
 
-    async def _send(self, conn: _Connection, request: httpx.Request) -> None:
-        head = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
-        for name, value in request.headers.raw:
-            head += (name, b": ", value, b"\r\n")
-        head.append(b"\r\n")
-        data = b"".join(head)
-        lines = len(request.headers.raw) + 2  # the request line, the headers, the blank line
-        if data.count(b"\n") != lines or data.count(b"\r") != lines:
-            raise httpx.LocalProtocolError("a header name or value holds a line break", request=request)
-        try:
-            body: bytes | None = request.content
-        except httpx.RequestNotRead:
-            body = None
+    async def _send(self, conn: _Connection, head: bytes, body: bytes | AsyncIterable[bytes]) -> None:
         writer = conn.writer
-        if body is not None:
-            writer.write(data + body)
-        else:  # a streamed body: httpx has set Transfer-Encoding: chunked
-            writer.write(data)
-            async for chunk in request.stream:  # type: ignore[union-attr]
+        if isinstance(body, bytes):
+            writer.write(head + body)
+        else:
+            writer.write(head)
+            async for chunk in body:
                 if chunk:
                     writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             writer.write(b"0\r\n\r\n")
         await writer.drain()
 
     async def _receive(
-        self, conn: _Connection, request: httpx.Request
+        self, conn: _Connection, method: str
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes, bool]:
         reader = conn.reader
         while True:
@@ -197,7 +278,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 connection += b"," + value.lower()
             headers.append((name, value))
         keep_alive = (version == b"HTTP/1.1" and b"close" not in connection) or b"keep-alive" in connection
-        if request.method == "HEAD" or status in _NO_BODY_STATUSES or status < 200:
+        if method == "HEAD" or status in _NO_BODY_STATUSES or status < 200:
             return status, reason, headers, b"", keep_alive
         if chunked:
             return status, reason, headers, await self._chunked(reader), keep_alive

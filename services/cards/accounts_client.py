@@ -21,15 +21,13 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from services.cards.config import CardsSettings
 from shared import context
 from shared.auth import INTERNAL_TOKEN_HEADER
 from shared.errors import BankError
 from shared.http import CircuitBreaker, ServiceClient
 from shared.ids import plausible_id
-from shared.lean_transport import LeanTransport
+from shared.lean_transport import Answer, LeanTransport
 
 # ServiceClient errors raised before a request was written.
 _NOT_SENT = frozenset({"service_unavailable.circuit_open", "timeout.deadline_exceeded"})
@@ -84,7 +82,7 @@ def within(seconds: float) -> Iterator[None]:
         context.set_deadline(previous)
 
 
-def _code(resp: httpx.Response) -> str:
+def _code(resp: Answer) -> str:
     try:
         body = resp.json()
     except ValueError:
@@ -130,9 +128,9 @@ class AccountsClient:
         await self.hot.aclose()
         await self.other.aclose()
 
-    async def _call(self, client: ServiceClient, method: str, path: str, json: Any = None) -> httpx.Response:
+    async def _call(self, client: ServiceClient, method: str, path: str, json: Any = None) -> Answer:
         try:
-            resp = await client.request(method, path, json=json, headers=self._headers, idempotent=True)
+            resp = await client.exchange(method, path, json=json, headers=self._headers, idempotent=True)
         except BankError as exc:
             raise AccountsUnavailable(
                 exc.message,

@@ -1,8 +1,9 @@
 """Forwarding one request to its upstream: body limit, header hygiene, the call, the answer.
 
 One `ServiceClient` per upstream (one pooled keep-alive httpx client, deadline and
-trace propagation, retries for idempotent calls only, a circuit breaker). The
-upstream's answer is buffered, not streamed: the bank's answers are small JSON,
+trace propagation, retries for idempotent calls only, a circuit breaker), called
+without httpx's request and response models (`ServiceClient.exchange`, decision 0026).
+The upstream's answer is buffered, not streamed: the bank's answers are small JSON,
 and a buffered answer is what lets the client retry a 502/503/504 and the
 breaker judge the call before the first byte goes to the caller (decision 0008).
 """
@@ -23,7 +24,7 @@ from shared import context
 from shared.auth import INTERNAL_TOKEN_HEADER, Identity
 from shared.errors import BankError
 from shared.http import CircuitBreaker, ServiceClient
-from shared.lean_transport import LeanTransport
+from shared.lean_transport import Answer, LeanTransport
 
 log = logging.getLogger("gateway.proxy")
 
@@ -185,9 +186,9 @@ def request_headers(
     return headers
 
 
-def response_headers(resp: httpx.Response, method: str) -> list[tuple[bytes, bytes]]:
+def response_headers(resp: Answer, method: str) -> list[tuple[bytes, bytes]]:
     """The upstream's headers, cleaned, for the caller (the gateway adds its own afterwards)."""
-    raw = resp.headers.raw
+    raw = resp.headers
     connection_tokens = {
         t.strip().lower() for n, v in raw if n.lower() == b"connection" for t in v.split(b",")
     }
@@ -210,15 +211,15 @@ class Proxy:
 
     async def forward(
         self, route: Route, method: str, target: str, headers: dict[str, str], body: bytes
-    ) -> httpx.Response:
+    ) -> Answer:
         """Call the route's upstream within the route's time limit (and the caller's, if shorter)."""
         limit = time.monotonic() + route.timeout
         current = context.current_deadline()
         context.set_deadline(limit if current is None else min(current, limit))
         client = self.clients[route.upstream]
         try:
-            return await client.request(
-                method, target, data=body or None, headers=headers, timeout=route.timeout
+            return await client.exchange(
+                method, target, body=body or None, headers=headers, timeout=route.timeout
             )
         except BankError as exc:
             raise _public(exc, route.upstream) from exc

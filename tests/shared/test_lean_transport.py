@@ -1,4 +1,5 @@
-"""The gateway's HTTP/1.1 transport under httpx, against real sockets: framing, keep-alive, failures."""
+"""The lean HTTP/1.1 transport, under httpx and under `ServiceClient.exchange`, against real sockets:
+framing, keep-alive, failures."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from shared.lean_transport import LeanTransport
+from shared.errors import BankError
+from shared.http import CircuitBreaker, ServiceClient
+from shared.lean_transport import Answer, LeanTransport
 from tests.conftest import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -213,3 +216,70 @@ async def test_pool_bound_and_pool_timeout(started: list[RawServer]) -> None:
             await client.get("/", timeout=httpx.Timeout(1, pool=0.1))
         with pytest.raises(httpx.ReadTimeout):
             await first
+
+
+# ServiceClient.exchange: the same wire, without httpx's models (decision 0026) -------------------
+
+
+async def test_exchange_sends_a_minimal_request_and_reads_the_whole_answer(started: list[RawServer]) -> None:
+    server = await serve(started, ok(b'{"hold": {"status": "active"}}', b"X-Up: 1\r\nSet-Cookie: a=1\r\n"))
+    async with ServiceClient("accounts", server.url + "/base") as client:
+        posted = await client.exchange(
+            "post", "/internal/holds?x=1", json={"amount": 1915}, headers={"x-k": "v"}
+        )
+        fetched = await client.exchange("GET", "/internal/accounts/acc_1")
+    assert isinstance(posted, Answer) and posted.status_code == 200
+    assert posted.json() == {"hold": {"status": "active"}}
+    assert (b"X-Up", b"1") in posted.headers and (b"Set-Cookie", b"a=1") in posted.headers
+    assert fetched.content == b'{"hold": {"status": "active"}}'
+    assert server.connections == 1  # kept alive between the two
+    post, get = server.requests
+    head, _, body = post.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /base/internal/holds?x=1 HTTP/1.1"
+    fields = dict(line.split(b": ", 1) for line in lines[1:])
+    assert fields[b"host"] == server.url.removeprefix("http://").encode()
+    assert fields[b"content-type"] == b"application/json" and fields[b"x-k"] == b"v"
+    assert fields[b"content-length"] == str(len(body)).encode() and body == b'{"amount":1915}'
+    assert fields[b"traceparent"].startswith(b"00-") and int(fields[b"x-deadline-ms"]) > 0
+    assert get.startswith(b"GET /base/internal/accounts/acc_1 HTTP/1.1\r\n")
+    assert b"content-length" not in get.lower()
+
+
+async def test_exchange_retries_breaks_and_refuses_like_request(started: list[RawServer]) -> None:
+    answers = iter(
+        [
+            b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}",
+        ]
+    )
+    flaky = await serve(started, lambda _: next(answers))
+    async with ServiceClient("accounts", flaky.url, backoff=0.001) as client:
+        assert (await client.exchange("POST", "/x", body=b"{}", idempotent=True)).status_code == 201
+    assert len(flaky.requests) == 2  # the 503 was retried: the caller said the call is idempotent
+
+    silent = await serve(started, lambda _: None)
+    breaker = CircuitBreaker("accounts", failure_threshold=1, reset_timeout=60)
+    async with ServiceClient("accounts", silent.url, timeout=0.2, retries=0, breaker=breaker) as client:
+        with pytest.raises(BankError) as timed_out:
+            await client.exchange("POST", "/x", body=b"{}")
+        assert timed_out.value.code == "timeout.accounts"
+        with pytest.raises(BankError) as fast:
+            await client.exchange("POST", "/x", body=b"{}")
+        assert fast.value.code == "service_unavailable.circuit_open"
+
+    fine = await serve(started, ok())
+    async with ServiceClient("accounts", fine.url) as client:
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.exchange("GET", "/x", headers={"x-evil": "a\r\nX-Injected: 1"})
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.exchange("GET", "/x HTTP/1.1\r\nX-Injected: 1\r\n\r\nGET /y")
+    assert fine.requests == []
+
+
+async def test_exchange_on_httpx_own_transport_answers_alike(started: list[RawServer]) -> None:
+    server = await serve(started, ok(b'{"ok": true}', b"X-Up: 1\r\n"))
+    async with ServiceClient("up", server.url, transport=httpx.AsyncHTTPTransport()) as client:
+        answer = await client.exchange("POST", "/x?y=1", body=b"hi")
+    assert answer.status_code == 200 and answer.json() == {"ok": True} and (b"X-Up", b"1") in answer.headers
+    assert server.requests[0].startswith(b"POST /x?y=1 HTTP/1.1\r\n") and server.requests[0].endswith(b"hi")

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -74,6 +75,13 @@ class Consumer:
         self.batch_handler = batch_handler
         self.topics = sorted(set(topics))
         self.tables = event_tables(schema or service)
+        # One constant statement for a batch of any size: SQLAlchemy cannot cache a multi-row VALUES
+        # insert, and compiled it afresh for every batch (an eighth of a consumer's CPU).
+        self._record_in_inbox = text(
+            f"INSERT INTO {self.tables.inbox.fullname} (consumer, event_id)"
+            " SELECT :consumer, unnest(CAST(:event_ids AS text[]))"
+            " ON CONFLICT DO NOTHING RETURNING event_id"
+        )
         self.max_attempts = max_attempts
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
@@ -152,13 +160,9 @@ class Consumer:
                     EVENTS_CONSUMED.labels(self.service, self.name, "ignored").inc()
             if not envelopes:
                 return handled
-            inbox = self.tables.inbox
             first_time = set(
                 await session.scalars(
-                    insert(inbox)
-                    .values([{"consumer": self.name, "event_id": e.id} for e in envelopes])
-                    .on_conflict_do_nothing()
-                    .returning(inbox.c.event_id)
+                    self._record_in_inbox, {"consumer": self.name, "event_ids": [e.id for e in envelopes]}
                 )
             )
             fresh: list[Envelope] = []

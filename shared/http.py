@@ -138,6 +138,7 @@ class ServiceClient:
         timeout: float | None = None,
         idempotent: bool | None = None,
     ) -> httpx.Response:
+        method = method.upper()
         body: dict[str, Any] = {"content": data} if isinstance(data, bytes | str) else {"data": data}
 
         async def attempt(hdrs: dict[str, str], attempt_timeout: float) -> httpx.Response:
@@ -146,7 +147,7 @@ class ServiceClient:
                 extensions={"upstream": self.name}, **body,
             )  # fmt: skip
 
-        return await self._traced(method.upper(), path, headers, timeout, idempotent, attempt)
+        return await self._traced(method, path, headers, timeout, idempotent, attempt)
 
     async def exchange(
         self,

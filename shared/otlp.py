@@ -33,6 +33,10 @@ class OtlpExporter:
     def flush(self, timeout_millis: int = 2000) -> None:
         self._batches.force_flush(timeout_millis)
 
+    def close(self) -> None:
+        """Send what is batched and stop the background thread."""
+        self._batches.shutdown()
+
     def _readable(self, span: StoredSpan, kind: SpanKind) -> ReadableSpan:
         resource = self._resources.get(span.service)
         if resource is None:

@@ -5,8 +5,9 @@ the `traceparent` header between processes, and in the CloudEvent's `traceparent
 log. This module records spans for it: a span starts with the current TraceContext as its parent,
 and while it runs the current TraceContext is the span's own (same trace id, the span's id, the
 sampled flag), so logs, outgoing calls and emitted events carry it. A span is a small record of our
-own (`Span`), not an OpenTelemetry SDK span: the SDK's cost about 80 µs each here, a dozen per card
-authorisation (decision 0023). The SDK is used only to export, when an OTLP endpoint is set.
+own (`Span`), not an OpenTelemetry SDK span: those cost about 60 µs each here, and a card
+authorisation makes a dozen (decision 0023). The SDK is used only to export, when an OTLP endpoint
+is set.
 
 Spans are recorded where work crosses a boundary: HTTP server (shared.web) and client
 (shared.http), the database transaction at the edge (shared.db), outbox emit, relay publish and
@@ -222,7 +223,8 @@ def configure(service: str, settings: TracingSettings | None = None) -> bool:
     settings = settings or TracingSettings()
     previous: TracingSettings | None = _state["settings"]
     if previous is None or previous.otlp_endpoint != settings.otlp_endpoint:
-        shutdown()
+        if (replaced := _state.get("exporter")) is not None:
+            replaced.close()
         _state["exporter"] = None
         if settings.otlp_endpoint:
             from shared.otlp import OtlpExporter

@@ -243,6 +243,7 @@ def create_app(
             await asyncio.gather(*tasks, return_exceptions=True)
             for hook in on_shutdown:
                 await hook()
+            tracing.shutdown()  # the OTLP exporter's last batch, if one is configured
 
     if not tracing.configured():
         tracing.configure(service)

@@ -61,7 +61,6 @@ _NEW_HOLD_AND_RESERVATION = """
     )"""
 _INSERTED = "SELECT EXISTS (SELECT 1 FROM new_hold) AS inserted"
 _INSERT_HOLD_AND_RESERVE = f"{_NEW_HOLD_AND_RESERVATION} {_INSERTED}"
-_HOLD_PARAMETERS = 9
 _HOLD_COLUMNS = (
     "id", "account_id", "network_txn_id", "amount", "currency", "status", "decline_reason",
     "captured_amount", "entry_id", "created", "updated", "expires_at",
@@ -102,7 +101,7 @@ async def insert_hold_and_reserve(on: Executor, hold: Hold, event: Staged | None
             hold.decline_reason, hold.created, hold.expires_at)  # fmt: skip
     if event is None:
         return bool(await fetch_value(on, _INSERT_HOLD_AND_RESERVE, *args))
-    add_event = event.insert_sql(_HOLD_PARAMETERS + 1, when="EXISTS (SELECT 1 FROM new_hold)")
+    add_event = event.insert_sql(len(args) + 1, when="EXISTS (SELECT 1 FROM new_hold)")
     sql = f"{_NEW_HOLD_AND_RESERVATION}, event AS ({add_event}) {_INSERTED}"
     return bool(await fetch_value(on, sql, *args, *event.row))
 

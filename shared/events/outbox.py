@@ -11,7 +11,7 @@ from functools import cache, partial
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import tracing
-from shared.db import Executor, Tx, after_commit
+from shared.db import Executor, after_commit, execute
 from shared.events.envelope import Envelope, EventData
 from shared.events.tables import event_tables
 
@@ -77,7 +77,7 @@ class Outbox:
     def __init__(self, service: str, schema: str | None = None) -> None:
         self.service = service
         self.table = event_tables(schema or service).outbox
-        self._insert = self.table.insert()  # built once: a statement per emit costs CPU on hot paths
+        self._insert = self.table.insert()  # built once, for emit_many
         self._insert_sql = (
             f"INSERT INTO {self.table.fullname} ({', '.join(_OUTBOX_COLUMNS)})"
             f" VALUES ({', '.join(f'${i}' for i in range(1, len(_OUTBOX_COLUMNS) + 1))})"
@@ -90,10 +90,7 @@ class Outbox:
         """Add an event to the caller's transaction. It is published only if that transaction commits."""
         staged = self.stage(topic, subject, data)
         try:
-            if isinstance(session, Tx):
-                await session.conn.execute(self._insert_sql, *staged.row)
-            else:
-                await session.execute(self._insert, dict(zip(_OUTBOX_COLUMNS, staged.row, strict=True)))
+            await execute(session, self._insert_sql, *staged.row)
         except BaseException as exc:
             if staged.span is not None:
                 staged.span.end(exc, restore=False)

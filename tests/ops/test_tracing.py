@@ -36,6 +36,12 @@ class FakeSession:
     async def execute(self, statement: Any, params: Any = None) -> None:
         self.statements.append((statement, params))
 
+    async def connection(self) -> FakeSession:  # shared.db.execute's way to a session's driver
+        return self
+
+    async def exec_driver_sql(self, sql: str, params: Any = None) -> None:
+        self.statements.append((sql, params))
+
     def commit(self) -> None:
         for callback in self.info.pop("after_commit", {}).values():
             callback()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
-from bank.infra.kafka import KafkaBroker, ensure_jars
+from bank.infra.kafka import KafkaBroker, ensure_jars, free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
 from shared.config import BankSettings
@@ -29,12 +28,6 @@ from shared.db import Database
 logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 SCHEMAS = ("accounts", "cards", "transactions", "webhooks", "notifications", "gateway", "events")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -121,17 +123,29 @@ def ensure_jars(quiet: bool = True) -> Path:
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now, below the kernel's ephemeral range: a port
     from that range (what binding port 0 gives) can be taken as the source port of any outgoing
-    connection while its server is down for a restart, and the restart then fails to bind."""
+    connection while its server is down for a restart, and the restart then fails to bind.
+
+    Ports are handed out by walking the range from a random start, so one process never gets the
+    same port twice: callers often take several before binding any (a bank's services and its
+    database), and free-right-now alone let two of them get one port (CI: PostgreSQL and
+    transactions both given 27398)."""
     low = _ephemeral_low()
-    for _ in range(200):
-        port = random.randrange(max(1024, low - 12000), low)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+    first = max(1024, low - 12000)
+    span = low - first
+    with _PORT_LOCK:
+        for _ in range(span):
+            port = first + next(_port_walk) % span
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
             return port
     raise RuntimeError("no free TCP port below the ephemeral range")
+
+
+_PORT_LOCK = threading.Lock()
+_port_walk = itertools.count(random.randrange(1 << 16))
 
 
 def _ephemeral_low() -> int:

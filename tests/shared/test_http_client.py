@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from shared.context import DEADLINE_HEADER, TRACEPARENT_HEADER, TraceContext, set_deadline, set_trace
 from shared.errors import BankError
 from shared.http import CircuitBreaker, ServiceClient, raise_for_upstream_error
+from tests.conftest import free_port
 
 # ---------------------------------------------------------------- the upstream under test
 
@@ -113,9 +114,7 @@ async def _clean_context() -> AsyncIterator[None]:
 
 
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again, nothing listens: refused
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens: refused
 
 
 class CountingTransport(httpx.AsyncBaseTransport):

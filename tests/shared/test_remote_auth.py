@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import pytest
 
@@ -12,12 +11,7 @@ from shared.auth import SigningKey
 from shared.errors import BankError
 from shared.http import ServiceClient
 from shared.remote_auth import KeySet, identity_client
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import free_port
 
 
 async def _serve_jwks(port: int, key: SigningKey) -> asyncio.Server:
@@ -41,7 +35,7 @@ async def test_a_request_loads_the_keys_as_soon_as_accounts_answers_not_minutes_
     """The gateway's background loads failed while accounts was starting; the first request after
     accounts comes up must load the keys itself, not answer 503 until the next background attempt or
     until a breaker opened by those failures lets a call through."""
-    port = _free_port()
+    port = free_port()
     key = SigningKey.generate()
     client = identity_client(f"http://127.0.0.1:{port}")
     keys = KeySet(client, min_refresh_seconds=3600, min_retry_unloaded_seconds=0.0)
@@ -62,7 +56,7 @@ async def test_a_request_loads_the_keys_as_soon_as_accounts_answers_not_minutes_
 
 
 async def test_once_loaded_unknown_kids_do_not_refetch_before_min_refresh_seconds() -> None:
-    port = _free_port()
+    port = free_port()
     key = SigningKey.generate()
     server = await _serve_jwks(port, key)
     client = ServiceClient("accounts", f"http://127.0.0.1:{port}", retries=0)

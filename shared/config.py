@@ -40,6 +40,8 @@ class BankSettings(BaseSettings):
     relay_poll_seconds: float = 0.5
     # The outbox relay publishes at most once per this many ms (decision 0024); 0: after every commit.
     relay_linger_ms: float = Field(default=20.0, ge=0)
+    # A consumer handles at most one batch per this many ms (decision 0028); 0: as records arrive.
+    consumer_linger_ms: float = Field(default=50.0, ge=0)
     # Service discovery by configuration: one base URL per service (replicas may sit behind it).
     gateway_url: str = "http://127.0.0.1:8000"
     accounts_url: str = "http://127.0.0.1:8001"

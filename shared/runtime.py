@@ -67,6 +67,7 @@ class Runtime:
             topics=topics,
             batch_handler=batch_handler,
             batch_size=batch_size,
+            linger_seconds=self.settings.consumer_linger_ms / 1000,
         )
         self.consumers.append(consumer)
         return consumer

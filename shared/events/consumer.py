@@ -64,6 +64,7 @@ class Consumer:
         max_attempts: int = 3,
         batch_size: int = 200,
         poll_seconds: float = 0.5,
+        linger_seconds: float = 0.0,
         batch_handler: BatchHandler | None = None,
     ) -> None:
         self.name = name
@@ -85,6 +86,10 @@ class Consumer:
         self.max_attempts = max_attempts
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
+        # At most one batch per linger interval (decision 0028): records arriving soon after a batch
+        # wait out the rest of the interval and are handled together; after a quiet spell a record
+        # is handled at once. A full batch means a backlog, and the next one is fetched at once.
+        self.linger_seconds = linger_seconds
         self.subscription: Subscription | None = None
 
     async def run(self) -> None:
@@ -105,17 +110,27 @@ class Consumer:
                 backoff = min(backoff * 2, 5.0)
 
     async def _loop(self, sub: Subscription) -> None:
+        loop = asyncio.get_running_loop()
         lag_due = 0.0
+        linger_until = 0.0
         while True:
+            if (linger := linger_until - loop.time()) > 0:
+                await self._linger(linger)
+            linger_until = 0.0
             records = await sub.poll(self.batch_size, self.poll_seconds)
             if records:
                 await self.handle_batch_until_done(records)
                 await sub.commit(records)
+                full = len(records) >= self.batch_size
+                linger_until = 0.0 if full else loop.time() + self.linger_seconds
             # The lag gauge is a query: at most once a second, not once per poll.
             if (now := time.monotonic()) >= lag_due:
                 lag_due = now + 1.0
                 for topic, lag in (await sub.lag()).items():
                     CONSUMER_LAG.labels(self.service, self.name, topic).set(lag)
+
+    async def _linger(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
     async def handle_batch_until_done(self, records: list[IncomingRecord]) -> None:
         backoff = 0.1

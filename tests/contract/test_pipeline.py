@@ -59,7 +59,7 @@ async def count(db: Database, sql: str) -> int:
         return int((await s.execute(text(sql))).scalar_one())
 
 
-def make_consumer(db: Database, backend: Backend, topic: str) -> Consumer:
+def make_consumer(db: Database, backend: Backend, topic: str, linger_seconds: float = 0.0) -> Consumer:
     return Consumer(
         unique("accounts.test"),
         service="accounts",
@@ -68,6 +68,7 @@ def make_consumer(db: Database, backend: Backend, topic: str) -> Consumer:
         handlers={MoneyMoved.event_type: record_effect},
         topics=[topic],
         poll_seconds=0.2,
+        linger_seconds=linger_seconds,
     )
 
 
@@ -85,7 +86,7 @@ async def test_events_flow_end_to_end_exactly_once_in_order(effects: Database, b
     topic = unique("accounts.ledger")
     outbox = Outbox("accounts")
     relay = Relay(effects, outbox, backend.transport, poll_seconds=0.2)
-    consumer = make_consumer(effects, backend, topic)
+    consumer = make_consumer(effects, backend, topic, linger_seconds=0.05)  # as services run it
     tasks = await run_background(relay.run, consumer.run)
     try:
         for seq in range(40):

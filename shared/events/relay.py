@@ -27,6 +27,14 @@ log = logging.getLogger("shared.events.relay")
 RETENTION = "7 days"  # published rows kept this long for inspection, then deleted
 
 
+# The mark's transaction reads the unpublished rows through their partial index, never a bitmap or
+# sequential scan (decision 0029). Every published row leaves a dead entry in that index until a
+# vacuum, and the outbox keeps published rows for RETENTION, so autovacuum comes rarely. Only an
+# index scan marks those entries dead for later scans; a bitmap scan visits each one's heap page
+# every time, and the relay slowed with every event since the last vacuum.
+_INDEX_SCAN_ONLY = "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off"
+
+
 class Relay:
     def __init__(
         self,
@@ -50,12 +58,15 @@ class Relay:
         self._lock_key = zlib.crc32(f"relay:{outbox.table.schema}".encode())
         # Built once: the relay runs after every committed request that emitted an event. The oldest
         # rows are locked in id order: a second publisher (a test, a leader handing over) waits
-        # instead of deadlocking with this one.
+        # instead of deadlocking with this one. The batch's ids are picked once (an init plan) and
+        # updated by primary key. As `id IN (subquery)` or a join, a plan cached while the outbox was
+        # nearly empty walked the whole table for every call, re-running the subquery per row in
+        # the worst case (decision 0029).
         outbox_table = outbox.table.fullname
         self._mark = f"""
             UPDATE {outbox_table} SET published_at = now()
-            WHERE id IN (SELECT id FROM {outbox_table} WHERE published_at IS NULL
-                         ORDER BY id LIMIT {int(batch_size)} FOR UPDATE)
+            WHERE id = ANY(ARRAY(SELECT id FROM {outbox_table} WHERE published_at IS NULL
+                                 ORDER BY id LIMIT {int(batch_size)} FOR UPDATE))
             RETURNING id, topic, key, payload
         """
 
@@ -66,6 +77,7 @@ class Relay:
         fails the marks roll back, so nothing is marked that was not sent. On a plain asyncpg
         connection (decision 0020): it runs after every request that emitted an event."""
         async with self.db.fast_transaction() as tx:
+            await tx.conn.execute(_INDEX_SCAN_ONLY)
             rows = sorted(await tx.conn.fetch(self._mark), key=lambda r: r["id"])
             if not rows:
                 return 0

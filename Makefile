@@ -22,18 +22,23 @@ run: $(STAMP)
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## system-deps: Debian packages the tests drive (compose validation, the ops page in a real browser)
+## system-deps: Debian packages the tests and benchmarks drive (compose validation, the ops page in a
+## real browser, wrk for `make bench`)
 system-deps:
-	@command -v docker-compose >/dev/null && test -x /usr/bin/chromium || \
-	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q docker-compose chromium chromium-driver; }
+	@command -v docker-compose >/dev/null && test -x /usr/bin/chromium && command -v wrk >/dev/null || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q docker-compose chromium chromium-driver wrk; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## bench: the standard benchmark set (simulator, baseline, events); results under bench/results/
+## bench: the card path through the gateway under wrk (a C load generator, bench/wrk/authorise.lua) with the
+## bare baseline in the same run and their ratio, then the standard set (simulator, baseline); results
+## under bench/results/
 bench: $(STAMP)
+	@command -v wrk >/dev/null || $(MAKE) system-deps
+	$(BIN)/python -m bench.cards --via-gateway --wrk --seconds 20 --cards 10000 --rates '' --profile-seconds 0
 	$(BIN)/python -m bench.standard
 
 ## soak: the bank test for 30 minutes (kills, a PostgreSQL restart, slow accounts), then the checker

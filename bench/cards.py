@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.cards [--cards 10000] [--connections 100] [--seconds 20]
                                     [--rates 300,30] [--rate-seconds 20] [--profile-seconds 10]
                                     [--via-gateway] [--what-if relay-linger,no-pre-ping]
+                                    [--wrk [--wrk-connections 50] [--wrk-threads 2]]
 
 Embedded mode, laid out as `bank up` runs it: a durable PostgreSQL (default settings, fsync on) in a
 temporary folder, migrated; accounts and cards each in its own process (`python -m services.<name>`,
@@ -15,6 +16,14 @@ there, the rate limits, deadlines and breakers of the route table).
 * Max rate: closed loop, `--connections` workers sending back to back for `--seconds`.
 * Offered rate: open loop at each of `--rates` authorisations/s for `--rate-seconds`; request k is due
   at start + k/rate whether or not earlier ones have answered, and its latency counts from then.
+* With `--wrk` (what `make bench` runs, through the gateway): the max-rate run is wrk's instead (a C
+  load generator from Debian, closed loop, `--wrk-connections` over `--wrk-threads` for `--seconds`),
+  sending bench/wrk/authorise.lua's 0100 messages over the seeded cards (written to a file the script
+  reads). Then, the bank's processes stopped, bench/baseline.py's endpoint (one FastAPI + asyncpg
+  process, the same hold transaction) on the same PostgreSQL, seeded with the same PANs, under the same
+  wrk run. Both are reported as approved (response code 00) per second, with latency percentiles and
+  each process's CPU per authorisation (wrk's own included), and the ratio bank / baseline. Figures go
+  to bench/results/cards-wrk.json.
 * Where the time goes: each process's CPU per authorisation (psutil), the server-side latency of cards'
   route and accounts' hold route (their Prometheus histograms), and a cProfile of both service
   processes during one more closed-loop run (switched on and off by signal, so start-up is not in it),
@@ -36,6 +45,8 @@ import platform
 import pstats
 import random
 import re
+import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -43,7 +54,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -233,6 +244,19 @@ class Recorder:
         self.latencies: list[float] = []
         self.codes: Counter[str] = Counter()
 
+    def figures(self, elapsed: float) -> dict[str, Any]:
+        n = len(self.latencies)
+        lat = sorted(self.latencies)
+
+        def pct(q: float) -> float:
+            return lat[min(n - 1, int(q * n))] * 1000 if n else float("nan")
+
+        return {
+            "authorisations": n, "seconds": round(elapsed, 2), "per_second": n / elapsed,
+            "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+            "max_ms": lat[-1] * 1000 if n else 0, "codes": dict(self.codes),
+        }  # fmt: skip
+
 
 _RESPONSE_CODE = re.compile(rb'"response_code":\s*"(\d\d)"')
 
@@ -304,6 +328,125 @@ async def open_loop(
     return rec
 
 
+# -- wrk: a C load generator -----------------------------------------------------------------------------
+
+WRK_SCRIPT = Path(__file__).resolve().parent / "wrk" / "authorise.lua"
+_WRK_SUMMARY = re.compile(r"^WRK_SUMMARY (\{.*\})$", re.M)
+_WRK_RATE = re.compile(r"^Requests/sec:\s+([0-9.]+)", re.M)
+_WRK_PERCENTILE = re.compile(r"^\s+(\d+(?:\.\d+)?)%\s+([0-9.]+)(us|ms|s|m|h)$", re.M)
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def wrk_version() -> str:
+    """`4.1.0` (wrk prints its version and usage on --version, and exits 1)."""
+    out = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False).stdout
+    found = re.search(r"wrk (?:\S+/)?([0-9][^\s-]*)", out)
+    return found.group(1) if found else "?"
+
+
+def write_cards(path: Path, cards: Sequence[Card]) -> Path:
+    """The seeded cards for bench/wrk/authorise.lua: one `pan expiry cvc` a line."""
+    path.write_text("".join(f"{c.pan} {c.expiry} {c.cvc}\n" for c in cards))
+    return path
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    """One wrk run: the Lua script's summary line (codes, latency in microseconds), and wrk's own report."""
+
+    summary: dict[str, Any]
+    requests_per_second: float | None  # wrk's `Requests/sec:` line
+    latency_distribution_ms: dict[str, float]  # wrk's `--latency` lines: "50%" -> ms
+    output: str
+
+    def figures(self, elapsed: float) -> dict[str, Any]:
+        s, lat = self.summary, self.summary["latency_us"]
+        seconds = s["duration_us"] / 1e6  # wrk's own clock, not the process's start-up and exit
+        n, codes = s["requests"], dict(sorted(s["codes"].items(), key=lambda kv: -kv[1]))
+        return {
+            "authorisations": n, "seconds": round(seconds, 2), "per_second": n / seconds,
+            "approved_per_second": codes.get("00", 0) / seconds,
+            "wrk_requests_per_second": self.requests_per_second,
+            **{f"{q}_ms": lat[q] / 1000 for q in ("p50", "p90", "p99", "p99_9")}, "max_ms": lat["max"] / 1000,
+            "mean_ms": lat["mean"] / 1000, "codes": codes,
+            "socket_errors": {k: v for k, v in s["errors"].items() if v and k != "status"},
+            "wrk_latency_distribution_ms": self.latency_distribution_ms, "wrk_output": self.output,
+        }  # fmt: skip
+
+
+def parse_wrk(output: str) -> WrkRun:
+    found = _WRK_SUMMARY.search(output)
+    if found is None:
+        raise RuntimeError(f"no WRK_SUMMARY line in wrk's output:\n{output}")
+    rate = _WRK_RATE.search(output)
+    distribution = {
+        f"{float(q):g}%": round(float(v) * _UNIT_MS[unit], 3)
+        for q, v, unit in _WRK_PERCENTILE.findall(output)
+    }
+    return WrkRun(json.loads(found.group(1)), float(rate.group(1)) if rate else None, distribution, output)
+
+
+@dataclass(frozen=True)
+class Wrk:
+    """How to drive /network/authorisations with wrk: threads, connections, and the cards it may use."""
+
+    cards_file: Path
+    threads: int
+    connections: int
+
+    def command(self, url: str, seconds: float) -> list[str]:
+        nonce = f"{time.time_ns() // 1_000_000:x}{secrets.token_hex(3)}"  # network ids unique across runs
+        return [
+            shutil.which("wrk") or "wrk", f"--threads={self.threads}", f"--connections={self.connections}",
+            f"--duration={max(1, round(seconds))}s", "--timeout=10s", "--latency", f"--script={WRK_SCRIPT}",
+            f"{url}/network/authorisations", "--", str(self.cards_file), NETWORK_KEY, nonce,
+        ]  # fmt: skip
+
+    async def run(self, url: str, seconds: float) -> WrkRun:
+        proc = await asyncio.create_subprocess_exec(
+            *self.command(url, seconds), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        out, _ = await proc.communicate()
+        output = out.decode(errors="replace")
+        if proc.returncode:
+            raise RuntimeError(f"wrk exited with {proc.returncode}:\n{output}")
+        return parse_wrk(output)
+
+    @staticmethod
+    def cpu_parts() -> dict[str, Callable[[], float]]:
+        """wrk's CPU (counted when it exits), and this process's (the harness, idle meanwhile)."""
+        return {"wrk": children_cpu, "bench harness": own_cpu}
+
+
+async def wrk_baseline(
+    wrk: Wrk, pg: EmbeddedPostgres, database_url: str, cards: Sequence[Card], seconds: float
+) -> dict[str, Any]:
+    """bench/baseline.py's endpoint (one FastAPI + asyncpg process, the same hold transaction) on the same
+    PostgreSQL, seeded with the same PANs, driven by the same wrk script for as long as the bank was."""
+    from bench.baseline import BaselineServer
+    from bench.baseline import seed as seed_baseline
+
+    await seed_baseline(database_url, [c.pan for c in cards])
+    server = BaselineServer(database_url)
+    try:
+        await server.ready()
+        baseline = psutil.Process(server.proc.pid)
+
+        def baseline_cpu() -> float:
+            times = baseline.cpu_times()
+            return float(times.user + times.system)
+
+        print("baseline: warming up with wrk ...", file=sys.stderr)
+        await wrk.run(server.url, 3)
+        print(f"baseline: wrk for {seconds:.0f}s ...", file=sys.stderr)
+        parts = {"baseline": baseline_cpu, "postgres": lambda: postgres_cpu(pg), **wrk.cpu_parts()}
+        return await load_and_cpu(
+            "baseline (one FastAPI + asyncpg process)", parts, wrk.run(server.url, seconds)
+        )
+    finally:
+        server.stop()
+
+
 # -- what the services say about themselves ---------------------------------------------------------------
 
 _SAMPLE = re.compile(r"^(\w+)_(sum|count|bucket)\{([^}]*)\} ([0-9.e+-]+)$", re.M)
@@ -365,28 +508,61 @@ class Stack:
     gateway: Service | None = None
 
 
-async def measure(name: str, stack: Stack, run: Any) -> dict[str, Any]:
+def own_cpu() -> float:
+    """CPU seconds of this process (the Python load generator, or the harness around wrk)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have exited and been waited for: across one wrk run,
+    the only such child is wrk itself (the services keep running until the end)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def load_and_cpu(
+    name: str, parts: dict[str, Callable[[], float]], run: Awaitable[Recorder | WrkRun]
+) -> dict[str, Any]:
+    """Run the load, and the CPU seconds each of `parts` (and the rest of the machine) spent meanwhile,
+    per authorisation answered."""
+
+    def cpu_now() -> dict[str, float]:
+        ours = {part: seconds() for part, seconds in parts.items()}
+        return {**ours, "other processes": machine_busy() - sum(ours.values())}
+
+    cpu_before = cpu_now()
+    started = clock()
+    outcome = await run
+    elapsed = clock() - started
+    cpu_after = cpu_now()
+    figures = outcome.figures(elapsed)
+    n = figures["authorisations"]
+    spent = {part: cpu_after[part] - cpu_before[part] for part in cpu_after}
+    return {
+        "phase": name, **figures,
+        "cpu_ms_per_authorisation": {part: s / n * 1000 if n else 0.0 for part, s in spent.items()},
+        "machine_cpu_busy_percent": sum(spent.values()) / (elapsed * (os.cpu_count() or 1)) * 100,
+    }  # fmt: skip
+
+
+async def measure(
+    name: str, stack: Stack, run: Awaitable[Recorder | WrkRun],
+    load_generator: dict[str, Callable[[], float]] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The load's figures, CPU per authorisation of every process, and what the services say."""
     urls = (stack.cards.url, stack.accounts.url)
     metrics_before = [await histograms(u) for u in urls]
     causes_before = await unavailable_causes(stack.cards.url)
-    me = psutil.Process()
-
-    gateway = stack.gateway
-
-    def cpu_now() -> tuple[float, ...]:
-        ours: tuple[float, ...] = (
-            stack.cards.cpu(), stack.accounts.cpu(), postgres_cpu(stack.pg), sum(me.cpu_times()[:2])
-        )  # fmt: skip
-        if gateway is not None:
-            ours = (gateway.cpu(), *ours)
-        return (*ours, machine_busy() - sum(ours))
-
-    cpu_before = cpu_now()
+    parts: dict[str, Callable[[], float]] = {} if stack.gateway is None else {"gateway": stack.gateway.cpu}
+    parts |= {
+        "cards": stack.cards.cpu,
+        "accounts": stack.accounts.cpu,
+        "postgres": lambda: postgres_cpu(stack.pg),
+    }
+    parts |= load_generator or {"load generator": own_cpu}
     log_lines_before = stack.cards.log_lines()
-    started = clock()
-    rec: Recorder = await run
-    elapsed = clock() - started
-    cpu_after = cpu_now()
+    result = await load_and_cpu(name, parts, run)
     metrics_after = [await histograms(u) for u in urls]
     causes = await unavailable_causes(stack.cards.url) - causes_before
 
@@ -394,25 +570,8 @@ async def measure(name: str, stack: Stack, run: Any) -> dict[str, Any]:
         after = metrics_after[service].get((metric, label))
         return server_side(metrics_before[service].get((metric, label)), after) if after else {"count": 0}
 
-    n = len(rec.latencies)
-    lat = sorted(rec.latencies)
-
-    def pct(q: float) -> float:
-        return lat[min(n - 1, int(q * n))] * 1000 if n else float("nan")
-
-    parts: tuple[str, ...] = ("cards", "accounts", "postgres", "load generator", "other processes")
-    if gateway is not None:
-        parts = ("gateway", *parts)
-    cpu_ms = {
-        k: (a - b) / n * 1000 if n else 0.0 for k, a, b in zip(parts, cpu_after, cpu_before, strict=True)
-    }
     return {
-        "phase": name, "authorisations": n, "seconds": round(elapsed, 2), "per_second": n / elapsed,
-        "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": lat[-1] * 1000 if n else 0,
-        "codes": dict(rec.codes), "why_91": dict(causes), "cpu_ms_per_authorisation": cpu_ms,
-        "machine_cpu_busy_percent": sum(a - b for a, b in zip(cpu_after, cpu_before, strict=True))
-                                    / (elapsed * (os.cpu_count() or 1)) * 100,
-        "cards_log_lines": stack.cards.log_lines() - log_lines_before,
+        **result, "why_91": dict(causes), "cards_log_lines": stack.cards.log_lines() - log_lines_before,
         "server": {"cards /network/authorisations": delta(0, HTTP, "/network/authorisations"),
                    "accounts /internal/holds": delta(1, HTTP, "/internal/holds")},
         "cards_stages": {stage: delta(0, "card_authorisation_stage_seconds", stage) for stage in STAGES},
@@ -545,11 +704,16 @@ class Args:
     what_if: str
     via_gateway: bool = False
     spy_seconds: float = 0
+    wrk: bool = False
+    wrk_connections: int = 50
+    wrk_threads: int = 2
 
 
 async def run(args: Args, pg: EmbeddedPostgres, url: str, folder: Path) -> dict[str, Any]:
+    database_url = url
     print(f"seeding {args.cards} customers, accounts and cards ...", file=sys.stderr)
     cards = await seed(url, args.cards)
+    wrk = Wrk(write_cards(folder / "cards.txt", cards), args.wrk_threads, args.wrk_connections)
     ports = {"accounts": free_port(), "cards": free_port(), "gateway": free_port()}
     env = {
         **os.environ,
@@ -568,6 +732,9 @@ async def run(args: Args, pg: EmbeddedPostgres, url: str, folder: Path) -> dict[
     gateway = Service("gateway", env, ports["gateway"], folder / "gateway.prof") if args.via_gateway else None
     stack = Stack(pg, accounts, cards_service, gateway)
     result: dict[str, Any] = {"path": "gateway -> cards -> accounts" if gateway else "cards -> accounts"}
+    if args.wrk:
+        result["wrk"] = {"version": wrk_version(), "threads": wrk.threads, "connections": wrk.connections,
+                         "cards": len(cards), "script": "bench/wrk/authorise.lua"}  # fmt: skip
     try:
         await accounts.ready()
         await cards_service.ready()
@@ -575,9 +742,17 @@ async def run(args: Args, pg: EmbeddedPostgres, url: str, folder: Path) -> dict[
         if gateway is not None:
             await gateway.ready()
             url = gateway.url
-        print("warming up ...", file=sys.stderr)
-        await closed_loop(url, cards, args.connections, 3)
-        if args.seconds:
+        if args.wrk:
+            print("warming up with wrk ...", file=sys.stderr)
+            await wrk.run(url, 3)
+            print(f"wrk: {args.wrk_connections} connections for {args.seconds:.0f}s ...", file=sys.stderr)
+            bank = measure(f"bank, {result['path']}", stack, wrk.run(url, args.seconds), wrk.cpu_parts())
+            result["wrk_bank"] = await bank
+            print(brief(result["wrk_bank"]), file=sys.stderr)
+        if args.rates or args.spy_seconds or args.profile_seconds or (args.seconds and not args.wrk):
+            print("warming up ...", file=sys.stderr)
+            await closed_loop(url, cards, args.connections, 3)
+        if args.seconds and not args.wrk:
             print(f"max rate: {args.connections} connections for {args.seconds:.0f}s ...", file=sys.stderr)
             result["max_rate"] = await measure(
                 "max rate", stack, closed_loop(url, cards, args.connections, args.seconds)
@@ -614,18 +789,32 @@ async def run(args: Args, pg: EmbeddedPostgres, url: str, folder: Path) -> dict[
             gateway.stop()
         cards_service.stop()
         accounts.stop()
+    if args.wrk:
+        # The bank's processes are gone; the same PostgreSQL, the same cards, the same load.
+        await asyncio.sleep(3)  # let PostgreSQL settle (checkpoint, autovacuum) after the bank's run
+        result["wrk_baseline"] = await wrk_baseline(wrk, pg, database_url, cards, args.seconds)
+        print(brief(result["wrk_baseline"]), file=sys.stderr)
+        bank_ok, base_ok = (
+            result["wrk_bank"]["approved_per_second"],
+            result["wrk_baseline"]["approved_per_second"],
+        )
+        result["wrk_ratio_bank_to_baseline"] = bank_ok / base_ok if base_ok else None
     return result
 
 
 def brief(r: dict[str, Any]) -> str:
+    approved = f" ({r['approved_per_second']:.0f}/s approved)" if "approved_per_second" in r else ""
     return (
-        f"  {r['per_second']:.0f}/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, codes {r['codes']}"
+        f"  {r['per_second']:.0f}/s{approved}, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms,"
+        f" codes {r['codes']}"
     )
 
 
 def report(result: dict[str, Any], env: dict[str, str]) -> str:
     about = ", ".join(f"{k} {v}" for k, v in env.items())
     lines = [f"Card authorisation benchmark, {result['path']} ({about})"]
+    if "wrk_bank" in result:
+        lines += wrk_report(result)
     for key in [k for k in result if k == "max_rate" or k.startswith("offered_")]:
         r = result[key]
         cpu = "  ".join(f"{k} {v:.2f}" for k, v in r["cpu_ms_per_authorisation"].items())
@@ -678,6 +867,42 @@ def report(result: dict[str, Any], env: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def wrk_report(result: dict[str, Any]) -> list[str]:
+    bank, base, args = result["wrk_bank"], result["wrk_baseline"], result["wrk"]
+    lines = [
+        f"\nwrk {args['version']}, closed loop: {args['threads']} threads, {args['connections']} connections,"
+        f" {bank['seconds']:g} s per run, bench/wrk/authorise.lua over {args['cards']} cards"
+    ]
+    for r in (bank, base):
+        cpu = "  ".join(f"{k} {v:.2f}" for k, v in r["cpu_ms_per_authorisation"].items())
+        lines += [
+            f"\n{r['phase']}: {r['approved_per_second']:.1f} approved/s"
+            f" ({r['per_second']:.1f} answered/s, {r['authorisations']} in {r['seconds']:g} s;"
+            f" wrk says {r['wrk_requests_per_second']} requests/s)",
+            f"  latency ms  p50 {r['p50_ms']:.1f}  p90 {r['p90_ms']:.1f}  p99 {r['p99_ms']:.1f}"
+            f"  p99.9 {r['p99_9_ms']:.1f}  max {r['max_ms']:.1f}",
+            f"  response codes {r['codes']}"
+            + (f"; socket errors {r['socket_errors']}" if r["socket_errors"] else "")
+            + (f"; 91s by cause {r['why_91']}" if r.get("why_91") else ""),
+            f"  CPU ms per authorisation  {cpu}",
+            f"  machine CPU busy {r['machine_cpu_busy_percent']:.0f} %",
+        ]
+        for route, s in r.get("server", {}).items():
+            if s.get("count"):
+                lines.append(
+                    f"  server time {route}: mean {s['mean_ms']:.1f} ms, "
+                    f"p50 <= {s['p50_le_ms']:g} ms, p99 <= {s['p99_le_ms']:g} ms"
+                )
+    ratio = result["wrk_ratio_bank_to_baseline"]
+    figures = f"{bank['approved_per_second']:.1f} / {base['approved_per_second']:.1f}"
+    lines.append(
+        f"\nratio bank / baseline, approved/s: {figures} = {ratio:.3f}"
+        if ratio is not None
+        else f"\nratio bank / baseline, approved/s: {figures} (the baseline approved nothing)"
+    )
+    return lines
+
+
 def parse_args(argv: Sequence[str] | None) -> Args:
     parser = argparse.ArgumentParser(
         prog="python -m bench.cards", description=(__doc__ or "").split("\n\n")[0]
@@ -699,14 +924,29 @@ def parse_args(argv: Sequence[str] | None) -> Args:
     parser.add_argument(
         "--what-if", default="", help=f"comma-separated platform experiments: {', '.join(WHAT_IF)}"
     )
+    parser.add_argument(
+        "--wrk",
+        action="store_true",
+        help="drive the max-rate run (--seconds) with wrk and bench/wrk/authorise.lua instead of Python,"
+        " then bench/baseline.py's endpoint the same way, and report both and their ratio",
+    )
+    parser.add_argument("--wrk-connections", type=int, default=50)
+    parser.add_argument("--wrk-threads", type=int, default=2)
     ns = parser.parse_args(argv)
     unknown = set(filter(None, ns.what_if.split(","))) - set(WHAT_IF)
     if unknown:
         parser.error(f"unknown --what-if {', '.join(sorted(unknown))}")
+    if ns.wrk:
+        if shutil.which("wrk") is None:
+            parser.error("--wrk needs wrk on the PATH (make system-deps, or apt-get install wrk)")
+        if ns.seconds < 1:
+            parser.error("--wrk needs --seconds of at least 1")
+        if not 1 <= ns.wrk_threads <= ns.wrk_connections:
+            parser.error("--wrk-threads must be between 1 and --wrk-connections")
     rates = tuple(float(r) for r in ns.rates.split(",") if r.strip())
     return Args(
         ns.cards, ns.connections, ns.seconds, rates, ns.rate_seconds, ns.profile_seconds, ns.what_if,
-        ns.via_gateway, ns.spy_seconds,
+        ns.via_gateway, ns.spy_seconds, ns.wrk, ns.wrk_connections, ns.wrk_threads,
     )  # fmt: skip
 
 
@@ -791,7 +1031,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = asyncio.run(run(args, pg, url, Path(tmp)))
     print(report(result, env), flush=True)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / "cards.json"
+    path = RESULTS_DIR / ("cards-wrk.json" if args.wrk else "cards.json")
     path.write_text(
         json.dumps({"environment": env, "args": args.__dict__, **result}, indent=2, default=str) + "\n"
     )

@@ -6,7 +6,7 @@ commits. `expire_on_commit=False` so objects stay readable after the commit.
 
 The card network's hot path instead opens `db.fast_transaction()`: a `Tx` on a
 plain asyncpg connection, for statements written as SQL with `$n` parameters
-(decision 0020). `fetch_row`, `fetch_value` and `execute` run such a statement
+(decision 0020). `fetch_row`, `fetch_all`, `fetch_value` and `execute` run such a statement
 in either kind of transaction, so a query is written once.
 """
 
@@ -69,6 +69,15 @@ async def fetch_row(on: Executor, sql: str, *args: Any) -> Sequence[Any] | None:
         return row
     conn = await on.connection()
     return (await conn.exec_driver_sql(sql, args)).first()
+
+
+async def fetch_all(on: Executor, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
+    """Every row of `sql` (`$n` parameters), by position."""
+    if isinstance(on, Tx):
+        rows: Sequence[Sequence[Any]] = await on.conn.fetch(sql, *args)
+        return rows
+    conn = await on.connection()
+    return (await conn.exec_driver_sql(sql, args)).all()
 
 
 async def fetch_value(on: Executor, sql: str, *args: Any) -> Any:

@@ -12,10 +12,11 @@ from pydantic import BaseModel, Field
 from services.accounts import repository as repo
 from services.accounts import schemas
 from services.accounts.idempotency import request_fingerprint, require_key, run_once
-from services.accounts.service import LedgerService
+from services.accounts.ledger import HoldRequest
+from services.accounts.service import HoldPlacement, LedgerService
 from shared.auth import Identity, require_identity, require_internal
 from shared.db import Database
-from shared.errors import not_found
+from shared.errors import BankError, not_found
 from shared.money import parse_amount, parse_currency
 from shared.web import json_body_doc, read_model
 
@@ -75,12 +76,21 @@ def public_router(db: Database, ledger: LedgerService) -> APIRouter:
     return api
 
 
+MAX_HOLDS_PER_BATCH = 1000
+
+
 class PlaceHold(BaseModel):
     account_id: str
     network_txn_id: str = Field(min_length=1, max_length=128)
     amount: int = Field(gt=0, le=10**12)
     currency: str
     expires_at: datetime | None = None
+
+
+class PlaceHolds(BaseModel):
+    """A batch of card authorisations' holds, decided in this order (decision 0030)."""
+
+    holds: list[PlaceHold] = Field(min_length=1, max_length=MAX_HOLDS_PER_BATCH)
 
 
 class Capture(BaseModel):
@@ -96,25 +106,35 @@ class ForcePost(BaseModel):
     kind: str = Field(pattern="^(debit|credit)$")
 
 
+def _placement(body: PlaceHold) -> HoldPlacement:
+    request = HoldRequest(body.account_id, body.network_txn_id, body.amount, parse_currency(body.currency))
+    return HoldPlacement(request, body.expires_at)
+
+
 def internal_router(db: Database, ledger: LedgerService) -> APIRouter:
     """Service-to-service routes for the cards service. Idempotent on the network's transaction id."""
     api = APIRouter(prefix="/internal", tags=["internal"], dependencies=[Depends(require_internal)])
 
     # The card path: served directly (shared/direct.py), so it parses its own body and answers a
     # JSONResponse (a returned dict would be validated and re-encoded by FastAPI).
-    @api.post(
-        "/holds",
-        response_model=dict[str, Any],
-        openapi_extra=json_body_doc("PlaceHold"),
-    )
+    @api.post("/holds/batch", response_model=dict[str, Any], openapi_extra=json_body_doc("PlaceHolds"))
+    async def place_holds(request: Request) -> JSONResponse:
+        """Provisional holds for a batch of card authorisations, one answer each, in order: `status`
+        (active | declined) and `decline_reason`, or `error` (a typed code) for a bad one."""
+        body = await read_model(request, PlaceHolds, max_bytes=MAX_HOLDS_PER_BATCH * 1024)
+        async with db.fast_transaction() as tx:
+            answers = await ledger.place_holds(tx, [_placement(h) for h in body.holds], provisional=True)
+        return JSONResponse({"holds": [schemas.batch_hold_json(a) for a in answers]})
+
+    @api.post("/holds", response_model=dict[str, Any], openapi_extra=json_body_doc("PlaceHold"))
     async def place_hold(request: Request) -> JSONResponse:
+        """One hold, placed for good at once (a partial reversal's replacement hold)."""
         body = await read_model(request, PlaceHold)
-        async with db.fast_transaction() as session:
-            result = await ledger.place_hold(
-                session, account_id=body.account_id, network_txn_id=body.network_txn_id,
-                amount=body.amount, currency=parse_currency(body.currency), expires_at=body.expires_at,
-            )  # fmt: skip
-        return JSONResponse(schemas.hold_json(result.hold, result.account))
+        async with db.fast_transaction() as tx:
+            (answer,) = await ledger.place_holds(tx, [_placement(body)], provisional=False)
+        if isinstance(answer, BankError):
+            raise answer
+        return JSONResponse(schemas.hold_json(answer.hold, answer.account))
 
     @api.post("/holds/{network_txn_id}/capture")
     async def capture(network_txn_id: str, body: Capture) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 from fastapi import FastAPI
 
-from services.accounts.api import PlaceHold, internal_router, public_router
+from services.accounts.api import PlaceHold, PlaceHolds, internal_router, public_router
+from services.accounts.cards_client import CardsClient
 from services.accounts.config import AccountsSettings
 from services.accounts.identity import IdentityService, identity_routers
-from services.accounts.jobs import hold_expiry_job
+from services.accounts.jobs import hold_expiry_job, unconfirmed_holds_job
 from services.accounts.observability import gauges_job
 from services.accounts.service import LedgerService
 from shared.config import load
@@ -16,6 +17,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     settings = load(AccountsSettings)
     ledger = LedgerService(runtime.outbox, settings)
     identity = IdentityService(runtime.db, ledger, settings)
+    cards = CardsClient(runtime.settings.url_of("cards"), runtime.settings.internal_token)
     app = runtime.app(
         routers=[
             *identity_routers(identity),
@@ -23,14 +25,18 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             internal_router(runtime.db, ledger),
         ],
         on_startup=[identity.start],
+        on_shutdown=[cards.aclose],
         background=[
             identity.housekeeping,
             hold_expiry_job(runtime.db, ledger, settings.expiry_job_seconds),
+            unconfirmed_holds_job(
+                runtime.db, ledger, cards, settings.unconfirmed_job_seconds, settings.unconfirmed_hold_seconds
+            ),
             gauges_job(runtime.db),
         ],
-        direct_routes=[("POST", "/internal/holds")],
+        direct_routes=[("POST", "/internal/holds/batch"), ("POST", "/internal/holds")],
     )
-    document_models(app, PlaceHold)
+    document_models(app, PlaceHold, PlaceHolds)
     app.state.token_verifier = identity.verifier()
     app.state.internal_token = runtime.settings.internal_token
     return app

@@ -12,6 +12,11 @@ class AccountsSettings(BaseSettings):
     topup_max: int = 500_000  # £5,000
     hold_default_expiry_days: int = 7
     expiry_job_seconds: float = 60.0
+    # Provisional holds (card authorisations) are resolved with cards once this old, every
+    # `unconfirmed_job_seconds`: a hold no recorded authorisation stands behind is released within
+    # the sum of the two (decision 0031). Far longer than a batch's deadline.
+    unconfirmed_hold_seconds: float = 10.0
+    unconfirmed_job_seconds: float = 5.0
 
     # Identity
     access_token_seconds: int = 21_600  # six hours, as Monzo's tokens

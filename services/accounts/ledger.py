@@ -8,6 +8,7 @@ A journal entry's postings sum to zero per currency.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -64,6 +65,55 @@ def hold_decline_reason(
     if amount > available:
         return "insufficient_funds"
     return None
+
+
+@dataclass(slots=True)
+class Funds:
+    """An account's money as read under its row lock: what a hold decision needs."""
+
+    kind: str  # customer | internal
+    currency: str
+    balance: int
+    held: int
+    closed: bool
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    account_id: str
+    network_txn_id: str
+    amount: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class HoldDecision:
+    """Why a hold was declined (None: placed), and the account's money just after it."""
+
+    decline_reason: str | None
+    balance: int
+    available: int
+
+
+def decide_holds(funds: Mapping[str, Funds], requests: Sequence[HoldRequest]) -> list[HoldDecision]:
+    """Each hold's fate, exactly as if the holds were placed one at a time in this order: a placed
+    hold reserves its amount before the next is decided. Updates `funds` (every request's account
+    must be in it) with what the placed holds reserve."""
+    decisions = []
+    for request in requests:
+        account = funds[request.account_id]
+        reason = hold_decline_reason(
+            available=account.available, amount=request.amount, closed=account.closed,
+            account_currency=account.currency, currency=request.currency,
+        )  # fmt: skip
+        if reason is None:
+            account.held += request.amount
+        decisions.append(HoldDecision(reason, account.balance, account.available))
+    return decisions
 
 
 def capture_allowed(*, held: int, capture: int, over_capture_tolerance: int) -> bool:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.accounts.ledger import Line
+from services.accounts.ledger import Funds, Line
 from services.accounts.models import Account, Hold, JournalEntry, Posting, User
-from shared.db import Executor, fetch_row, fetch_value
-from shared.events.outbox import Staged
+from shared.db import Executor, execute, fetch_all
 from shared.ids import new_id
 
 
@@ -43,78 +43,90 @@ async def get_user(session: AsyncSession, user_id: str) -> User | None:
     return await session.get(User, user_id)
 
 
-# The card path's statements: SQL with `$n` parameters, run on the hot path's plain connection
-# (decision 0020) or, elsewhere, in a session.
-_LOCK_ACCOUNT_ROW = (
-    "SELECT kind, currency, balance, held, closed FROM accounts.accounts WHERE id = $1 FOR UPDATE"
-)
-_NEW_HOLD_AND_RESERVATION = """
-    WITH new_hold AS (
-        INSERT INTO accounts.holds (id, account_id, network_txn_id, amount, currency, status,
-                                    decline_reason, created, updated, expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)
-        ON CONFLICT (network_txn_id) DO NOTHING
-        RETURNING status
-    ), reserved AS (
-        UPDATE accounts.accounts SET held = held + $4
-        WHERE id = $2 AND EXISTS (SELECT 1 FROM new_hold WHERE status = 'active')
-    )"""
-_INSERTED = "SELECT EXISTS (SELECT 1 FROM new_hold) AS inserted"
-_INSERT_HOLD_AND_RESERVE = f"{_NEW_HOLD_AND_RESERVATION} {_INSERTED}"
+# The card path's statements: set-based SQL with `$n` parameters, whatever the batch's size (decision
+# 0030), run on the hot path's plain connection or in a session.
+_LOCK_FUNDS = """
+    SELECT id, kind, currency, balance, held, closed FROM accounts.accounts
+    WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+"""
 _HOLD_COLUMNS = (
     "id", "account_id", "network_txn_id", "amount", "currency", "status", "decline_reason",
     "captured_amount", "entry_id", "created", "updated", "expires_at",
 )  # fmt: skip
-_HOLD_BY_NETWORK_ID = f"SELECT {', '.join(_HOLD_COLUMNS)} FROM accounts.holds WHERE network_txn_id = $1"
+_HOLDS_BY_NETWORK_IDS = (
+    f"SELECT {', '.join(_HOLD_COLUMNS)} FROM accounts.holds WHERE network_txn_id = ANY($1::text[])"
+)
+# New holds; each active one adds its amount to its account's held total and, when provisional ($10),
+# waits in unconfirmed_holds until cards is seen to have recorded it (decision 0031). Returns the
+# network ids inserted: one taken meanwhile by a concurrent batch is skipped.
+_INSERT_HOLDS = """
+    WITH new_holds AS (
+        INSERT INTO accounts.holds (id, account_id, network_txn_id, amount, currency, status,
+                                    decline_reason, created, updated, expires_at)
+        SELECT h.id, h.account_id, h.nid, h.amount, h.currency, h.status, h.reason, $9, $9, h.expires_at
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[],
+                    $8::timestamptz[]) AS h(id, account_id, nid, amount, currency, status, reason, expires_at)
+        ON CONFLICT (network_txn_id) DO NOTHING
+        RETURNING network_txn_id, account_id, amount, status
+    ), reserved AS (
+        UPDATE accounts.accounts a SET held = a.held + r.total
+        FROM (SELECT account_id, sum(amount) AS total FROM new_holds WHERE status = 'active'
+              GROUP BY account_id) r
+        WHERE a.id = r.account_id
+    ), unconfirmed AS (
+        INSERT INTO accounts.unconfirmed_holds (network_txn_id, created)
+        SELECT network_txn_id, $9 FROM new_holds WHERE status = 'active' AND $10::boolean
+    )
+    SELECT network_txn_id FROM new_holds
+"""
 
 
-@dataclass(frozen=True, slots=True)
-class LockedAccount:
-    """An account's money as read under its row lock (a plain row, not an ORM object)."""
-
-    id: str
-    kind: str
-    currency: str
-    balance: int
-    held: int
-    closed: bool
-
-    @property
-    def available(self) -> int:
-        return self.balance - self.held
+async def lock_funds(on: Executor, account_ids: Iterable[str]) -> dict[str, Funds]:
+    """Row-lock the accounts (in id order, so two batches never deadlock) and read their money."""
+    rows = await fetch_all(on, _LOCK_FUNDS, sorted(set(account_ids)))
+    return {row[0]: Funds(*row[1:]) for row in rows}
 
 
-async def lock_account_row(on: Executor, account_id: str) -> LockedAccount | None:
-    """Row-lock the account and read what a hold decision needs."""
-    row = await fetch_row(on, _LOCK_ACCOUNT_ROW, account_id)
-    if row is None:
-        return None
-    kind, currency, balance, held, closed = row
-    return LockedAccount(account_id, kind, currency, balance, held, closed)
+async def holds_by_network_ids(on: Executor, network_txn_ids: Sequence[str]) -> dict[str, Hold]:
+    """The holds already placed under these network ids, as objects in no session."""
+    rows = await fetch_all(on, _HOLDS_BY_NETWORK_IDS, list(network_txn_ids))
+    holds = (Hold(**dict(zip(_HOLD_COLUMNS, row, strict=True))) for row in rows)
+    return {hold.network_txn_id: hold for hold in holds}
 
 
-async def insert_hold_and_reserve(on: Executor, hold: Hold, event: Staged | None = None) -> bool:
-    """Insert the hold unless its network id is taken and, when it is active, add its amount to the
-    account's held total and write its staged event, in one round trip (decision 0025). False if the
-    id was taken (nothing written)."""
-    args = (hold.id, hold.account_id, hold.network_txn_id, hold.amount, hold.currency, hold.status,
-            hold.decline_reason, hold.created, hold.expires_at)  # fmt: skip
-    if event is None:
-        return bool(await fetch_value(on, _INSERT_HOLD_AND_RESERVE, *args))
-    add_event = event.insert_sql(len(args) + 1, when="EXISTS (SELECT 1 FROM new_hold)")
-    sql = f"{_NEW_HOLD_AND_RESERVATION}, event AS ({add_event}) {_INSERTED}"
-    return bool(await fetch_value(on, sql, *args, *event.row))
+async def insert_holds(on: Executor, holds: Sequence[Hold], now: datetime, *, provisional: bool) -> set[str]:
+    """Insert the holds and reserve the active ones' amounts, in one statement; the network ids
+    inserted (a hold whose id a concurrent batch took is left out, nothing written for it)."""
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
+    for hold in holds:
+        values = (hold.id, hold.account_id, hold.network_txn_id, hold.amount, hold.currency, hold.status,
+                  hold.decline_reason, hold.expires_at)  # fmt: skip
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    rows = await fetch_all(on, _INSERT_HOLDS, *columns, now, provisional)
+    return {row[0] for row in rows}
+
+
+_UNCONFIRMED_BEFORE = """
+    SELECT network_txn_id FROM accounts.unconfirmed_holds WHERE created < $1 ORDER BY created LIMIT $2
+"""
+
+
+async def unconfirmed_before(on: Executor, before: datetime, limit: int) -> list[str]:
+    """Provisional holds placed before `before`, oldest first."""
+    return [row[0] for row in await fetch_all(on, _UNCONFIRMED_BEFORE, before, limit)]
+
+
+async def forget_unconfirmed(on: Executor, network_txn_ids: Sequence[str]) -> None:
+    await execute(
+        on,
+        "DELETE FROM accounts.unconfirmed_holds WHERE network_txn_id = ANY($1::text[])",
+        list(network_txn_ids),
+    )
 
 
 async def hold_by_network_id(session: AsyncSession, network_txn_id: str) -> Hold | None:
     return await session.scalar(select(Hold).where(Hold.network_txn_id == network_txn_id))
-
-
-async def hold_row(on: Executor, network_txn_id: str) -> Hold | None:
-    """The hold under a network id, read in either kind of transaction, as an object not in any
-    session (its changes are not saved)."""
-    row = await fetch_row(on, _HOLD_BY_NETWORK_ID, network_txn_id)
-    return None if row is None else Hold(**dict(zip(_HOLD_COLUMNS, row, strict=True)))
 
 
 async def entry_by_reference(session: AsyncSession, kind: str, reference: str) -> JournalEntry | None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from services.accounts.models import Account, Hold, User
+from shared.errors import BankError
+
+if TYPE_CHECKING:
+    from services.accounts.service import HoldResult
 
 
 def rfc3339(moment: datetime) -> str:
@@ -71,4 +75,16 @@ def hold_json(hold: Hold, account: Money) -> dict[str, Any]:
         },
         "balance": account.balance,
         "available": account.available,
+    }
+
+
+def batch_hold_json(answer: HoldResult | BankError) -> dict[str, Any]:
+    """One answer of a batch of holds: the hold's fate, or the typed error of a bad placement."""
+    if isinstance(answer, BankError):
+        return {"error": {"code": answer.code, "message": answer.message}}
+    hold = answer.hold
+    return {
+        "network_txn_id": hold.network_txn_id,
+        "status": hold.status,
+        "decline_reason": hold.decline_reason,
     }

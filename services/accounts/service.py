@@ -12,7 +12,8 @@ hot row. Their balance is the sum of their postings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
@@ -34,10 +35,13 @@ from services.accounts.events import (
 from services.accounts.ledger import (
     CARD_SCHEME,
     TOPUP_FUNDING,
+    Funds,
+    HoldDecision,
+    HoldRequest,
     Line,
     capture_allowed,
     check_balanced,
-    hold_decline_reason,
+    decide_holds,
     spend_day_start,
     transfer,
 )
@@ -45,15 +49,36 @@ from services.accounts.models import Account, Hold
 from services.accounts.observability import NEGATIVE_BALANCES
 from shared.db import Executor
 from shared.errors import BankError, bad_request, conflict, forbidden, not_found
-from shared.events.outbox import Outbox
+from shared.events.outbox import Outbox, Outgoing
 from shared.ids import new_id
 from shared.money import parse_currency
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    """An account's money at a moment (after a hold was decided)."""
+
+    balance: int
+    available: int
 
 
 @dataclass(frozen=True)
 class HoldResult:
     hold: Hold
-    account: Account | repo.LockedAccount
+    account: Account | Money
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPlacement:
+    request: HoldRequest
+    expires_at: datetime | None = None
+
+
+def _repeat(hold: Hold, request: HoldRequest, account: Funds | Money | Account) -> HoldResult | BankError:
+    """The answer to a placement whose network id already has a hold: that hold, if it is the same."""
+    if hold.account_id != request.account_id or hold.amount != request.amount:
+        return conflict("network_txn_id_reused", "that network transaction id was used for another hold")
+    return HoldResult(hold, Money(account.balance, account.available))
 
 
 @dataclass(frozen=True)
@@ -148,6 +173,70 @@ class LedgerService:
 
     # The card money path ----------------------------------------------------------------------
 
+    async def place_holds(
+        self, session: Executor, placements: Sequence[HoldPlacement], *, provisional: bool
+    ) -> list[HoldResult | BankError]:
+        """Reserve money for card authorisations, or record why not: one answer per placement, in
+        order, exactly as if each were placed alone in that order (decision 0030). Idempotent on the
+        network's id: a repeat, in this batch or an earlier one, gets the first one's hold. A bad
+        placement (unknown account, an id reused for another hold) fails alone.
+
+        `provisional` holds wait in `unconfirmed_holds` until cards is seen to have recorded them,
+        and are released if it has not (decision 0031). A constant number of statements per batch."""
+        now = datetime.now(UTC)
+        funds = await repo.lock_funds(session, (p.request.account_id for p in placements))
+        earlier = await repo.holds_by_network_ids(session, [p.request.network_txn_id for p in placements])
+        answers: list[HoldResult | BankError | None] = [None] * len(placements)
+        fresh: dict[str, int] = {}  # network id -> index of its first placement in this batch
+        for i, placement in enumerate(placements):
+            request = placement.request
+            account = funds.get(request.account_id)
+            if account is None or account.kind != "customer":
+                answers[i] = not_found("account", "no account with that id")
+            elif (hold := earlier.get(request.network_txn_id)) is not None:
+                answers[i] = _repeat(hold, request, account)
+            elif request.network_txn_id not in fresh:
+                fresh[request.network_txn_id] = i
+        order = sorted(fresh.values())
+        decisions = decide_holds(funds, [placements[i].request for i in order])
+        holds = [
+            self._new_hold(placements[i], decision, now) for i, decision in zip(order, decisions, strict=True)
+        ]
+        inserted = await repo.insert_holds(session, holds, now, provisional=provisional)
+        events = []
+        for i, hold, decision in zip(order, holds, decisions, strict=True):
+            if hold.network_txn_id not in inserted:  # a concurrent batch took the id: answer as it did
+                taken = await repo.holds_by_network_ids(session, [hold.network_txn_id])
+                answers[i] = _repeat(
+                    taken[hold.network_txn_id], placements[i].request, funds[hold.account_id]
+                )
+                continue
+            answers[i] = HoldResult(hold, Money(decision.balance, decision.available))
+            if hold.status == "active":
+                events.append(Outgoing(LEDGER_TOPIC, hold.account_id, HoldPlaced(
+                    account_id=hold.account_id, amount=-hold.amount, currency=hold.currency,
+                    balance=decision.balance, available=decision.available, hold_id=hold.id,
+                    network_txn_id=hold.network_txn_id,
+                )))  # fmt: skip
+        await self.outbox.emit_many(session, events)
+        for i, placement in enumerate(placements):  # repeats of a placement earlier in this batch
+            if answers[i] is None:
+                first = answers[fresh[placement.request.network_txn_id]]
+                if isinstance(first, HoldResult):
+                    first = _repeat(first.hold, placement.request, first.account)
+                answers[i] = first
+        return [answer for answer in answers if answer is not None]
+
+    def _new_hold(self, placement: HoldPlacement, decision: HoldDecision, now: datetime) -> Hold:
+        request, reason = placement.request, decision.decline_reason
+        default_expiry = now + timedelta(days=self.settings.hold_default_expiry_days)
+        return Hold(
+            id=new_id("hold"), account_id=request.account_id, network_txn_id=request.network_txn_id,
+            amount=request.amount, currency=request.currency, status="declined" if reason else "active",
+            decline_reason=reason, captured_amount=None, entry_id=None, created=now, updated=now,
+            expires_at=now if reason else (placement.expires_at or default_expiry),
+        )  # fmt: skip
+
     async def place_hold(
         self,
         session: Executor,
@@ -158,59 +247,12 @@ class LedgerService:
         currency: str,
         expires_at: datetime | None = None,
     ) -> HoldResult:
-        """Reserve money for an authorisation, or record why not. Idempotent on the network's id.
-
-        The card network's hot path: plain rows and two statements (lock and read the account; insert
-        the hold, reserve its amount and write its event), no ORM unit of work (decisions 0018, 0020,
-        0025)."""
-        account = await repo.lock_account_row(session, account_id)
-        if account is None or account.kind != "customer":
-            raise not_found("account", "no account with that id")
-        now = datetime.now(UTC)
-        reason = hold_decline_reason(
-            available=account.available, amount=amount, closed=account.closed,
-            account_currency=account.currency, currency=currency,
-        )  # fmt: skip
-        hold = Hold(
-            id=new_id("hold"),
-            account_id=account_id,
-            network_txn_id=network_txn_id,
-            amount=amount,
-            currency=currency,
-            status="declined" if reason else "active",
-            decline_reason=reason,
-            captured_amount=None,
-            entry_id=None,
-            created=now,
-            updated=now,
-            expires_at=now
-            if reason
-            else (expires_at or now + timedelta(days=self.settings.hold_default_expiry_days)),
-        )
-        event = None
-        reserved = replace(account, held=account.held + amount)  # as the statement stores it if active
-        if reason is None:  # the event is written only if the hold is (not for a repeat)
-            event = self.outbox.stage(
-                LEDGER_TOPIC,
-                account_id,
-                HoldPlaced(
-                    account_id=account_id, amount=-amount, currency=currency, balance=reserved.balance,
-                    available=reserved.available, hold_id=hold.id, network_txn_id=network_txn_id,
-                ),
-            )  # fmt: skip
-        # Insert first, look for a repeat only if the network id is taken: the common case costs one
-        # statement, and a concurrent first use of the id on another account cannot slip in between.
-        if not await repo.insert_hold_and_reserve(session, hold, event):
-            existing = await repo.hold_row(session, network_txn_id)
-            if existing is None or existing.account_id != account_id or existing.amount != amount:
-                raise conflict(
-                    "network_txn_id_reused", "that network transaction id was used for another hold"
-                )
-            return HoldResult(existing, account)
-        if event is not None:
-            self.outbox.written(session, event)
-            account = reserved
-        return HoldResult(hold, account)
+        """One hold, placed for good at once (a reversal's replacement hold): a batch of one."""
+        request = HoldRequest(account_id, network_txn_id, amount, currency)
+        (answer,) = await self.place_holds(session, [HoldPlacement(request, expires_at)], provisional=False)
+        if isinstance(answer, BankError):
+            raise answer
+        return answer
 
     async def capture_hold(
         self, session: AsyncSession, *, network_txn_id: str, amount: int, over_capture_tolerance: int = 0
@@ -313,6 +355,16 @@ class LedgerService:
         if hold.status != "active" or hold.expires_at > now:
             return False
         await self._end_hold(session, hold, account, "expired")
+        return True
+
+    async def release_unbacked(self, session: AsyncSession, network_txn_id: str) -> bool:
+        """Release a provisional hold that no recorded authorisation stands behind; True if it was
+        still active. It is no longer unconfirmed either way."""
+        await repo.forget_unconfirmed(session, [network_txn_id])
+        hold, account = await self._locked_hold(session, network_txn_id)
+        if hold.status != "active":
+            return False
+        await self._end_hold(session, hold, account, "released")
         return True
 
     # Internals --------------------------------------------------------------------------------

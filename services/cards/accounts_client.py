@@ -14,7 +14,7 @@ one that provably never reached accounts says `maybe_applied=False`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,6 +52,15 @@ class AccountsRefused(Exception):
         super().__init__(f"accounts refused the request: HTTP {status} {code}")
         self.status = status
         self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class HoldAsk:
+    account_id: str
+    hold_id: str  # the network transaction id
+    amount: int
+    currency: str
+    expires_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +152,25 @@ class AccountsClient:
             )
         return resp
 
-    # The authorisation path: one call, within the deadline --------------------------------------
+    # The authorisation path: one call per batch, within the deadline ------------------------------
+
+    async def place_holds(self, asks: Sequence[HoldAsk]) -> list[HoldAnswer | AccountsRefused]:
+        """Provisional holds for a batch of authorisations, one answer each in order: a hold's fate,
+        or `AccountsRefused` for one accounts would not place (an unknown account)."""
+        body = {"holds": [
+            {"account_id": a.account_id, "network_txn_id": a.hold_id, "amount": a.amount, "currency": a.currency,
+             "expires_at": a.expires_at.isoformat()}
+            for a in asks
+        ]}  # fmt: skip
+        with within(self.deadline):
+            resp = await self._call(self.hot, "POST", "/internal/holds/batch", body)
+        if resp.status_code >= 400:
+            raise AccountsRefused(resp.status_code, _code(resp))
+        return [
+            AccountsRefused(422, answer["error"]["code"]) if "error" in answer
+            else HoldAnswer(answer["status"], answer.get("decline_reason"))
+            for answer in resp.json()["holds"]
+        ]  # fmt: skip
 
     async def place_hold(
         self, account_id: str, hold_id: str, amount: int, currency: str, expires_at: datetime, *, hot: bool

@@ -43,6 +43,11 @@ class Advices:
                 existing = await repo.authorisation_by_network_id(session, nid, lock=True)
             if existing is not None and existing.advice_response is not None:
                 return existing.advice_response
+            if existing is not None and existing.status == repo.VOIDED:  # we never answered it: as if new
+                fresh = self._advice_row(card, msg, request_digest(msg, fingerprint), datetime.now(UTC))
+                for column in Authorisation.__table__.columns.keys():
+                    if column not in ("id", "network_transaction_id"):
+                        setattr(existing, column, getattr(fresh, column))
             ours = existing is not None and existing.status != "declined"
             posted = False
             if card is not None and _approved(msg) and msg.transaction.spends and not ours:

@@ -6,10 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Header, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
+from services.cards import repository as repo
 from services.cards import schemas
 from services.cards.service import CardService
-from shared.auth import Identity, require_identity
+from shared.auth import Identity, require_identity, require_internal
+from shared.db import Database
 from shared.errors import bad_request
 
 User = Annotated[Identity, Depends(require_identity)]
@@ -92,5 +95,29 @@ def public_router(cards: CardService) -> APIRouter:
                 "missing_param", f"send at least one of {', '.join(CONTROLS_FORM['properties'])}"
             )
         return {"card": schemas.card_json(await cards.update_controls(who.user_id, card_id, changes))}
+
+    return api
+
+
+class ResolveHolds(BaseModel):
+    network_transaction_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        max_length=10_000
+    )
+
+
+def internal_router(db: Database) -> APIRouter:
+    """Service-to-service routes: accounts resolving its provisional holds (decision 0031)."""
+    api = APIRouter(prefix="/internal", tags=["internal"], dependencies=[Depends(require_internal)])
+
+    @api.post("/authorisations/resolve")
+    async def resolve_holds(body: ResolveHolds) -> dict[str, list[str]]:
+        """Which of these holds an approved authorisation stands behind (`backed`), and which not
+        (`unbacked`). Final: an id not recorded yet is closed with a voided authorisation (answered 91
+        to a repeat), so a batch still in flight can no longer record it."""
+        ids = sorted(set(body.network_transaction_ids))
+        async with db.fast_transaction() as tx:
+            await repo.close_unrecorded(tx, ids)
+            backed = await repo.backed_holds(tx, ids)
+        return {"backed": sorted(backed), "unbacked": [i for i in ids if i not in backed]}
 
     return api

@@ -4,7 +4,7 @@ from fastapi import FastAPI
 
 from services.cards.accounts_client import AccountsClient
 from services.cards.advices import Advices
-from services.cards.api import public_router
+from services.cards.api import internal_router, public_router
 from services.cards.authorise import Authoriser
 from services.cards.clearing import Clearing
 from services.cards.compensation import compensation_job
@@ -49,11 +49,16 @@ def create_app(runtime: Runtime | None = None, settings: CardsSettings | None = 
             log.warning("development keys in use (set them in production): %s", ", ".join(dev))
 
     async def close_clients() -> None:
+        await authoriser.aclose()
         await accounts.aclose()
         await token_client.aclose()
 
     app = runtime.app(
-        routers=[public_router(cards), network_router(authoriser, advices, reverser, clearing)],
+        routers=[
+            public_router(cards),
+            network_router(authoriser, advices, reverser, clearing),
+            internal_router(runtime.db),
+        ],
         background=[
             compensation_job(runtime.db, accounts, settings),
             revocations.run,

@@ -1,13 +1,14 @@
-"""Authorisations (0100): the card network's synchronous money path.
+"""Authorisations (0100): the card network's synchronous money path, in batches (decision 0030).
 
-An authorisation is one database transaction around one call to accounts:
-lock the card row and find any earlier answer under the same network id (one
-query), decide (pure), place the hold, then write the authorisation, its
-answer and its event, and commit. A repeat of the message replays the stored
-answer; a different message under a used id gets 94. If accounts does not
-answer within the deadline we answer 91 and, in the same transaction, record a
-compensation: the job in compensation.py releases any hold the late request
-may still have placed.
+Whatever arrives while a batch is in flight forms the next one (shared/batching.py). A batch is one
+database transaction around one call to accounts: lock the batch's cards and read any answers already
+recorded under its network ids, decide each message (pure), place all the holds in one call, then
+write every authorisation and its event with set-based statements, and commit. A repeat of a message
+replays the stored answer; a different message under a used id gets 94.
+
+Accounts places the holds provisionally. It keeps a hold only once it has seen an approved
+authorisation recorded here behind it, and releases it otherwise (decision 0031). So a crash
+anywhere in a batch, or a 91 because accounts was late, strands nobody's money.
 """
 
 from __future__ import annotations
@@ -17,13 +18,19 @@ import hashlib
 import logging
 import secrets
 import string
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-
 from services.cards import repository as repo
-from services.cards.accounts_client import AccountsClient, AccountsRefused, AccountsUnavailable
+from services.cards.accounts_client import (
+    AccountsClient,
+    AccountsRefused,
+    AccountsUnavailable,
+    HoldAnswer,
+    HoldAsk,
+)
 from services.cards.config import CardsSettings
 from services.cards.decision import (
     Action,
@@ -51,13 +58,22 @@ from services.cards.network import (
     AuthorisationRequest,
     ResponseCode,
 )
-from services.cards.observability import AUTHORISATIONS, ISSUER_UNAVAILABLE, SHED, Stopwatch, Throttled
+from services.cards.observability import (
+    AUTHORISATIONS,
+    BATCH_SIZE,
+    ISSUER_UNAVAILABLE,
+    SHED,
+    Stopwatch,
+    Throttled,
+    queued,
+)
 from services.cards.schemas import controls_of, expiry_of
 from services.cards.vault import Expiry, Vault
-from shared.context import remaining_seconds
+from shared.batching import NaturalBatcher
+from shared.context import current_traceparent, remaining_seconds
 from shared.db import Database, Executor, Tx
 from shared.errors import BankError
-from shared.events.outbox import Outbox
+from shared.events.outbox import Outbox, Outgoing
 from shared.ids import new_id
 from shared.observability import log_fields
 
@@ -84,9 +100,11 @@ def duplicate(network_transaction_id: str) -> dict[str, Any]:
 
 
 def answer_to_repeat(existing: Authorisation | PriorAnswer, digest: str) -> dict[str, Any]:
-    return (
-        existing.response if existing.request_digest == digest else duplicate(existing.network_transaction_id)
-    )
+    """The answer recorded under the message's network id, if it is the same message (or the id was
+    closed unrecorded: its 91); else 94."""
+    if existing.request_digest in (digest, repo.VOIDED):
+        return existing.response
+    return duplicate(existing.network_transaction_id)
 
 
 def card_state(card: CardRow | None) -> CardState | None:
@@ -133,6 +151,29 @@ async def emit_decision(outbox: Outbox, session: Executor, auth: Authorisation, 
     await outbox.emit(session, AUTHORISATIONS_TOPIC, card.account_id, decision_event(auth, card))
 
 
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An authorisation waiting for its batch."""
+
+    request: AuthorisationRequest
+    fingerprint: str
+    digest: str
+    traceparent: str | None  # its request's trace, which its event continues
+    queued_at: float  # monotonic
+    deadline: float  # monotonic: past it, the network has stopped waiting for the answer
+
+
+@dataclass(slots=True)
+class Decided:
+    """A message of a batch on its way through it."""
+
+    message: Message
+    card: CardRow | None
+    decision: Decision
+    expires_at: datetime | None = None  # of the hold, when one is asked for
+    balance: int | None = None  # for a balance inquiry
+
+
 class Authoriser:
     def __init__(
         self, db: Database, outbox: Outbox, vault: Vault, accounts: AccountsClient, settings: CardsSettings
@@ -142,151 +183,182 @@ class Authoriser:
         self.vault = vault
         self.accounts = accounts
         self.settings = settings
-        self._releases: set[asyncio.Task[None]] = set()
-        # Fewer authorisations interleaved on one event loop finish sooner each, so the accounts
-        # deadline measures accounts rather than our own queue (decision 0009).
-        self._admission = asyncio.Semaphore(settings.authorisation_concurrency)
+        self.batcher = NaturalBatcher(self._authorise_batch, max_size=settings.authorisation_batch_max)
         self._unavailable = Throttled(log)
 
     async def authorise(self, msg: AuthorisationRequest) -> dict[str, Any]:
-        watch = Stopwatch()
-        await self._admit()
-        try:
-            watch.lap("admission")
-            answer = await self._authorise(msg, watch)
-        finally:
-            self._admission.release()
-        AUTHORISATIONS.labels(answer["response_code"]).inc()
-        return answer
-
-    async def _admit(self) -> None:
-        """Wait for a turn, but not past the point where the network has stopped waiting for us: an
-        answer it no longer reads would cost as much as one it does. Unanswered is not recorded, so
-        a repeat is decided afresh (nothing was decided the first time)."""
+        fingerprint = self.vault.fingerprint(msg.pan)
         wait = self.settings.authorisation_queue_seconds
         if (budget := remaining_seconds()) is not None:
             wait = min(wait, budget)
-        try:
-            async with asyncio.timeout(wait):
-                await self._admission.acquire()
-        except TimeoutError:
-            SHED.inc()
-            raise BankError(
-                "rate_limited.authorisations",
-                "too many authorisations at once: not answered, send it again",
-                headers={"Retry-After": "1"},
-            ) from None
+        now = time.monotonic()
+        message = Message(
+            msg, fingerprint, request_digest(msg, fingerprint), current_traceparent(), now, now + wait
+        )
+        answer = await self.batcher.submit(message)
+        AUTHORISATIONS.labels(answer["response_code"]).inc()
+        return answer
 
-    async def _authorise(self, msg: AuthorisationRequest, watch: Stopwatch) -> dict[str, Any]:
-        nid = msg.network_transaction_id
-        fingerprint = self.vault.fingerprint(msg.pan)
-        digest = request_digest(msg, fingerprint)
-        placed = False
-        try:
+    async def _authorise_batch(self, messages: list[Message]) -> list[dict[str, Any] | Exception]:
+        BATCH_SIZE.observe(len(messages))
+        answers: list[dict[str, Any] | Exception | None] = [None] * len(messages)
+        now_monotonic = time.monotonic()
+        first: dict[str, int] = {}  # network id -> the index of its first message in this batch
+        for i, message in enumerate(messages):
+            queued(now_monotonic - message.queued_at)
+            if message.deadline <= now_monotonic:
+                answers[i] = _shed()
+            else:
+                first.setdefault(message.request.network_transaction_id, i)
+        leaders = [messages[i] for i in sorted(first.values())]
+        recorded: dict[str, Authorisation] = {}
+        prior: dict[str, PriorAnswer] = {}
+        if leaders:
             async with self.db.fast_transaction() as tx:
-                card, existing = await repo.card_for_message(tx, fingerprint, nid)
-                if card is None:
-                    existing = await repo.prior_answer(tx, nid)
-                if existing is not None:
-                    return answer_to_repeat(existing, digest)
-                watch.lap("lookup")
-                now = datetime.now(UTC)
-                decision, expires_at, balance = await self._decide(tx, card, msg, now, watch)
-                placed = decision.approved and expires_at is not None
-                auth = self._record(card, msg, decision, digest, now, expires_at, balance)
-                if card is None:  # an unknown card: no account to tell
-                    await repo.insert_authorisation(tx, auth)
-                else:
-                    event = self.outbox.stage(
-                        AUTHORISATIONS_TOPIC, card.account_id, decision_event(auth, card)
-                    )
-                    await repo.insert_authorisation(tx, auth, event)
-                    self.outbox.written(tx, event)
-            watch.lap("record")
-            return auth.response
-        except asyncpg.UniqueViolationError:
-            # A concurrent message under the same network id committed first: answer as it did.
+                recorded = await self._decide_and_record(tx, leaders, answers, first)
+        taken = [m.request.network_transaction_id for i, m in enumerate(messages) if answers[i] is None
+                 and m.request.network_transaction_id not in recorded]  # fmt: skip
+        if taken:  # a concurrent repeat, or an id closed by the hold resolution: answer as recorded
             async with self.db.fast_transaction() as tx:
-                existing = await repo.prior_answer(tx, nid)
-            if existing is None:
-                raise
-            return answer_to_repeat(existing, digest)
-        except BaseException:
-            if placed:  # the hold exists but our record of it does not: give the money back
-                self._release_soon(nid)
-            raise
+                prior = await repo.prior_answers(tx, taken)
+        for i, message in enumerate(messages):
+            if answers[i] is None:
+                nid = message.request.network_transaction_id
+                existing = recorded.get(nid) or prior.get(nid)
+                answers[i] = answer_to_repeat(existing, message.digest) if existing else _shed()
+        return [answer for answer in answers if answer is not None]
+
+    async def _decide_and_record(
+        self, tx: Tx, leaders: list[Message], answers: list[dict[str, Any] | Exception | None],
+        first: dict[str, int],
+    ) -> dict[str, Authorisation]:  # fmt: skip
+        """Decide the batch's new messages and record them; answer each in `answers`. Returns the
+        authorisations recorded by this batch, by network id."""
+        watch = Stopwatch()
+        cards = await repo.cards_for_messages(tx, (m.fingerprint for m in leaders))
+        prior = await repo.prior_answers(tx, (m.request.network_transaction_id for m in leaders))
+        watch.lap("lookup")
+        fresh: list[Message] = []
+        for message in leaders:
+            if (existing := prior.get(message.request.network_transaction_id)) is not None:
+                answers[first[message.request.network_transaction_id]] = answer_to_repeat(
+                    existing, message.digest
+                )
+            else:
+                fresh.append(message)
+        now = datetime.now(UTC)
+        decided = await self._decide(tx, fresh, cards, now)
+        watch.lap("decision")
+        await self._place_holds(decided, now)
+        await self._balances(decided)
+        watch.lap("accounts")
+        auths = [self._record(d, now) for d in decided]
+        inserted = await repo.insert_authorisations(tx, auths)
+        events = [
+            Outgoing(
+                AUTHORISATIONS_TOPIC,
+                d.card.account_id,
+                decision_event(auth, d.card),
+                traceparent=d.message.traceparent,
+            )
+            for d, auth in zip(decided, auths, strict=True)
+            if d.card is not None and auth.network_transaction_id in inserted
+        ]
+        await self.outbox.emit_many(tx, events)
+        recorded = {a.network_transaction_id: a for a in auths if a.network_transaction_id in inserted}
+        watch.lap("record")  # the commit follows at the edge
+        for auth in recorded.values():
+            answers[first[auth.network_transaction_id]] = auth.response
+        return recorded
 
     async def _decide(
-        self,
-        tx: Tx,
-        card: CardRow | None,
-        msg: AuthorisationRequest,
-        now: datetime,
-        watch: Stopwatch,
-    ) -> tuple[Decision, datetime | None, int | None]:
-        """The decision, the hold's expiry when one was placed, the balance for an inquiry."""
-        state = card_state(card)
-        cvc_ok = None
-        if card is not None and msg.cvc is not None:
-            cvc_ok = self.vault.cvc_matches(card.id, msg.cvc, card.cvc_digest)
-        attempt = Attempt(
-            msg.transaction, msg.amount, msg.currency, msg.merchant.mcc, Expiry.from_yymm(msg.expiry), cvc_ok
-        )
-        spent = 0
-        if card is not None and needs_daily_total(state, attempt):
-            spent = await repo.spent_since(tx, card.id, spend_day_start(now))
-        decision = decide(state, attempt, now=now, spent_today=spent)
-        watch.lap("decision")
-        if card is None or decision.action is Action.NONE:
-            return decision, None, None
-        try:
-            return await self._ask_accounts(tx, card, msg, decision, now)
-        finally:
-            watch.lap("accounts")
-
-    async def _ask_accounts(
-        self, tx: Tx, card: CardRow, msg: AuthorisationRequest, decision: Decision, now: datetime
-    ) -> tuple[Decision, datetime | None, int | None]:
-        """The one call: place the hold (or read the balance for an inquiry)."""
-        nid = msg.network_transaction_id
-        try:
-            if decision.action is Action.BALANCE:
-                account = await self.accounts.account(card.account_id, hot=True)
-                if account is None:
-                    return Decision(Outcome.ACCOUNT_REFUSED), None, None
-                return decision, None, account.available
-            s = self.settings
-            expires_at = hold_expires_at(msg.merchant.mcc, now, days=s.hold_days, long_days=s.long_hold_days)
-            answer = await self.accounts.place_hold(
-                card.account_id, nid, msg.amount, msg.currency, expires_at, hot=True
+        self, tx: Tx, messages: list[Message], cards: dict[str, CardRow], now: datetime
+    ) -> list[Decided]:
+        """Each message's decision by the card's own rules (pure), its daily total counting the
+        approvals asked for earlier in this batch on the same card."""
+        attempts = []
+        for message in messages:
+            msg, card = message.request, cards.get(message.fingerprint)
+            cvc_ok = None
+            if card is not None and msg.cvc is not None:
+                cvc_ok = self.vault.cvc_matches(card.id, msg.cvc, card.cvc_digest)
+            attempt = Attempt(
+                msg.transaction,
+                msg.amount,
+                msg.currency,
+                msg.merchant.mcc,
+                Expiry.from_yymm(msg.expiry),
+                cvc_ok,
             )
+            attempts.append((message, card, card_state(card), attempt))
+        limited = [
+            card.id for _, card, state, attempt in attempts if card and needs_daily_total(state, attempt)
+        ]
+        spent = await repo.spent_since(tx, limited, spend_day_start(now)) if limited else {}
+        decided = []
+        for message, card, state, attempt in attempts:
+            decision = decide(state, attempt, now=now, spent_today=spent.get(card.id, 0) if card else 0)
+            if card is not None and decision.action is Action.HOLD and card.id in spent:
+                spent[card.id] += message.request.amount
+            decided.append(Decided(message, card, decision))
+        return decided
+
+    async def _place_holds(self, decided: list[Decided], now: datetime) -> None:
+        """The batch's one call to accounts; a 91 for all of it if accounts is down or late (any hold
+        it placed meanwhile is released, as no approval stands behind it: decision 0031)."""
+        wanted = [d for d in decided if d.card is not None and d.decision.action is Action.HOLD]
+        if not wanted:
+            return
+        s = self.settings
+        for d in wanted:
+            d.expires_at = hold_expires_at(
+                d.message.request.merchant.mcc, now, days=s.hold_days, long_days=s.long_hold_days
+            )
+        asks = [
+            HoldAsk(d.card.account_id, d.message.request.network_transaction_id, d.message.request.amount,
+                    d.message.request.currency, d.expires_at)
+            for d in wanted if d.card is not None and d.expires_at is not None
+        ]  # fmt: skip
+        held: list[HoldAnswer | AccountsRefused | None]
+        try:
+            held = list(await self.accounts.place_holds(asks))
         except AccountsUnavailable as exc:
             ISSUER_UNAVAILABLE.labels(exc.cause).inc()
-            if exc.maybe_applied:
-                await repo.add_compensation(tx, nid, Outcome.ISSUER_UNAVAILABLE.value)
-            self._unavailable.warning(
-                "accounts unavailable: answering 91",
-                network_transaction_id=nid, error=str(exc), compensation=exc.maybe_applied,
-            )  # fmt: skip
-            return Decision(Outcome.ISSUER_UNAVAILABLE), None, None
+            self._unavailable.warning("accounts unavailable: answering 91", batch=len(asks), error=str(exc))
+            held = [None] * len(asks)
         except AccountsRefused as exc:
-            log.warning(
-                "accounts refused a hold", extra=log_fields(network_transaction_id=nid, code=exc.code)
-            )
-            return Decision(Outcome.ACCOUNT_REFUSED), None, None
-        held = after_hold(answer.status, answer.decline_reason)
-        return held, (expires_at if held.approved else None), None
+            log.warning("accounts refused a batch of holds", extra=log_fields(code=exc.code, batch=len(asks)))
+            held = [exc] * len(asks)
+        for d, answer in zip(wanted, held, strict=True):
+            if answer is None:
+                d.decision, d.expires_at = Decision(Outcome.ISSUER_UNAVAILABLE), None
+            elif isinstance(answer, AccountsRefused):
+                d.decision, d.expires_at = Decision(Outcome.ACCOUNT_REFUSED), None
+            else:
+                d.decision = after_hold(answer.status, answer.decline_reason)
+                if not d.decision.approved:
+                    d.expires_at = None
 
-    def _record(
-        self,
-        card: CardRow | None,
-        msg: AuthorisationRequest,
-        decision: Decision,
-        digest: str,
-        now: datetime,
-        expires_at: datetime | None,
-        balance: int | None,
-    ) -> Authorisation:
+    async def _balances(self, decided: list[Decided]) -> None:
+        """Balance inquiries: the available balance, asked for all of them at once."""
+        inquiries = [d for d in decided if d.card is not None and d.decision.action is Action.BALANCE]
+        if not inquiries:
+            return
+        found = await asyncio.gather(
+            *(self.accounts.account(d.card.account_id, hot=True) for d in inquiries if d.card is not None),
+            return_exceptions=True,
+        )
+        for d, account in zip(inquiries, found, strict=True):
+            if isinstance(account, AccountsUnavailable):
+                ISSUER_UNAVAILABLE.labels(account.cause).inc()
+                d.decision = Decision(Outcome.ISSUER_UNAVAILABLE)
+            elif isinstance(account, BaseException) or account is None:
+                d.decision = Decision(Outcome.ACCOUNT_REFUSED)
+            else:
+                d.balance = account.available
+
+    def _record(self, d: Decided, now: datetime) -> Authorisation:
+        card, msg, decision = d.card, d.message.request, d.decision
         auth_id = new_id("auth")
         code = RESPONSE_CODES[decision.outcome]
         approval = approval_code() if decision.approved else None
@@ -298,34 +370,34 @@ class Authoriser:
         }
         if approval:
             response["approval_code"] = approval
-        if balance is not None and card is not None:
-            response["available_balance"], response["currency"] = balance, card.currency
+        if d.balance is not None and card is not None:
+            response["available_balance"], response["currency"] = d.balance, card.currency
         reason = decision.decline_reason
-        auth = Authorisation(
+        held = d.expires_at is not None
+        return Authorisation(
             id=auth_id, network_transaction_id=msg.network_transaction_id, kind="authorisation",
             card_id=card.id if card else None, account_id=card.account_id if card else None,
             processing_code=msg.processing_code, amount=msg.amount, currency=msg.currency,
             status="approved" if decision.approved else "declined", response_code=code.value,
             approval_code=approval, decline_reason=reason.value if reason else None,
             decline_detail=None if decision.approved else decision.outcome.value,
-            hold_id=msg.network_transaction_id if expires_at else None,
-            held_amount=msg.amount if expires_at else 0, posted_amount=0, reversed_amount=0, settled_amount=0,
-            stand_in=False, merchant=msg.merchant.model_dump(mode="json"), stan=msg.stan, rrn=msg.rrn,
-            transmission_time=msg.transmission_time, request_digest=digest, response=response,
-            expires_at=expires_at, created=now, updated=now,
+            hold_id=msg.network_transaction_id if held else None, held_amount=msg.amount if held else 0,
+            posted_amount=0, reversed_amount=0, settled_amount=0, stand_in=False,
+            merchant=msg.merchant.model_dump(mode="json"), stan=msg.stan, rrn=msg.rrn,
+            transmission_time=msg.transmission_time, request_digest=d.message.digest, response=response,
+            advice_response=None, expires_at=d.expires_at, created=now, updated=now,
         )  # fmt: skip
-        return auth
 
-    def _release_soon(self, hold_id: str) -> None:
-        async def release() -> None:
-            try:
-                await self.accounts.release_hold(hold_id)
-            except Exception as exc:  # the hold expires, or the network's timeout reversal releases it
-                log.warning(
-                    "could not release an unrecorded hold",
-                    extra=log_fields(network_transaction_id=hold_id, error=str(exc)),
-                )
+    async def aclose(self) -> None:
+        await self.batcher.aclose()
 
-        task = asyncio.get_running_loop().create_task(release())
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+
+def _shed() -> BankError:
+    """Not answered in time (it waited too long for a batch): nothing decided, nothing recorded, so
+    the network's repeat is decided afresh."""
+    SHED.inc()
+    return BankError(
+        "rate_limited.authorisations",
+        "too many authorisations at once: not answered, send it again",
+        headers={"Retry-After": "1"},
+    )

@@ -56,9 +56,10 @@ class CardsSettings(BaseSettings):
     # 2-3 s; on a busy host a 150 ms budget turned slow approvals into 91 declines (decision 0009).
     accounts_deadline_ms: int = Field(default=600, ge=10, le=10_000)
     accounts_connections: int = Field(default=200, ge=1)
-    # Authorisations worked on at once per process (the others wait, parsed, for their turn), and how
-    # long one waits for its turn before it is refused with a 429 (the gateway gives /network 2 s).
-    authorisation_concurrency: int = Field(default=8, ge=1)
+    # Authorisations decided together at most (whatever queued while the last batch was in flight,
+    # decision 0030), and how long one may wait for its batch before it is refused with a 429 (the
+    # gateway gives /network 2 s).
+    authorisation_batch_max: int = Field(default=500, ge=1, le=1000)
     authorisation_queue_seconds: float = Field(default=1.0, gt=0)
     # Consecutive failures that open the circuit to accounts, and how long it stays open. Tripping on
     # a handful of slow calls turns a latency blip into seconds of blanket 91s; at 100/s, 10 failures

@@ -24,11 +24,11 @@ from shared.web import Background
 AUTHORISATIONS = Counter(
     "card_authorisations_total", "Authorisation answers (0110) by ISO 8583 response code", ["response_code"]
 )
-STAGES = ("admission", "lookup", "decision", "accounts", "record")
+STAGES = ("queue", "lookup", "decision", "accounts", "record")
 STAGE_SECONDS = Histogram(
     "card_authorisation_stage_seconds",
-    "Where an authorisation's time goes: waiting for its turn, the card lookup (pool, BEGIN, SELECT), "
-    "the decision (daily total), the accounts call, writing and committing",
+    "Where an authorisation's time goes: waiting for its batch (per message), then per batch the card "
+    "lookup (pool, BEGIN, SELECTs), the decisions (daily totals), the accounts call, writing and committing",
     ["stage"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5),
 )
@@ -62,8 +62,19 @@ class Throttled:
             self._last, self._count = now, 0
 
 
+BATCH_SIZE = Histogram(
+    "card_authorisation_batch_size",
+    "Authorisations decided together (whatever arrived while the previous batch was in flight)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
+)
+
+
+def queued(seconds: float) -> None:
+    _STAGE["queue"].observe(seconds)
+
+
 class Stopwatch:
-    """Timing spans of one authorisation: `lap(stage)` records the time since the previous lap."""
+    """Timing spans of one batch: `lap(stage)` records the time since the previous lap."""
 
     __slots__ = ("_last",)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from datetime import datetime
 from typing import cast
@@ -20,67 +21,106 @@ from services.cards.models import (
     PriorAnswer,
     Reversal,
 )
-from shared.db import Executor, execute, fetch_row, fetch_value
-from shared.events.outbox import Staged
+from shared.db import Executor, execute, fetch_all
 
 _CARD_COLUMNS = tuple(f.name for f in fields(CardRow))
 _PRIOR_COLUMNS = tuple(f.name for f in fields(PriorAnswer))
-# The card path's statements: SQL with `$n` parameters, run on the hot path's plain connection
-# (decision 0020) or in a session.
-_CARD_FOR_MESSAGE = f"""
-    SELECT {", ".join(f"c.{c}" for c in _CARD_COLUMNS)}, {", ".join(f"a.{c}" for c in _PRIOR_COLUMNS)}
-    FROM cards.cards c LEFT JOIN cards.authorisations a ON a.network_transaction_id = $2
-    WHERE c.fingerprint = $1
-    FOR UPDATE OF c
+# The card path's statements: set-based SQL with `$n` parameters, a constant number per batch whatever
+# its size (decision 0030), run on the hot path's plain connection or in a session.
+_CARDS_BY_FINGERPRINTS = f"""
+    SELECT fingerprint, {", ".join(_CARD_COLUMNS)} FROM cards.cards
+    WHERE fingerprint = ANY($1::text[]) ORDER BY id FOR UPDATE
 """
-_PRIOR_ANSWER = (
-    f"SELECT {', '.join(_PRIOR_COLUMNS)} FROM cards.authorisations WHERE network_transaction_id = $1"
-)
+_PRIOR_ANSWERS = f"""
+    SELECT {", ".join(_PRIOR_COLUMNS)} FROM cards.authorisations WHERE network_transaction_id = ANY($1::text[])
+"""
+
+
+async def cards_for_messages(on: Executor, fingerprints: Iterable[str]) -> dict[str, CardRow]:
+    """The cards with these fingerprints, row-locked in id order (messages on one card are decided
+    one batch at a time, across replicas too: daily limits), by fingerprint."""
+    rows = await fetch_all(on, _CARDS_BY_FINGERPRINTS, sorted(set(fingerprints)))
+    return {row[0]: CardRow(*row[1:]) for row in rows}
+
+
+async def prior_answers(on: Executor, network_transaction_ids: Iterable[str]) -> dict[str, PriorAnswer]:
+    """What was recorded under these network ids already, by network id."""
+    rows = await fetch_all(on, _PRIOR_ANSWERS, list(set(network_transaction_ids)))
+    return {row[0]: PriorAnswer(*row) for row in rows}
 
 
 async def card_for_message(
     on: Executor, fingerprint: str, network_transaction_id: str
 ) -> tuple[CardRow | None, PriorAnswer | None]:
-    """The card, row-locked (one message per card at a time: daily limits, repeats), and any
-    authorisation already recorded under the message's network id: one round trip."""
-    row = await fetch_row(on, _CARD_FOR_MESSAGE, fingerprint, network_transaction_id)
-    if row is None:
-        return None, None
-    n = len(_CARD_COLUMNS)
-    prior = PriorAnswer(*row[n:]) if row[n] is not None else None
-    return CardRow(*row[:n]), prior
-
-
-async def prior_answer(on: Executor, network_transaction_id: str) -> PriorAnswer | None:
-    row = await fetch_row(on, _PRIOR_ANSWER, network_transaction_id)
-    return None if row is None else PriorAnswer(*row)
+    """One message's card (row-locked) and any answer already recorded under its network id."""
+    card = (await cards_for_messages(on, [fingerprint])).get(fingerprint)
+    prior = (await prior_answers(on, [network_transaction_id])).get(network_transaction_id)
+    return card, prior
 
 
 _AUTHORISATIONS = cast(Table, Authorisation.__table__)
 _AUTHORISATION_COLUMNS = tuple(c.key for c in _AUTHORISATIONS.columns)
 _JSON_COLUMNS = frozenset(c.key for c in _AUTHORISATIONS.columns if isinstance(c.type, JSONB))
-_INSERT_AUTHORISATION = (
-    f"INSERT INTO cards.authorisations ({', '.join(_AUTHORISATION_COLUMNS)}) "
-    f"VALUES ({', '.join(f'${i}' for i in range(1, len(_AUTHORISATION_COLUMNS) + 1))})"
-)
+_ARRAY_TYPES = {str: "text", int: "bigint", bool: "boolean", datetime: "timestamptz"}
 
 
-async def insert_authorisation(on: Executor, auth: Authorisation, event: Staged | None = None) -> None:
-    """Write a new authorisation, and its staged event if given, as one statement: on the card
-    network's path this is cheaper than the ORM's unit of work and than a second round trip
-    (decisions 0018, 0020, 0025). `auth` stays transient."""
-    args = [_stored(key, getattr(auth, key)) for key in _AUTHORISATION_COLUMNS]
-    if event is None:
-        await execute(on, _INSERT_AUTHORISATION, *args)
-        return
-    add_event = event.insert_sql(len(args) + 1)
-    sql = f"WITH authorisation AS ({_INSERT_AUTHORISATION}), event AS ({add_event}) SELECT 1"
-    await execute(on, sql, *args, *event.row)
+def _array_type(column: str) -> str:
+    """The PostgreSQL array type a column's values travel in (JSON as text, cast on the way in)."""
+    return (
+        "text" if column in _JSON_COLUMNS else _ARRAY_TYPES[_AUTHORISATIONS.columns[column].type.python_type]
+    )
+
+
+_INSERT_AUTHORISATIONS = f"""
+    INSERT INTO cards.authorisations ({", ".join(_AUTHORISATION_COLUMNS)})
+    SELECT {", ".join(f"{c}::jsonb" if c in _JSON_COLUMNS else c for c in _AUTHORISATION_COLUMNS)}
+    FROM unnest({", ".join(f"${i}::{_array_type(c)}[]" for i, c in enumerate(_AUTHORISATION_COLUMNS, 1))})
+         AS new({", ".join(_AUTHORISATION_COLUMNS)})
+    ON CONFLICT (network_transaction_id) DO NOTHING
+    RETURNING network_transaction_id
+"""
+
+
+async def insert_authorisations(on: Executor, auths: Sequence[Authorisation]) -> set[str]:
+    """Write new authorisations in one statement; the network ids written. An id already taken (a
+    repeat racing us, or an id the hold resolution closed: decision 0031) is skipped."""
+    if not auths:
+        return set()
+    columns = [[_stored(key, getattr(auth, key)) for auth in auths] for key in _AUTHORISATION_COLUMNS]
+    return {row[0] for row in await fetch_all(on, _INSERT_AUTHORISATIONS, *columns)}
 
 
 def _stored(column: str, value: object) -> object:
-    """A value as the statement takes it: JSON columns as JSON text (both connection kinds' codecs)."""
+    """A value as the statement takes it: JSON columns as JSON text."""
     return json.dumps(value) if column in _JSON_COLUMNS and value is not None else value
+
+
+VOIDED = "voided"  # the kind, status and request digest of a network id closed unrecorded
+_CLOSE_UNRECORDED = """
+    INSERT INTO cards.authorisations (id, network_transaction_id, kind, processing_code, amount, currency,
+        status, response_code, decline_detail, merchant, stan, rrn, transmission_time, request_digest,
+        response)
+    SELECT 'auth_void_' || md5(nid), nid, 'voided', '', 0, 'XXX', 'voided', '91',
+           'no authorisation was recorded when its hold was resolved', '{}'::jsonb, '', '', now(), 'voided',
+           jsonb_build_object('mti', '0110', 'response_code', '91', 'network_transaction_id', nid)
+    FROM unnest($1::text[]) AS ids(nid)
+    ON CONFLICT (network_transaction_id) DO NOTHING
+"""
+_BACKED = """
+    SELECT network_transaction_id FROM cards.authorisations
+    WHERE network_transaction_id = ANY($1::text[]) AND status = 'approved' AND hold_id = network_transaction_id
+"""
+
+
+async def close_unrecorded(on: Executor, network_transaction_ids: Sequence[str]) -> None:
+    """Record a voided authorisation under each id not yet recorded, so none can be recorded later:
+    the unique network id decides between this and a batch still in flight (decision 0031)."""
+    await execute(on, _CLOSE_UNRECORDED, list(network_transaction_ids))
+
+
+async def backed_holds(on: Executor, network_transaction_ids: Sequence[str]) -> set[str]:
+    """The ids whose hold an approved authorisation stands behind."""
+    return {row[0] for row in await fetch_all(on, _BACKED, list(network_transaction_ids))}
 
 
 async def authorisation_by_network_id(
@@ -115,15 +155,17 @@ async def card_by_idempotency_key(session: AsyncSession, user_id: str, key: str)
 
 
 _SPENT_SINCE = """
-    SELECT coalesce(sum(amount - reversed_amount), 0) FROM cards.authorisations
-    WHERE card_id = $1 AND created >= $2 AND status IN ('approved', 'settled')
+    SELECT card_id, coalesce(sum(amount - reversed_amount), 0) FROM cards.authorisations
+    WHERE card_id = ANY($1::text[]) AND created >= $2 AND status IN ('approved', 'settled')
       AND left(processing_code, 2) IN ('00', '01')
+    GROUP BY card_id
 """
 
 
-async def spent_since(on: Executor, card_id: str, since: datetime) -> int:
-    """What the card's purchases and cash withdrawals since `since` stand at (after reversals)."""
-    return int(await fetch_value(on, _SPENT_SINCE, card_id, since) or 0)
+async def spent_since(on: Executor, card_ids: Iterable[str], since: datetime) -> dict[str, int]:
+    """What each card's purchases and cash withdrawals since `since` stand at (after reversals)."""
+    rows = await fetch_all(on, _SPENT_SINCE, sorted(set(card_ids)), since)
+    return {row[0]: int(row[1]) for row in rows}
 
 
 async def reversal(

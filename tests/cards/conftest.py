@@ -21,7 +21,9 @@ import uvicorn
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 
+from services.accounts.cards_client import CardsClient
 from services.accounts.config import AccountsSettings
+from services.accounts.jobs import resolve_unconfirmed_holds
 from services.accounts.service import LedgerService
 from services.cards.app import create_app
 from services.cards.config import CardsSettings
@@ -203,6 +205,14 @@ class Bank:
         assert r.status_code == 200, r.text
         answer: dict[str, Any] = r.json()
         return answer
+
+    async def resolve_holds(self) -> int:
+        """Accounts' provisional-hold resolution, run now on every unconfirmed hold (decision 0031)."""
+        cards = CardsClient(self.cards.url, INTERNAL_TOKEN)
+        try:
+            return await resolve_unconfirmed_holds(self.db, self.ledger, cards, older_than_seconds=0)
+        finally:
+            await cards.aclose()
 
     async def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         async with self.db.read() as session:

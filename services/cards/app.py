@@ -9,6 +9,7 @@ from services.cards.authorise import Authoriser
 from services.cards.clearing import Clearing
 from services.cards.compensation import compensation_job
 from services.cards.config import CardsSettings, decode_key
+from services.cards.iso8583.link import LinkServer, Services, link_settings
 from services.cards.network_api import document_messages, network_router
 from services.cards.observability import gauges_job
 from services.cards.reversals import Reverser
@@ -44,6 +45,16 @@ def create_app(runtime: Runtime | None = None, settings: CardsSettings | None = 
         poll_seconds=settings.revocation_poll_seconds,
     )
 
+    # The card network's ISO 8583 link: another codec onto the same three services (decision 0032).
+    link = LinkServer(
+        Services(authoriser.authorise, advices.advise, reverser.reverse),
+        link_settings(
+            settings.iso8583_host or runtime.settings.host, settings.iso8583_port, settings.network_api_key,
+            settings.iso8583_allow_networks, sign_on_seconds=settings.iso8583_sign_on_seconds,
+            idle_seconds=settings.iso8583_idle_seconds, max_in_flight=settings.iso8583_max_in_flight,
+        ),
+    )  # fmt: skip
+
     async def warn_about_dev_keys() -> None:
         if dev := settings.dev_keys_in_use():
             log.warning("development keys in use (set them in production): %s", ", ".join(dev))
@@ -63,7 +74,9 @@ def create_app(runtime: Runtime | None = None, settings: CardsSettings | None = 
             compensation_job(runtime.db, accounts, settings),
             revocations.run,
             gauges_job(runtime.db),
+            *([link.run] if settings.iso8583_enabled else []),
         ],
+        checkers={"iso8583_link": link.checker} if settings.iso8583_enabled else None,
         on_startup=[warn_about_dev_keys],
         on_shutdown=[close_clients],
         direct_routes=[("POST", "/network/authorisations")],
@@ -72,4 +85,5 @@ def create_app(runtime: Runtime | None = None, settings: CardsSettings | None = 
     app.state.token_verifier = verifier
     app.state.internal_token = runtime.settings.internal_token
     app.state.network_api_key = settings.network_api_key
+    app.state.iso8583_link = link
     return app

@@ -14,7 +14,7 @@ import base64
 import binascii
 import hashlib
 
-from pydantic import Field, field_validator
+from pydantic import Field, IPvAnyNetwork, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_NETWORK_KEY = "dev-network-key"
@@ -85,6 +85,21 @@ class CardsSettings(BaseSettings):
     # Card holders' access tokens: accounts' JWKS and revocation list.
     jwks_min_refresh_seconds: float = Field(default=5.0, ge=0)
     revocation_poll_seconds: float = Field(default=2.0, gt=0)
+
+    # The card network's ISO 8583 link (services/cards/iso8583, docs/iso8583.md): its own TCP port (0: any
+    # free one, for tests), the addresses allowed to connect, how long a new connection has to sign on,
+    # how long a link may stay silent (the network sends 0800/301 echoes), and how many messages one link
+    # may have in flight before cards stops reading from it.
+    iso8583_enabled: bool = True
+    iso8583_host: str | None = None  # default: BANK_HOST
+    iso8583_port: int = Field(default=8583, ge=0, le=65535)
+    iso8583_allow_networks: tuple[IPvAnyNetwork, ...] = Field(
+        default=("127.0.0.0/8", "::1/128"),  # type: ignore[arg-type]
+        description="JSON list of CIDRs, e.g. CARDS_ISO8583_ALLOW_NETWORKS='[\"10.20.0.0/16\"]'",
+    )
+    iso8583_sign_on_seconds: float = Field(default=10.0, gt=0)
+    iso8583_idle_seconds: float = Field(default=120.0, gt=0)
+    iso8583_max_in_flight: int = Field(default=2_000, ge=1)
 
     @field_validator("encryption_key", "fingerprint_key", "cvc_key")
     @classmethod

@@ -588,6 +588,140 @@ async def run_bank_test(
         await receiver.stop()
 
 
+# Crashes under a network that never repeats -----------------------------------------------------
+
+UNCONFIRMED_SQL = "SELECT count(*) FROM accounts.unconfirmed_holds"
+APPROVED_HOLDS_SQL = """
+SELECT a.network_transaction_id AS nid, h.status AS hold_status
+FROM cards.authorisations a LEFT JOIN accounts.holds h ON h.network_txn_id = a.network_transaction_id
+WHERE a.network_transaction_id = ANY($1::text[])
+"""
+
+
+@dataclass
+class OneShotNetwork:
+    """A card network that sends each 0100 once, open loop at `rate`, and never repeats or reverses
+    what went unanswered: whatever a crash left behind, the bank alone must clean up."""
+
+    base_url: str
+    customers: list[Any]
+    rate: float
+    network_key: str = "dev-network-key"
+    answers: dict[str, str] = field(default_factory=dict)  # network id -> response code, or an error
+    sent: int = 0
+
+    def message(self, seq: int, rng: random.Random) -> dict[str, Any]:
+        c = self.customers[rng.randrange(len(self.customers))]
+        return {
+            "mti": "0100", "pan": c.pan, "expiry": c.expiry, "processing_code": "000000",
+            "amount": rng.randint(100, 900), "currency": "GBP", "stan": f"{seq % 1_000_000:06d}",
+            "rrn": f"{seq:012d}", "transmission_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "network_transaction_id": f"ONESHOT{os.getpid()}X{seq:08d}",
+            "merchant": {"id": "BB0001", "name": "BRIGHTBIRD ESPRESSO", "mcc": "5814", "city": "London",
+                         "country": "GB", "postcode": "N1 3JD"},
+        }  # fmt: skip
+
+    async def run(self, seconds: float, seed: int = 1) -> None:
+        rng = random.Random(seed)
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        headers = {"x-network-key": self.network_key}
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=3.0, limits=limits) as client:
+
+            async def send(body: dict[str, Any]) -> None:
+                nid = body["network_transaction_id"]
+                try:
+                    r = await client.post("/network/authorisations", json=body, headers=headers)
+                    code = r.json().get("response_code") if r.status_code == 200 else None
+                    self.answers[nid] = code or f"http_{r.status_code}"
+                except (httpx.HTTPError, ValueError) as exc:
+                    self.answers[nid] = type(exc).__name__
+
+            began, tasks = time.monotonic(), []
+            while (elapsed := time.monotonic() - began) < seconds:
+                due = int(elapsed * self.rate) - self.sent
+                for _ in range(due):
+                    self.sent += 1
+                    tasks.append(asyncio.create_task(send(self.message(self.sent, rng))))
+                await asyncio.sleep(0.01)
+            await asyncio.gather(*tasks)
+
+    @property
+    def approved(self) -> list[str]:
+        return [nid for nid, code in self.answers.items() if code == "00"]
+
+
+async def run_crash_test(
+    folder: Path, *, seconds: float = 40.0, rate: float = 60.0, customers: int = 20, kill_every: float = 4.0,
+    seed: int = 1, say: Any = print,
+) -> dict[str, Any]:  # fmt: skip
+    """Authorisations from a network that never repeats or reverses, while cards and accounts take
+    turns to be killed with SIGKILL (mid-batch, at this rate) and restarted. Afterwards: how long until
+    no hold is left that no approved authorisation stands behind (decision 0031: within 60 s), whether
+    every approval the network was told of still holds its money, and the checker's verdict."""
+    import asyncpg
+
+    from bank.checker import STRAY_HOLDS, Customer, settle
+    from simulator.population import seed_population
+
+    env = {"GATEWAY_RATE_LIMITS": LIFTED_LIMITS}
+    cluster = BankCluster(folder, env=env)
+    async with cluster:
+        population = await seed_population(
+            cluster.base_url, customers, seed, signup_url=cluster.accounts_direct
+        )
+        network = OneShotNetwork(cluster.base_url, population.customers, rate)
+        faults: list[Fault] = []
+
+        async def crash() -> None:
+            began = time.monotonic()
+            targets = ("cards", "accounts")
+            while time.monotonic() - began < seconds - kill_every / 2:
+                await asyncio.sleep(kill_every / 2 + random.Random(len(faults)).random() * kill_every / 2)
+                target = targets[len(faults) % 2]
+                fault = Fault("kill", target, round(time.monotonic() - began, 2))
+                faults.append(fault)
+                fault.recovered_s = round(await cluster.restart(target), 2)
+
+        await asyncio.gather(network.run(seconds, seed), crash())
+        calm = time.monotonic()
+        await cluster.all_ready()
+        conn = await asyncpg.connect(cluster.libpq_url)
+        try:
+            stray: list[Any] = []
+            while time.monotonic() - calm < 120:
+                stray = await conn.fetch(STRAY_HOLDS)
+                if not stray:
+                    break
+                await asyncio.sleep(0.5)
+            released_after = round(time.monotonic() - calm, 2)
+            unconfirmed = int(await conn.fetchval(UNCONFIRMED_SQL))
+            approved = await conn.fetch(APPROVED_HOLDS_SQL, network.approved)
+        finally:
+            await conn.close()
+        say(f"crash test: {network.sent} sent, {len(network.approved)} approved, {len(faults)} kills, "
+            f"no stray hold {released_after}s after the last fault")  # fmt: skip
+        report = await settle(
+            cluster.database_url, limit=60.0, gateway_url=cluster.base_url,
+            customers=[Customer(c.account_id, c.token) for c in population.customers],
+            push_url=cluster.push_url,
+        )  # fmt: skip
+        codes: dict[str, int] = {}
+        for code in network.answers.values():
+            codes[code] = codes.get(code, 0) + 1
+        return {
+            "sent": network.sent,
+            "answers": codes,
+            "faults": summary(faults),
+            "stray_holds_left": [dict(r) for r in stray],
+            "no_stray_hold_after_s": released_after,
+            "unconfirmed_left": unconfirmed,
+            "approved_answered": len(network.approved),
+            "approved_without_active_hold": [dict(r) for r in approved if r["hold_status"] != "active"],
+            "approved_answered_unrecorded": len(network.approved) - len(approved),
+            "checker": report.to_dict(),
+        }
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m bank.faults --seconds 1800` (make soak): the bank test, long; exit 1 on a violation."""
     import argparse

@@ -47,11 +47,17 @@ from services.accounts.ledger import (
 )
 from services.accounts.models import Account, Hold
 from services.accounts.observability import NEGATIVE_BALANCES
-from shared.db import Executor
+from shared.db import Executor, savepoint
 from shared.errors import BankError, bad_request, conflict, forbidden, not_found
 from shared.events.outbox import Outbox, Outgoing
 from shared.ids import new_id
 from shared.money import parse_currency
+
+PLACE_ATTEMPTS = 5
+
+
+class _IdTaken(Exception):
+    """A hold's network id was taken by a concurrent batch: undo this batch's inserts, decide again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,33 +190,40 @@ class LedgerService:
         `provisional` holds wait in `unconfirmed_holds` until cards is seen to have recorded them,
         and are released if it has not (decision 0031). A constant number of statements per batch."""
         now = datetime.now(UTC)
-        funds = await repo.lock_funds(session, (p.request.account_id for p in placements))
-        earlier = await repo.holds_by_network_ids(session, [p.request.network_txn_id for p in placements])
-        answers: list[HoldResult | BankError | None] = [None] * len(placements)
-        fresh: dict[str, int] = {}  # network id -> index of its first placement in this batch
-        for i, placement in enumerate(placements):
-            request = placement.request
-            account = funds.get(request.account_id)
-            if account is None or account.kind != "customer":
-                answers[i] = not_found("account", "no account with that id")
-            elif (hold := earlier.get(request.network_txn_id)) is not None:
-                answers[i] = _repeat(hold, request, account)
-            elif request.network_txn_id not in fresh:
-                fresh[request.network_txn_id] = i
-        order = sorted(fresh.values())
-        decisions = decide_holds(funds, [placements[i].request for i in order])
-        holds = [
-            self._new_hold(placements[i], decision, now) for i, decision in zip(order, decisions, strict=True)
-        ]
-        inserted = await repo.insert_holds(session, holds, now, provisional=provisional)
+        account_ids = [p.request.account_id for p in placements]
+        network_ids = [p.request.network_txn_id for p in placements]
+        for _ in range(PLACE_ATTEMPTS):
+            funds = await repo.lock_funds(session, account_ids)
+            earlier = await repo.holds_by_network_ids(session, network_ids)
+            answers: list[HoldResult | BankError | None] = [None] * len(placements)
+            fresh: dict[str, int] = {}  # network id -> index of its first placement in this batch
+            for i, placement in enumerate(placements):
+                request = placement.request
+                account = funds.get(request.account_id)
+                if account is None or account.kind != "customer":
+                    answers[i] = not_found("account", "no account with that id")
+                elif (hold := earlier.get(request.network_txn_id)) is not None:
+                    answers[i] = _repeat(hold, request, account)
+                elif request.network_txn_id not in fresh:
+                    fresh[request.network_txn_id] = i
+            order = sorted(fresh.values())
+            decisions = decide_holds(funds, [placements[i].request for i in order])
+            holds = [self._new_hold(placements[i], d, now) for i, d in zip(order, decisions, strict=True)]
+            try:
+                async with savepoint(session):
+                    if len(await repo.insert_holds(session, holds, now, provisional=provisional)) < len(
+                        holds
+                    ):
+                        raise _IdTaken  # a concurrent batch placed one of these ids on another account
+            except _IdTaken:
+                continue  # it has committed: decide again, that id now a repeat, with nothing reserved for it
+            break
+        else:
+            raise BankError(
+                "service_unavailable.holds_contended", "network ids contended; send the batch again"
+            )
         events = []
         for i, hold, decision in zip(order, holds, decisions, strict=True):
-            if hold.network_txn_id not in inserted:  # a concurrent batch took the id: answer as it did
-                taken = await repo.holds_by_network_ids(session, [hold.network_txn_id])
-                answers[i] = _repeat(
-                    taken[hold.network_txn_id], placements[i].request, funds[hold.account_id]
-                )
-                continue
             answers[i] = HoldResult(hold, Money(decision.balance, decision.available))
             if hold.status == "active":
                 events.append(Outgoing(LEDGER_TOPIC, hold.account_id, HoldPlaced(

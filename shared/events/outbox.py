@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from shared import tracing
+from shared.context import TraceContext
 from shared.db import Executor, after_commit, execute
 from shared.events.envelope import Envelope, EventData
 from shared.events.tables import event_tables
@@ -70,13 +71,8 @@ class Outbox:
         only if that transaction commits."""
         if not events:
             return []
-        span = tracing.child(
-            "outbox.emit", kind=tracing.PRODUCER, attributes={"messaging.batch.message_count": len(events)}
-        )
-        envelopes = [
-            Envelope.wrap(self.service, e.subject, e.data, traceparent=_child_of(e.cause) or e.traceparent)
-            for e in events
-        ]
+        wrapped = [self._wrap(e) for e in events]
+        envelopes = [envelope for envelope, _ in wrapped]
         columns: tuple[list[str], ...] = ([], [], [], [], [])
         for e, env in zip(events, envelopes, strict=True):
             for column, value in zip(
@@ -86,17 +82,41 @@ class Outbox:
         try:
             await execute(session, self._insert_sql, *columns)
         except BaseException as exc:
-            if span is not None:
-                span.end(exc)
+            for _, span in wrapped:
+                if span is not None:
+                    span.end(exc, restore=False)
             raise
-        if span is not None:
-            span.end()
+        for _, span in wrapped:
+            if span is not None:
+                span.end(restore=False)
         observers = _observers.get(self.service)
         for envelope in envelopes if observers else ():
             for observe in observers or ():
                 after_commit(session, partial(_notify, observe, envelope))
         after_commit(session, self.wake.set)
         return envelopes
+
+    def _wrap(self, e: Outgoing) -> tuple[Envelope, tracing.Active | None]:
+        """The event's envelope and, unless it answers another event, its emit span (under the
+        request it reports, or the caller's trace), to be recorded once the insert is done."""
+        if e.cause is not None:
+            return Envelope.wrap(self.service, e.subject, e.data, traceparent=_child_of(e.cause)), None
+        name = f"outbox.emit {e.data.event_type}"
+        parent = TraceContext.parse(e.traceparent) if e.traceparent else None
+        if parent is not None:
+            span = tracing.start(name, kind=tracing.PRODUCER, parent=parent)
+        else:
+            span = tracing.child(name, kind=tracing.PRODUCER)
+        # Its traceparent: the emit span's, else the request's, else the caller's.
+        envelope = Envelope.wrap(self.service, e.subject, e.data, traceparent=None if span else e.traceparent)
+        if span is not None:
+            for key, value in tracing.event_attributes(
+                envelope.type, envelope.id, e.subject, envelope.data
+            ).items():
+                span.set(key, value)
+            span.set("messaging.destination.name", e.topic)
+            span.end(restore=True, record=False)  # no longer current; recorded once the insert is done
+        return envelope, span
 
 
 def _child_of(cause: Envelope | None) -> str | None:

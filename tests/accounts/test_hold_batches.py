@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
@@ -641,13 +640,6 @@ async def _waiting_on_a_lock(db: Database) -> bool:
     return bool(waiting)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug in services/accounts/service.py place_holds (lines 201-213): decide_holds reserves the "
-    "money of a hold whose insert is then skipped (ON CONFLICT, a concurrent batch took its network id), "
-    "so later holds of the batch on that account are declined or report a wrong available balance",
-)
 async def test_a_hold_lost_to_a_concurrent_batch_reserves_nothing_for_the_holds_after_it(
     db: Database, ledger: LedgerService
 ) -> None:

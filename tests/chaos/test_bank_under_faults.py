@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bank.faults import dump, run_bank_test
+from bank.faults import dump, run_bank_test, run_crash_test
 
 
 def _report(name: str, doc: dict[str, Any]) -> None:
@@ -62,3 +63,20 @@ async def test_money_survives_the_same_faults_and_a_kafka_broker_stop(tmp_path: 
     doc = await run_bank_test(tmp_path / "bank", seconds=45, rate=8, customers=10, kill_every=6, kafka=True)
     _report("kafka", doc)
     _assert_sound(doc, kinds={"kill", "postgres-restart", "delay", "kafka-stop"})
+
+
+async def test_no_crash_strands_money_when_the_network_never_repeats(tmp_path: Path) -> None:
+    """cards and accounts killed in turn mid-batch; nothing repeated or reversed by the network. Every
+    hold no approved authorisation stands behind is released within 60 s (decision 0031), and every
+    approval the network was told of keeps its hold."""
+    doc = await run_crash_test(tmp_path / "bank", seconds=30, rate=60, customers=20, kill_every=4)
+    out = Path(os.environ.get("BANK_TEST_REPORTS", tempfile.gettempdir())) / "bank-test-crash.json"
+    out.write_text(dump(doc))
+    kills = Counter(f["target"] for f in doc["faults"]["log"] if f["kind"] == "kill")
+    assert kills.get("cards", 0) >= 2 and kills.get("accounts", 0) >= 2, doc["faults"]
+    assert doc["approved_answered"] >= 100, doc["answers"]
+    assert doc["stray_holds_left"] == [] and doc["no_stray_hold_after_s"] <= 60, doc
+    assert doc["unconfirmed_left"] == 0 or doc["no_stray_hold_after_s"] <= 60
+    assert doc["approved_without_active_hold"] == [], doc["approved_without_active_hold"]
+    assert doc["approved_answered_unrecorded"] == 0
+    assert doc["checker"]["ok"], json.dumps(doc["checker"], indent=1, default=str)

@@ -4,7 +4,9 @@ and nothing but a DecodeError, without any value in its text, for anything else.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import iso8583
 import pytest
@@ -137,3 +139,18 @@ def test_subelements_and_additional_amounts() -> None:
     assert profile.additional_amount(-5, "GBP") == "0002826D000000000005"
     assert profile.additional_amount(1, "XYZ") is None
     assert profile.currency("826") == "GBP" and profile.currency("123") == "XXX"
+
+
+def test_the_examples_in_the_interface_specification_decode_as_it_says() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "iso8583.md").read_text()
+    examples = re.findall(r"### (\d{4})[^\n]*\n\n```\n([0-9a-f\n]+)```\n\nFields: ([^\n]+)", text)
+    assert {mti for mti, _, _ in examples} >= {"0100", "0101", "0110", "0120", "0130", "0400", "0410", "0800",
+                                                "0810"}  # fmt: skip
+    for mti, hex_frame, listed in examples:
+        frame = bytes.fromhex(hex_frame.replace("\n", ""))
+        assert int.from_bytes(frame[:2], "big") == len(frame) - 2
+        expected = {int(f): v for f, v in re.findall(r"(\d+)='([^']*)'", listed)}
+        ours = codec.decode(frame[2:])
+        theirs, _ = iso8583.decode(frame[2:], default_ascii)
+        assert ours.mti == theirs["t"] == mti
+        assert ours.fields == expected == {int(k): v for k, v in theirs.items() if k.isdigit() and k != "1"}

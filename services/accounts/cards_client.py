@@ -26,10 +26,10 @@ class CardsClient:
 
     async def resolve(self, network_txn_ids: Sequence[str]) -> Verdicts:
         """Final answers: cards closes every id it has not recorded, so it can never record it later."""
+        body = {"network_transaction_ids": list(network_txn_ids)}
         resp = await self._client.exchange(
-            "POST", "/internal/authorisations/resolve", json={"network_transaction_ids": list(network_txn_ids)},
-            headers=self._headers, idempotent=True,
-        )  # fmt: skip
+            "POST", "/internal/authorisations/resolve", json=body, headers=self._headers, idempotent=True
+        )
         if resp.status_code != 200:
             raise CardsUnavailable(f"cards answered HTTP {resp.status_code}")
         body = resp.json()

@@ -211,10 +211,9 @@ class LedgerService:
             holds = [self._new_hold(placements[i], d, now) for i, d in zip(order, decisions, strict=True)]
             try:
                 async with savepoint(session):
-                    if len(await repo.insert_holds(session, holds, now, provisional=provisional)) < len(
-                        holds
-                    ):
-                        raise _IdTaken  # a concurrent batch placed one of these ids on another account
+                    inserted = await repo.insert_holds(session, holds, now, provisional=provisional)
+                    if len(inserted) < len(holds):  # a concurrent batch placed one of the ids elsewhere
+                        raise _IdTaken
             except _IdTaken:
                 continue  # it has committed: decide again, that id now a repeat, with nothing reserved for it
             break

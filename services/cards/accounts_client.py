@@ -158,8 +158,8 @@ class AccountsClient:
         """Provisional holds for a batch of authorisations, one answer each in order: a hold's fate,
         or `AccountsRefused` for one accounts would not place (an unknown account)."""
         body = {"holds": [
-            {"account_id": a.account_id, "network_txn_id": a.hold_id, "amount": a.amount, "currency": a.currency,
-             "expires_at": a.expires_at.isoformat()}
+            {"account_id": a.account_id, "network_txn_id": a.hold_id, "amount": a.amount,
+             "currency": a.currency, "expires_at": a.expires_at.isoformat()}
             for a in asks
         ]}  # fmt: skip
         with within(self.deadline):

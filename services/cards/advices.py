@@ -15,7 +15,7 @@ from services.cards import repository as repo
 from services.cards.accounts_client import AccountsClient, AccountsRefused, AccountsUnavailable
 from services.cards.authorise import approval_code, emit_decision, request_digest
 from services.cards.decision import DeclineReason
-from services.cards.models import Authorisation, CardRow
+from services.cards.models import Authorisation, Card
 from services.cards.network import AdviceRequest, ResponseCode
 from services.cards.vault import Vault
 from shared.db import Database
@@ -69,7 +69,7 @@ class Advices:
                 await emit_decision(self.outbox, session, auth, card)
         return auth.advice_response
 
-    async def _force_post(self, card: CardRow, msg: AdviceRequest) -> bool:
+    async def _force_post(self, card: Card, msg: AdviceRequest) -> bool:
         """Debit the stand-in approval; False if accounts refuses it (clearing will force-post it)."""
         nid = msg.network_transaction_id
         try:
@@ -80,9 +80,7 @@ class Advices:
             return False
         return True
 
-    def _advice_row(
-        self, card: CardRow | None, msg: AdviceRequest, digest: str, now: datetime
-    ) -> Authorisation:
+    def _advice_row(self, card: Card | None, msg: AdviceRequest, digest: str, now: datetime) -> Authorisation:
         auth_id = new_id("auth")
         approved = _approved(msg)
         approval = approval_code() if approved else None

@@ -51,7 +51,7 @@ from services.cards.events import (
     AuthorisationDeclined,
     MerchantData,
 )
-from services.cards.models import Authorisation, Card, CardRow, PriorAnswer
+from services.cards.models import Authorisation, Card
 from services.cards.network import (
     RESPONSE_CODES,
     AdviceRequest,
@@ -99,7 +99,7 @@ def duplicate(network_transaction_id: str) -> dict[str, Any]:
             "network_transaction_id": network_transaction_id}  # fmt: skip
 
 
-def answer_to_repeat(existing: Authorisation | PriorAnswer, digest: str) -> dict[str, Any]:
+def answer_to_repeat(existing: Authorisation, digest: str) -> dict[str, Any]:
     """The answer recorded under the message's network id, if it is the same message (or the id was
     closed unrecorded: its 91); else 94."""
     if existing.request_digest in (digest, repo.VOIDED):
@@ -107,13 +107,13 @@ def answer_to_repeat(existing: Authorisation | PriorAnswer, digest: str) -> dict
     return duplicate(existing.network_transaction_id)
 
 
-def card_state(card: CardRow | None) -> CardState | None:
+def card_state(card: Card | None) -> CardState | None:
     if card is None:
         return None
     return CardState(card.status, expiry_of(card), card.currency, controls_of(card))
 
 
-def event_fields(auth: Authorisation, card: Card | CardRow) -> dict[str, Any]:
+def event_fields(auth: Authorisation, card: Card) -> dict[str, Any]:
     return {
         "account_id": card.account_id,
         "card_id": card.id,
@@ -130,9 +130,7 @@ def event_fields(auth: Authorisation, card: Card | CardRow) -> dict[str, Any]:
     }
 
 
-def decision_event(
-    auth: Authorisation, card: Card | CardRow
-) -> AuthorisationApproved | AuthorisationDeclined:
+def decision_event(auth: Authorisation, card: Card) -> AuthorisationApproved | AuthorisationDeclined:
     """card.authorisation.approved or .declined."""
     fields = event_fields(auth, card)
     if auth.status == "approved":
@@ -146,7 +144,7 @@ def decision_event(
     )
 
 
-async def emit_decision(outbox: Outbox, session: Executor, auth: Authorisation, card: Card | CardRow) -> None:
+async def emit_decision(outbox: Outbox, session: Executor, auth: Authorisation, card: Card) -> None:
     """The decision's event, in the caller's transaction."""
     await outbox.emit(session, AUTHORISATIONS_TOPIC, card.account_id, decision_event(auth, card))
 
@@ -168,7 +166,7 @@ class Decided:
     """A message of a batch on its way through it."""
 
     message: Message
-    card: CardRow | None
+    card: Card | None
     decision: Decision
     expires_at: datetime | None = None  # of the hold, when one is asked for
     balance: int | None = None  # for a balance inquiry
@@ -212,7 +210,7 @@ class Authoriser:
                 first.setdefault(message.request.network_transaction_id, i)
         leaders = [messages[i] for i in sorted(first.values())]
         recorded: dict[str, Authorisation] = {}
-        prior: dict[str, PriorAnswer] = {}
+        prior: dict[str, Authorisation] = {}
         if leaders:
             async with self.db.fast_transaction() as tx:
                 recorded = await self._decide_and_record(tx, leaders, answers, first)
@@ -272,7 +270,7 @@ class Authoriser:
         return recorded
 
     async def _decide(
-        self, tx: Tx, messages: list[Message], cards: dict[str, CardRow], now: datetime
+        self, tx: Tx, messages: list[Message], cards: dict[str, Card], now: datetime
     ) -> list[Decided]:
         """Each message's decision by the card's own rules (pure), its daily total counting the
         approvals asked for earlier in this batch on the same card."""

@@ -2,13 +2,11 @@
 
 No column ever holds a clear PAN or CVC: `fingerprint` (HMAC of the PAN) finds a
 card, `pan_ciphertext` is AES-GCM, `cvc_digest` is an HMAC (services/cards/vault.py).
-The authorisation path reads plain rows (`CardRow`, `PriorAnswer`), not ORM
-objects (decision 0020).
+The authorisation path reads rows with set-based SQL into these classes (decision 0030).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -126,30 +124,3 @@ class Compensation(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     completed: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-@dataclass(frozen=True, slots=True)
-class CardRow:
-    """A card as the authorisation path reads it: a plain row under its lock, not an ORM object."""
-
-    id: str
-    account_id: str
-    currency: str
-    last4: str
-    expiry_month: int
-    expiry_year: int
-    cvc_digest: str
-    status: str
-    per_transaction_limit: int | None
-    daily_limit: int | None
-    blocked_mccs: list[str] | None
-    atm_enabled: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PriorAnswer:
-    """What a repeat of a message needs from the authorisation recorded under its network id."""
-
-    network_transaction_id: str
-    request_digest: str
-    response: dict[str, Any]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import fields
 from datetime import datetime
 from typing import cast
 
@@ -15,43 +14,44 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.cards.models import (
     Authorisation,
     Card,
-    CardRow,
     Compensation,
     Presentment,
-    PriorAnswer,
     Reversal,
 )
 from shared.db import Executor, execute, fetch_all
 
-_CARD_COLUMNS = tuple(f.name for f in fields(CardRow))
-_PRIOR_COLUMNS = tuple(f.name for f in fields(PriorAnswer))
+_CARD_COLUMNS = tuple(c.key for c in cast(Table, Card.__table__).columns)
+_AUTHORISATION_COLUMNS = tuple(c.key for c in cast(Table, Authorisation.__table__).columns)
 # The card path's statements: set-based SQL with `$n` parameters, a constant number per batch whatever
 # its size (decision 0030), run on the hot path's plain connection or in a session.
 _CARDS_BY_FINGERPRINTS = f"""
-    SELECT fingerprint, {", ".join(_CARD_COLUMNS)} FROM cards.cards
+    SELECT {", ".join(_CARD_COLUMNS)} FROM cards.cards
     WHERE fingerprint = ANY($1::text[]) ORDER BY id FOR UPDATE
 """
 _PRIOR_ANSWERS = f"""
-    SELECT {", ".join(_PRIOR_COLUMNS)} FROM cards.authorisations WHERE network_transaction_id = ANY($1::text[])
+    SELECT {", ".join(_AUTHORISATION_COLUMNS)} FROM cards.authorisations
+    WHERE network_transaction_id = ANY($1::text[])
 """
 
 
-async def cards_for_messages(on: Executor, fingerprints: Iterable[str]) -> dict[str, CardRow]:
+async def cards_for_messages(on: Executor, fingerprints: Iterable[str]) -> dict[str, Card]:
     """The cards with these fingerprints, row-locked in id order (messages on one card are decided
     one batch at a time, across replicas too: daily limits), by fingerprint."""
     rows = await fetch_all(on, _CARDS_BY_FINGERPRINTS, sorted(set(fingerprints)))
-    return {row[0]: CardRow(*row[1:]) for row in rows}
+    cards = (Card(**dict(zip(_CARD_COLUMNS, row, strict=True))) for row in rows)
+    return {card.fingerprint: card for card in cards}
 
 
-async def prior_answers(on: Executor, network_transaction_ids: Iterable[str]) -> dict[str, PriorAnswer]:
+async def prior_answers(on: Executor, network_transaction_ids: Iterable[str]) -> dict[str, Authorisation]:
     """What was recorded under these network ids already, by network id."""
     rows = await fetch_all(on, _PRIOR_ANSWERS, list(set(network_transaction_ids)))
-    return {row[0]: PriorAnswer(*row) for row in rows}
+    auths = (Authorisation(**dict(zip(_AUTHORISATION_COLUMNS, row, strict=True))) for row in rows)
+    return {auth.network_transaction_id: auth for auth in auths}
 
 
 async def card_for_message(
     on: Executor, fingerprint: str, network_transaction_id: str
-) -> tuple[CardRow | None, PriorAnswer | None]:
+) -> tuple[Card | None, Authorisation | None]:
     """One message's card (row-locked) and any answer already recorded under its network id."""
     card = (await cards_for_messages(on, [fingerprint])).get(fingerprint)
     prior = (await prior_answers(on, [network_transaction_id])).get(network_transaction_id)
@@ -59,7 +59,6 @@ async def card_for_message(
 
 
 _AUTHORISATIONS = cast(Table, Authorisation.__table__)
-_AUTHORISATION_COLUMNS = tuple(c.key for c in _AUTHORISATIONS.columns)
 _JSON_COLUMNS = frozenset(c.key for c in _AUTHORISATIONS.columns if isinstance(c.type, JSONB))
 _ARRAY_TYPES = {str: "text", int: "bigint", bool: "boolean", datetime: "timestamptz"}
 
@@ -108,7 +107,8 @@ _CLOSE_UNRECORDED = """
 """
 _BACKED = """
     SELECT network_transaction_id FROM cards.authorisations
-    WHERE network_transaction_id = ANY($1::text[]) AND status = 'approved' AND hold_id = network_transaction_id
+    WHERE network_transaction_id = ANY($1::text[])
+      AND status = 'approved' AND hold_id = network_transaction_id
 """
 
 

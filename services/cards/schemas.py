@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from services.cards.decision import Controls
-from services.cards.models import Card, CardRow
+from services.cards.models import Card
 from services.cards.vault import Expiry
 from shared.errors import bad_request
 from shared.money import parse_amount
@@ -20,11 +20,11 @@ def rfc3339(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def expiry_of(card: Card | CardRow) -> Expiry:
+def expiry_of(card: Card) -> Expiry:
     return Expiry(card.expiry_month, card.expiry_year)
 
 
-def controls_of(card: Card | CardRow) -> Controls:
+def controls_of(card: Card) -> Controls:
     return Controls(
         per_transaction_limit=card.per_transaction_limit,
         daily_limit=card.daily_limit,

@@ -6,7 +6,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.accounts.ledger import Funds, Line
@@ -146,13 +147,17 @@ async def posted_amount(session: AsyncSession, entry_id: str, account_id: str) -
 
 async def add_entry(
     session: AsyncSession, *, kind: str, account_id: str, reference: str, description: str, lines: list[Line]
-) -> str:
+) -> str | None:
+    """A journal entry and its postings; None (nothing written) if its kind and reference are taken."""
     entry_id = new_id("je")
-    await session.execute(
-        insert(JournalEntry).values(
-            id=entry_id, kind=kind, account_id=account_id, reference=reference, description=description
-        )
+    added = await session.scalar(
+        insert(JournalEntry)
+        .values(id=entry_id, kind=kind, account_id=account_id, reference=reference, description=description)
+        .on_conflict_do_nothing()
+        .returning(JournalEntry.id)
     )
+    if added is None:
+        return None
     await session.execute(
         insert(Posting),
         [{"entry_id": entry_id, "account_id": ln.account_id, "amount": ln.amount, "currency": ln.currency}

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.accounts import repository as repo
@@ -341,13 +340,7 @@ class LedgerService:
             else transfer(CARD_SCHEME, account.id, amount, currency)
         )
         description = "Card payment (forced)" if kind == "debit" else "Card refund"
-        try:
-            async with session.begin_nested():
-                entry_id = await self._post(session, account, entry_kind, network_txn_id, description, lines)
-        except IntegrityError:
-            raise conflict(
-                "network_txn_id_reused", "that network transaction id was posted differently"
-            ) from None
+        entry_id = await self._post(session, account, entry_kind, network_txn_id, description, lines)
         signed = -amount if kind == "debit" else amount
         await self.outbox.emit(
             session,
@@ -427,6 +420,8 @@ class LedgerService:
             description=description,
             lines=lines,
         )
+        if entry_id is None:  # a concurrent posting took this reference (another account's, say)
+            raise conflict("network_txn_id_reused", "that network transaction id was posted differently")
         account.balance += sum(line.amount for line in lines if line.account_id == account.id)
         if account.balance < 0:
             NEGATIVE_BALANCES.inc()

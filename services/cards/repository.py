@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import cast
 
 from sqlalchemy import Table, func, select, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.cards.models import (
@@ -133,6 +133,13 @@ async def authorisation_by_network_id(
 async def get_card(session: AsyncSession, card_id: str, *, lock: bool = False) -> Card | None:
     query = select(Card).where(Card.id == card_id)
     return await session.scalar(query.with_for_update() if lock else query)
+
+
+async def add_card(session: AsyncSession, card: Card) -> bool:
+    """Insert a new card; False (nothing written) if its fingerprint or idempotency key is taken."""
+    values = {c: getattr(card, c) for c in _CARD_COLUMNS}
+    inserted = await session.scalar(insert(Card).values(values).on_conflict_do_nothing().returning(Card.id))
+    return inserted is not None
 
 
 async def card_by_fingerprint(session: AsyncSession, fingerprint: str) -> Card | None:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.cards import repository as repo
@@ -74,15 +73,13 @@ class CardService:
                 daily_limit=None, blocked_mccs=[], atm_enabled=True, idempotency_key=idempotency_key,
                 created=now, updated=now,
             )  # fmt: skip
-            try:
-                async with self.db.transaction() as session:
-                    session.add(card)
-            except IntegrityError:
-                # A concurrent issue with the same key won, or (rarely) the PAN exists: replay or redraw.
-                if idempotency_key and (replay := await self._replay(user_id, account_id, idempotency_key)):
-                    return replay
-                continue
-            return Issued(card, pan, cvc)
+            async with self.db.transaction() as session:
+                added = await repo.add_card(session, card)
+            if added:
+                return Issued(card, pan, cvc)
+            # A concurrent issue with the same key won, or (rarely) the PAN exists: replay or redraw.
+            if idempotency_key and (replay := await self._replay(user_id, account_id, idempotency_key)):
+                return replay
         raise BankError("internal.pan_space", "could not draw an unused card number; try again")
 
     async def _replay(self, user_id: str, account_id: str, key: str) -> Issued | None:

@@ -166,3 +166,25 @@ async def test_a_cut_link_loses_its_own_answers_only() -> None:
         assert (await answer)["63"] == fine
         await until(lambda: LOST._value.get() == lost_before + 1)
         await kept.close()
+
+
+def test_the_listener_runs_on_uvloop_as_cards_does_under_uvicorn() -> None:
+    """uvloop's transports are not asyncio.Transport subclasses; the service runs on them."""
+    import uvloop
+
+    async def scenario() -> None:
+        gated = Gated()
+        async with listener(gated, max_in_flight=1) as server:
+            link = await open_link(server)
+            sent = [message() for _ in range(3)]
+            answers = [asyncio.create_task(link.exchange(doc, 10)) for _, doc in sent]
+            await until(lambda: len(gated.seen) == 1)
+            gated.release(*(nid for nid, _ in sent))
+            assert [(await a)["63"] for a in answers] == [nid for nid, _ in sent]
+            await link.close()
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()

@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import Counter, Gauge
 
@@ -180,8 +180,8 @@ class Link(asyncio.Protocol):
     # -- the connection ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, asyncio's or uvloop's (which does not subclass asyncio.Transport).
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("?", 0)
         host = str(peer[0])
         self.peer = f"{host}:{peer[1]}"
@@ -189,7 +189,7 @@ class Link(asyncio.Protocol):
             log.warning("ISO 8583 connection refused: address not allowed", extra=log_fields(peer=self.peer))
             CLOSED.labels("address_not_allowed").inc()
             self.closing = True
-            transport.abort()
+            self.transport.abort()
             return
         self.server.links.add(self)
         LINKS.inc()

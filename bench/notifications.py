@@ -13,7 +13,9 @@ each a card payment written with `Outbox("transactions").emit` in its own transa
 `Relay` woken in-process (as in every service). An event's clock starts at its scheduled time, which
 stands for the cards service's commit of the approval (the transactions service's fold, one more
 relay + consumer hop, is not in this figure; see docs/services/notifications.md). It stops when the
-fake provider records the push (its own clock; same machine). Latency = received - scheduled.
+fake provider records the push (its own clock; same machine). Latency = received - scheduled. CPU per
+event: user + system CPU over the open-loop phase, of the notifications process and of all of PostgreSQL
+(which also serves this process's outbox writes and relay), divided by the events sent.
 
 Figures go to stdout and bench/results/notifications-<transport>.json. Nothing is asserted.
 """
@@ -36,6 +38,7 @@ from typing import Any, ClassVar
 
 import asyncpg
 import httpx
+import psutil
 from pydantic import SerializerFunctionWrapHandler, model_serializer
 from sqlalchemy import text
 
@@ -81,6 +84,19 @@ async def seed(url: str, users: int) -> None:
         )
     finally:
         await conn.close()
+
+
+def cpu_seconds(pid: int, *, descendants: bool = False) -> float:
+    """User + system CPU seconds of a process; with `descendants`, also of its children, live and exited
+    (the postmaster: all of PostgreSQL)."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [root, *(root.children(recursive=True) if descendants else ())]:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system + (t.children_user + t.children_system if descendants else 0)
+    return total
 
 
 def serve_profiled(out: str) -> None:
@@ -201,6 +217,8 @@ async def run_one(
             await client.delete("/_fake/received")
 
             total = int(args.rate * args.seconds)
+            postmaster = int((tmp / "postgres" / "postmaster.pid").read_text().split()[0])  # main()'s server
+            cpu_before = cpu_seconds(service.pid), cpu_seconds(postmaster, descendants=True)
             scheduled: dict[str, float] = {}
             committed: dict[str, float] = {}
             slots = asyncio.Semaphore(16)
@@ -226,6 +244,8 @@ async def run_one(
                 if int(done or 0) >= total + 1:  # + the warm-up push
                     break
                 await asyncio.sleep(1.0)
+            service_cpu = cpu_seconds(service.pid) - cpu_before[0]
+            postgres_cpu = cpu_seconds(postmaster, descendants=True) - cpu_before[1]
             got = (await client.get("/_fake/received")).json()["received"]
         async with db.read() as session:
             stages = (
@@ -274,6 +294,10 @@ async def run_one(
                     round(percentile(sending, 50), 1),
                     round(percentile(sending, 99), 1),
                 ],
+            },
+            "cpu_ms_per_event": {
+                "notifications": round(service_cpu * 1000 / total, 3),
+                "postgres": round(postgres_cpu * 1000 / total, 3),
             },
             "load_average": os.getloadavg(),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -356,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"rows -> provider accepted {stages['queued_to_sent_p50_p99']}; "
             f"load average {[round(x, 1) for x in r['load_average']]}"
         )
+        cpu = r["cpu_ms_per_event"]
+        print(f"  CPU ms per event: notifications {cpu['notifications']}, PostgreSQL {cpu['postgres']}")
     return 0
 
 

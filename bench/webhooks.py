@@ -18,6 +18,10 @@ with SQL, secrets sealed as the service seals them), all pointing at the receive
   the consumer would write them), round-robin over the webhooks; deliveries/s = backlog / (commit -> the
   receiver has seen every one). The delivery engine alone: no producer, relay or consumer in the way.
 
+The throughput and latency figures come with CPU ms per event: user + system CPU over the phase, of the
+webhooks process (consumer, worker pool, recorder) and of all of PostgreSQL (which also serves this
+process's outbox writes and relay).
+
 Figures go to stdout and bench/results/webhooks.json. Nothing is asserted. On 2 cores PostgreSQL, the
 service and this process share the CPUs.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -42,6 +47,7 @@ from typing import Any, ClassVar
 
 import asyncpg
 import httpx
+import psutil
 
 from bank.infra.kafka import free_port
 from bank.infra.postgres import EmbeddedPostgres
@@ -206,6 +212,19 @@ async def write_backlog(url: str, count: int, webhooks: int) -> list[str]:
     return ids
 
 
+def cpu_seconds(pid: int, *, descendants: bool = False) -> float:
+    """User + system CPU seconds of a process; with `descendants`, also of its children, live and exited
+    (the postmaster: all of PostgreSQL)."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [root, *(root.children(recursive=True) if descendants else ())]:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system + (t.children_user + t.children_system if descendants else 0)
+    return total
+
+
 def percentile(ordered: list[float], q: float) -> float:
     if not ordered:
         return float("nan")
@@ -270,9 +289,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await write(warm)
         await receiver.until(lambda: len(receiver.tx_at) >= 50, 120)
 
+        postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+
+        def cpu_now() -> tuple[float, float]:
+            assert proc is not None
+            return cpu_seconds(proc.pid), cpu_seconds(postmaster, descendants=True)
+
+        def cpu_ms_per_event(since: tuple[float, float], events: int) -> dict[str, float]:
+            now = cpu_now()
+            return {
+                "service_cpu_ms_per_event": round((now[0] - since[0]) * 1000 / events, 3),
+                "postgres_cpu_ms_per_event": round((now[1] - since[1]) * 1000 / events, 3),
+            }
+
         # Throughput.
         n = args.events
         seen_before = len(receiver.seen)
+        cpu_at = cpu_now()
         started = clock()
         for first in range(0, n, 50):
             await write([(i, i % args.webhooks) for i in range(first, min(n, first + 50))])
@@ -286,16 +319,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(elapsed, 3),
             "deliveries_per_second": round(n / elapsed, 1),
             "requests_received": receiver.requests - len(warm),
+            **cpu_ms_per_event(cpu_at, n),
         }
         print(
             f"throughput: {n} deliveries to {args.webhooks} webhooks in {elapsed:.2f}s = "
             f"{n / elapsed:,.0f} deliveries/s (written in {written - started:.2f}s; "
-            f"{throughput['requests_received']} requests received)"
+            f"{throughput['requests_received']} requests received); CPU ms per event: webhooks "
+            f"{throughput['service_cpu_ms_per_event']}, PostgreSQL {throughput['postgres_cpu_ms_per_event']}"
         )
 
         # Latency at an offered rate.
         total = int(args.rate * args.rate_seconds)
         base = n + 1_000_000
+        cpu_at = cpu_now()
         start = clock()
         tasks = []
         slots = asyncio.Semaphore(8)
@@ -319,11 +355,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "p95_ms": round(percentile(lat, 95), 1),
             "p99_ms": round(percentile(lat, 99), 1),
             "max_ms": round(lat[-1], 1),
+            **cpu_ms_per_event(cpu_at, total),
         }
         print(
             f"latency at {args.rate:g} events/s for {args.rate_seconds:g}s, commit -> receiver's 200: "
             f"p50 {latency['p50_ms']} ms, p95 {latency['p95_ms']} ms, p99 {latency['p99_ms']} ms, "
-            f"max {latency['max_ms']} ms"
+            f"max {latency['max_ms']} ms; CPU ms per event: webhooks {latency['service_cpu_ms_per_event']}, "
+            f"PostgreSQL {latency['postgres_cpu_ms_per_event']}"
         )
         # Delivery alone: a backlog of deliveries committed at once (as the consumer writes them, without
         # the producer, relay and consumer in the way), drained by the worker pool.

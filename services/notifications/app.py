@@ -68,7 +68,9 @@ def create_app(runtime: Runtime | None = None, settings: NotificationsSettings |
     providers = build_providers(settings)
     sender = Sender(runtime.db, providers, settings)
     handlers = Handlers(sender)
-    runtime.consumer("push", [TRANSACTIONS_TOPIC, WEBHOOKS_TOPIC], handlers.handlers())
+    runtime.consumer(
+        "push", [TRANSACTIONS_TOPIC, WEBHOOKS_TOPIC], handlers.handlers(), batch_handler=handlers.on_batch
+    )
     accounts = AccountsClient(
         accounts_url, runtime.settings.internal_token, timeout=settings.accounts_timeout_seconds
     )

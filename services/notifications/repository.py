@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    DateTime,
     Float,
     Integer,
     Text,
+    any_,
     bindparam,
     func,
     literal_column,
@@ -19,7 +22,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifications.messages import Message
@@ -112,31 +115,118 @@ async def owner_of(session: AsyncSession, account_id: str) -> str | None:
     return await session.scalar(select(AccountOwner.user_id).where(AccountOwner.account_id == account_id))
 
 
+_OWNERS_OF = select(AccountOwner.account_id, AccountOwner.user_id).where(
+    AccountOwner.account_id == any_(bindparam("account_ids", type_=ARRAY(Text)))
+)
+
+
+async def owners_of(session: AsyncSession, account_ids: Collection[str]) -> dict[str, str]:
+    """The stored owners of these accounts (those known), in one statement."""
+    if not account_ids:
+        return {}
+    rows = await session.execute(_OWNERS_OF, {"account_ids": sorted(set(account_ids))})
+    return {account_id: user_id for account_id, user_id in rows}
+
+
 # -- notifications ---------------------------------------------------------------------------------------
 
 
-_ENQUEUE = """
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A notification to queue: one delivery per active device of `user_id`. With `feed_item_id`, only if
+    that feed item is stored by the same statement (`store`): an item already stored was pushed then."""
+
+    key: str
+    user_id: str
+    account_id: str | None
+    message: Message
+    event_time: datetime | None = None
+    feed_item_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventFeedItem:
+    """A feed item an event puts in the account's feed (type `basic`, source `event`)."""
+
+    id: str
+    account_id: str
+    user_id: str | None
+    title: str
+    body: str
+    source_event_id: str
+
+
+# Any number of owners, feed items and notifications in one statement (one round trip): the owners not
+# stored yet; the feed items not stored yet (one per event); and per notification, a delivery per active
+# device of the user (read by the database), in notification order, unless that device already has one
+# for the notification (unique notification key + device: the first of two in one statement is kept).
+_STORE = text(
+    """
+    WITH owners AS (
+        INSERT INTO notifications.account_owners (account_id, user_id)
+        SELECT * FROM unnest(CAST(:owner_accounts AS text[]), CAST(:owner_users AS text[])) AS o(a, u)
+        ORDER BY a  -- one order for every writer: two never wait for each other in a cycle
+        ON CONFLICT DO NOTHING
+    ), items AS (
+        INSERT INTO notifications.feed_items
+            (id, account_id, user_id, type, title, body, source, source_event_id)
+        SELECT i.id, i.account_id, i.user_id, 'basic', i.title, i.body, 'event', i.source_event_id
+        FROM unnest(CAST(:item_ids AS text[]), CAST(:item_accounts AS text[]), CAST(:item_users AS text[]),
+                    CAST(:item_titles AS text[]), CAST(:item_bodies AS text[]), CAST(:item_events AS text[]))
+             AS i(id, account_id, user_id, title, body, source_event_id)
+        ON CONFLICT (source_event_id) DO NOTHING
+        RETURNING id
+    )
     INSERT INTO notifications.deliveries
         (push_id, notification_key, device_id, user_id, account_id, kind, title, body, data, event_time)
-    SELECT gen_random_uuid(), :key, d.id, d.user_id, :account_id, :kind, :title, :body, :data, :event_time
-    FROM notifications.devices d
-    WHERE d.user_id = :user_id AND d.active
+    SELECT gen_random_uuid(), n.key, d.id, d.user_id, n.account_id, n.kind, n.title, n.body,
+           CAST(n.data AS jsonb), n.event_time
+    FROM unnest(CAST(:keys AS text[]), CAST(:users AS text[]), CAST(:accounts AS text[]),
+                CAST(:kinds AS text[]), CAST(:titles AS text[]), CAST(:bodies AS text[]),
+                CAST(:data AS text[]), CAST(:event_times AS timestamptz[]), CAST(:feed_items AS text[]))
+         WITH ORDINALITY AS n(key, user_id, account_id, kind, title, body, data, event_time, feed_item_id, i)
+    JOIN notifications.devices d ON d.user_id = n.user_id AND d.active
+    WHERE n.feed_item_id IS NULL OR n.feed_item_id IN (SELECT id FROM items)
+    ORDER BY n.i, d.created, d.id
     ON CONFLICT ON CONSTRAINT uq_deliveries_notification_device DO NOTHING
-    RETURNING 1
+    RETURNING kind
 """
-# The same, also storing the account's owner (unless known) in the same round trip.
-_ENQUEUE_AND_REMEMBER_OWNER = f"""
-    WITH owner AS (
-        INSERT INTO notifications.account_owners (account_id, user_id) VALUES (:account_id, :user_id)
-        ON CONFLICT DO NOTHING
-    )
-    {_ENQUEUE}
-"""
-_ENQUEUE_BINDS = (bindparam("data", type_=JSONB), bindparam("event_time", type_=DateTime(timezone=True)))
-_ENQUEUE_STATEMENTS = {
-    False: text(_ENQUEUE).bindparams(*_ENQUEUE_BINDS),
-    True: text(_ENQUEUE_AND_REMEMBER_OWNER).bindparams(*_ENQUEUE_BINDS),
-}
+)
+
+
+async def store(
+    session: AsyncSession,
+    *,
+    owners: Mapping[str, str] | None = None,
+    feed_items: Sequence[EventFeedItem] = (),
+    notifications: Sequence[Notification] = (),
+) -> Counter[str]:
+    """Store account owners (account -> user; an owner already stored is kept), feed items from events
+    (one already stored from the same event is not stored again, nor its notification queued) and queue
+    the notifications, in one statement. Returns how many deliveries were queued, by kind."""
+    owners = owners or {}
+    if not (owners or feed_items or notifications):
+        return Counter()
+    params = {
+        "owner_accounts": list(owners),
+        "owner_users": list(owners.values()),
+        "item_ids": [i.id for i in feed_items],
+        "item_accounts": [i.account_id for i in feed_items],
+        "item_users": [i.user_id for i in feed_items],
+        "item_titles": [i.title for i in feed_items],
+        "item_bodies": [i.body for i in feed_items],
+        "item_events": [i.source_event_id for i in feed_items],
+        "keys": [n.key for n in notifications],
+        "users": [n.user_id for n in notifications],
+        "accounts": [n.account_id for n in notifications],
+        "kinds": [n.message.kind for n in notifications],
+        "titles": [n.message.title for n in notifications],
+        "bodies": [n.message.body for n in notifications],
+        "data": [json.dumps(n.message.data) for n in notifications],
+        "event_times": [n.event_time for n in notifications],
+        "feed_items": [n.feed_item_id for n in notifications],
+    }
+    return Counter(kind for (kind,) in await session.execute(_STORE, params))
 
 
 async def enqueue(
@@ -146,25 +236,11 @@ async def enqueue(
     account_id: str | None,
     message: Message,
     event_time: datetime | None = None,
-    *,
-    remember_owner: bool = False,
 ) -> int:
     """One delivery row per active device of the user; a notification already queued for a device is
-    not queued again (unique notification key + device). Returns how many rows were added.
-
-    One statement (one round trip): the devices are read and the rows inserted by the database; with
-    `remember_owner`, it also stores `account_id`'s owner as `remember_owner()` does."""
-    params = {
-        "key": notification_key,
-        "user_id": user_id,
-        "account_id": account_id,
-        "kind": message.kind,
-        "title": message.title,
-        "body": message.body,
-        "data": message.data,
-        "event_time": event_time,
-    }
-    return len((await session.execute(_ENQUEUE_STATEMENTS[remember_owner], params)).all())
+    not queued again (unique notification key + device). Returns how many rows were added."""
+    notification = Notification(notification_key, user_id, account_id, message, event_time)
+    return sum((await store(session, notifications=[notification])).values())
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from fastapi import FastAPI
 from services.webhooks.accounts_client import AccountsClient
 from services.webhooks.api import public_router
 from services.webhooks.config import WebhooksSettings, decode_key
-from services.webhooks.consumers import transaction_handlers
+from services.webhooks.consumers import DeliveryHandlers
 from services.webhooks.delivery import Deliverer
 from services.webhooks.events import FEED_TOPIC
 from services.webhooks.service import WebhookService
@@ -23,7 +23,8 @@ def create_app(runtime: Runtime | None = None, settings: WebhooksSettings | None
     accounts_url = runtime.settings.url_of("accounts")
     box = SecretBox(decode_key(settings.secret_key))
     deliverer = Deliverer(runtime.db, runtime.outbox, box, settings)
-    runtime.consumer("deliveries", [FEED_TOPIC], transaction_handlers(deliverer))
+    deliveries = DeliveryHandlers(deliverer)
+    runtime.consumer("deliveries", [FEED_TOPIC], deliveries.handlers(), batch_handler=deliveries.on_batch)
     accounts = AccountsClient(accounts_url, runtime.settings.internal_token)
     webhooks = WebhookService(runtime.db, accounts, box, deliverer, settings)
     verifier, revocations, token_client = accounts_token_verifier(

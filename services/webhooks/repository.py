@@ -34,42 +34,50 @@ async def count_webhooks(session: AsyncSession, account_id: str) -> int:
     return int(total or 0)
 
 
-# One statement per event: a delivery row for every active webhook of the account (no read first). The id
-# is `msg_` + 10 characters of millisecond time (from the caller, as shared.ids) + 16 random hexadecimal
-# digits (Crockford base32 characters too), so ids keep sorting by creation time.
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    """A feed event to deliver to the account's webhooks, with the body every attempt sends."""
+
+    event_id: str
+    account_id: str
+    event_type: str
+    event_time: datetime
+    payload: str
+
+
+# One statement per batch of events, whatever its size: a delivery row for every active webhook of each
+# event's account (no read first), in event order, then the webhooks' (created, id): `seq`, the claim's
+# order, follows the events. A redelivered event adds nothing (unique webhook + event). The id is `msg_`
+# + 10 characters of millisecond time (from the caller, as shared.ids) + 16 random hexadecimal digits
+# (Crockford base32 characters too), so ids keep sorting by creation time.
 ADD_DELIVERIES_SQL = text(
     """
 INSERT INTO webhooks.deliveries (id, webhook_id, account_id, event_id, event_type, event_time, payload)
 SELECT :id_prefix || upper(substr(replace(gen_random_uuid()::text, '-', ''), 1, 16)),
-       w.id, w.account_id, :event_id, :event_type, :event_time, :payload
-FROM webhooks.webhooks w
-WHERE w.account_id = :account_id AND w.status = 'active'
-ORDER BY w.created, w.id
+       w.id, w.account_id, e.event_id, e.event_type, e.event_time, e.payload
+FROM unnest(CAST(:event_ids AS text[]), CAST(:account_ids AS text[]), CAST(:event_types AS text[]),
+            CAST(:event_times AS timestamptz[]), CAST(:payloads AS text[])) WITH ORDINALITY
+     AS e(event_id, account_id, event_type, event_time, payload, n)
+JOIN webhooks.webhooks w ON w.account_id = e.account_id AND w.status = 'active'
+ORDER BY e.n, w.created, w.id
 ON CONFLICT DO NOTHING
 """
 )
 
 
-async def add_deliveries(
-    session: AsyncSession,
-    *,
-    id_prefix: str,
-    account_id: str,
-    event_id: str,
-    event_type: str,
-    event_time: datetime,
-    payload: str,
-) -> int:
-    """One delivery per active webhook of the account: a redelivered event adds nothing. How many added."""
+async def add_deliveries(session: AsyncSession, *, id_prefix: str, events: Sequence[FeedEvent]) -> int:
+    """One delivery per active webhook of each event's account, in one statement. How many added."""
+    if not events:
+        return 0
     result = await session.execute(
         ADD_DELIVERIES_SQL,
         {
             "id_prefix": id_prefix,
-            "account_id": account_id,
-            "event_id": event_id,
-            "event_type": event_type,
-            "event_time": event_time,
-            "payload": payload,
+            "event_ids": [e.event_id for e in events],
+            "account_ids": [e.account_id for e in events],
+            "event_types": [e.event_type for e in events],
+            "event_times": [e.event_time for e in events],
+            "payloads": [e.payload for e in events],
         },
     )
     return int(getattr(result, "rowcount", 0) or 0)

@@ -1,7 +1,7 @@
 """Benchmark of the product's headline figure: card payment approved -> the phone's provider has the push.
 
     .venv/bin/python -m bench.notifications [--transport pglog,kafka] [--rate 100] [--seconds 20]
-                                            [--users 1000] [--profile DIR]
+                                            [--users 1000] [--profile DIR] [--spy DIR]
 
 Laid out as `bank up` runs it: a durable PostgreSQL in a temporary folder, migrated; for Kafka a KRaft
 broker in a temporary folder; the fake APNs/FCM (`python -m services.notifications.providers.fake`) and
@@ -14,8 +14,11 @@ each a card payment written with `Outbox("transactions").emit` in its own transa
 stands for the cards service's commit of the approval (the transactions service's fold, one more
 relay + consumer hop, is not in this figure; see docs/services/notifications.md). It stops when the
 fake provider records the push (its own clock; same machine). Latency = received - scheduled. CPU per
-event: user + system CPU over the open-loop phase, of the notifications process and of all of PostgreSQL
-(which also serves this process's outbox writes and relay), divided by the events sent.
+event: user + system CPU from the start of the open loop until every push is answered, of the
+notifications process, of all of PostgreSQL (which also serves this process's outbox writes and relay)
+and of the fake provider (the stand-in for Apple's and Google's servers), divided by the events sent.
+With one device per customer an event is one push. `--spy DIR` samples the notifications process and the
+fake with py-spy over the open loop (`--format raw`, DIR/<process>-<transport>.spy.txt).
 
 Figures go to stdout and bench/results/notifications-<transport>.json. Nothing is asserted.
 """
@@ -28,6 +31,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,6 +120,19 @@ def serve_profiled(out: str) -> None:
     signal.signal(signal.SIGTERM, stop)
     profiler.enable()
     runpy.run_module("services.notifications", run_name="__main__")
+
+
+def spy(pids: dict[str, int], seconds: float, out: Path, transport: str) -> list[subprocess.Popen[bytes]]:
+    """py-spy on each process for `seconds` (sampling: it does not slow the process as cProfile does)."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name, pid in pids.items():
+        command = [py_spy, "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", "200",
+                   "-f", "raw", "-o", str(out / f"{name}-{transport}.spy.txt"), "--nonblocking",
+                   "--full-filenames"]  # fmt: skip
+        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
 
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -218,7 +235,16 @@ async def run_one(
 
             total = int(args.rate * args.seconds)
             postmaster = int((tmp / "postgres" / "postmaster.pid").read_text().split()[0])  # main()'s server
-            cpu_before = cpu_seconds(service.pid), cpu_seconds(postmaster, descendants=True)
+            cpu_before = (
+                cpu_seconds(service.pid),
+                cpu_seconds(postmaster, descendants=True),
+                cpu_seconds(fake.pid),
+            )
+            spies = (
+                spy({"notifications": service.pid, "fake": fake.pid}, args.seconds, args.spy, transport)
+                if args.spy
+                else []
+            )
             scheduled: dict[str, float] = {}
             committed: dict[str, float] = {}
             slots = asyncio.Semaphore(16)
@@ -246,6 +272,9 @@ async def run_one(
                 await asyncio.sleep(1.0)
             service_cpu = cpu_seconds(service.pid) - cpu_before[0]
             postgres_cpu = cpu_seconds(postmaster, descendants=True) - cpu_before[1]
+            fake_cpu = cpu_seconds(fake.pid) - cpu_before[2]
+            for proc in spies:
+                proc.wait(60)
             got = (await client.get("/_fake/received")).json()["received"]
         async with db.read() as session:
             stages = (
@@ -298,6 +327,7 @@ async def run_one(
             "cpu_ms_per_event": {
                 "notifications": round(service_cpu * 1000 / total, 3),
                 "postgres": round(postgres_cpu * 1000 / total, 3),
+                "fake_provider": round(fake_cpu * 1000 / total, 3),
             },
             "load_average": os.getloadavg(),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -338,6 +368,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument(
         "--profile", type=Path, help="run the service under cProfile: DIR/notifications-<transport>.prof"
+    )
+    parser.add_argument(
+        "--spy",
+        type=Path,
+        help="sample the service and the fake with py-spy: DIR/<process>-<transport>.spy.txt",
     )
     args = parser.parse_args(argv)
     RESULTS_DIR.mkdir(exist_ok=True)
@@ -381,7 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"load average {[round(x, 1) for x in r['load_average']]}"
         )
         cpu = r["cpu_ms_per_event"]
-        print(f"  CPU ms per event: notifications {cpu['notifications']}, PostgreSQL {cpu['postgres']}")
+        print(
+            f"  CPU ms per event: notifications {cpu['notifications']}, PostgreSQL {cpu['postgres']},"
+            f" fake provider {cpu['fake_provider']}"
+        )
     return 0
 
 

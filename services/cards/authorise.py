@@ -181,7 +181,13 @@ class Authoriser:
         self.vault = vault
         self.accounts = accounts
         self.settings = settings
-        self.batcher = NaturalBatcher(self._authorise_batch, max_size=settings.authorisation_batch_max)
+        self.batcher = NaturalBatcher(
+            self._authorise_batch,
+            max_size=settings.authorisation_batch_max,
+            budget=settings.authorisation_batch_budget_ms / 1000,
+            overload_wait=settings.authorisation_overload_wait_ms / 1000,
+            shed=lambda _message: _shed(OVERLOADED),
+        )
         self._unavailable = Throttled(log)
 
     async def authorise(self, msg: AuthorisationRequest) -> dict[str, Any]:
@@ -205,7 +211,7 @@ class Authoriser:
         for i, message in enumerate(messages):
             queued(now_monotonic - message.queued_at)
             if message.deadline <= now_monotonic:
-                answers[i] = _shed()
+                answers[i] = _shed(WAITED)
             else:
                 first.setdefault(message.request.network_transaction_id, i)
         leaders = [messages[i] for i in sorted(first.values())]
@@ -223,7 +229,7 @@ class Authoriser:
             if answers[i] is None:
                 nid = message.request.network_transaction_id
                 existing = recorded.get(nid) or prior.get(nid)
-                answers[i] = answer_to_repeat(existing, message.digest) if existing else _shed()
+                answers[i] = answer_to_repeat(existing, message.digest) if existing else _shed(WAITED)
         return [answer for answer in answers if answer is not None]
 
     async def _decide_and_record(
@@ -390,12 +396,17 @@ class Authoriser:
         await self.batcher.aclose()
 
 
-def _shed() -> BankError:
-    """Not answered in time (it waited too long for a batch): nothing decided, nothing recorded, so
-    the network's repeat is decided afresh."""
-    SHED.inc()
+OVERLOADED = "overloaded"  # refused while a queue stands: it would be answered too late (decision 0033)
+WAITED = "queue_timeout"  # waited for a batch past CARDS_AUTHORISATION_QUEUE_SECONDS or its deadline
+
+
+def _shed(reason: str) -> BankError:
+    """Refused without a decision: nothing decided, nothing recorded, so the network's repeat is
+    decided afresh. A retryable refusal rather than a 91, which would send the payment to the
+    network's stand-in, approving it without our balance (decision 0033)."""
+    SHED.labels(reason).inc()
     return BankError(
-        "rate_limited.authorisations",
-        "too many authorisations at once: not answered, send it again",
+        f"rate_limited.{reason}",
+        "too many authorisations at once: not decided, send it again",
         headers={"Retry-After": "1"},
     )

@@ -37,7 +37,10 @@ ISSUER_UNAVAILABLE = Counter(
     "card_issuer_unavailable_total", "91 answers by why accounts did not answer in time", ["cause"]
 )
 SHED = Counter(
-    "card_authorisations_shed_total", "Authorisations not answered (429): their turn did not come in time"
+    "card_authorisations_shed_total",
+    "Authorisations refused undecided (429), by reason: overloaded (a standing queue, decision 0033) or "
+    "queue_timeout (waited past the queue limit or the caller's deadline)",
+    ["reason"],
 )
 COMPENSATIONS = Counter(
     "card_compensations_total", "Holds the compensation job finished with, by outcome", ["outcome"]

@@ -127,7 +127,7 @@ async def test_authorisations_that_wait_too_long_for_a_batch_are_not_answered(
             await asyncio.sleep(0.3)  # the second waits for the next batch, past its 0.2 s
         assert (await slow)["response_code"] == "00"
         r = await late
-        assert r.status_code == 429 and r.json()["code"] == "rate_limited.authorisations"
+        assert r.status_code == 429 and r.json()["code"] == "rate_limited.queue_timeout"
         assert r.headers["retry-after"] == "1"
         assert await bank.rows("SELECT 1 FROM cards.authorisations WHERE network_transaction_id = :n",
                                n=second["network_transaction_id"]) == []  # fmt: skip

@@ -17,6 +17,7 @@ import httpx
 
 from bank.migrate import upgrade
 from services.accounts.config import AccountsSettings
+from services.cards.config import CardsSettings
 from services.gateway.config import GatewaySettings
 from shared.config import SERVICES, BankSettings, load
 
@@ -101,6 +102,19 @@ def _free_port(preferred: int) -> int:
         except OSError:
             s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+ISO8583_PORT = 8583
+
+
+def choose_iso8583_port(env: dict[str, str]) -> int:
+    """The port of cards' ISO 8583 link (docs/iso8583.md): CARDS_ISO8583_PORT if set, else 8583 when
+    free, else any free port; put in `env` so that a restarted cards listens on the same one."""
+    if value := env.get("CARDS_ISO8583_PORT"):
+        return int(value)
+    port = _free_port(ISO8583_PORT)
+    env["CARDS_ISO8583_PORT"] = str(port)
+    return port
 
 
 def start_fake_push(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str] | None:
@@ -199,6 +213,7 @@ def run_bank(settings: BankSettings, *, kafka_bootstrap: str | None = None) -> i
         # The embedded default is a development bank: webhooks may go to plain-http receivers.
         env.setdefault("WEBHOOKS_ALLOW_HTTP", "true")
         fake_push = start_fake_push(env)
+        link = f"{env.get('CARDS_ISO8583_HOST') or settings.host}:{choose_iso8583_port(env)}"
         procs = start_services(settings, env)
         wait_until_ready(settings, procs)
         transport = env.get("BANK_TRANSPORT", settings.transport)
@@ -211,6 +226,8 @@ def run_bank(settings: BankSettings, *, kafka_bootstrap: str | None = None) -> i
             + ", ".join(f"{n} {settings.url_of(n)}" for n in SERVICES if n != "gateway")
             + f"\n  mobile app OAuth client id: {load(AccountsSettings).first_party_client_id}"
             + f"\n  card network key (x-network-key): {load(GatewaySettings).network_api_key}"
+            + f"\n  card network ISO 8583 link: {link}"
+            + f" (sign-on key: {load(CardsSettings).network_api_key}; docs/iso8583.md)"
             + "\n  a customer to try the API as: .venv/bin/bank demo"
             + (f"\n  pushes     {fake_push[1]} (the local fake APNs/FCM)" if fake_push else "")
             + "\nPress Ctrl-C to stop.",

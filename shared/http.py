@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import httpx
+from prometheus_client import Counter
 
 from shared import tracing
 from shared.context import DEADLINE_HEADER, TRACEPARENT_HEADER, TraceContext, current_trace, remaining_seconds
@@ -94,6 +95,43 @@ class CircuitBreaker:
         self._trial_in_flight = False
 
 
+class RetryBudget:
+    """Retries at most `ratio` of the calls made (plus `floor` a second, so a quiet client can still
+    retry): when an upstream is failing, it sees at most 1.1x its traffic rather than 1 + retries
+    times it, so an overload is not turned into a retry storm (decision 0033). A token bucket: each
+    call adds `ratio` of a token, each retry takes one."""
+
+    def __init__(
+        self,
+        ratio: float = 0.1,
+        floor: float = 2.0,
+        most: float = 20.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ratio, self.floor, self.most = ratio, floor, most
+        self.tokens = most
+        self._clock = clock
+        self._at = clock()
+
+    def called(self) -> None:
+        self.tokens = min(self.most, self.tokens + self.ratio)
+
+    def may_retry(self) -> bool:
+        now = self._clock()
+        self.tokens = min(self.most, self.tokens + (now - self._at) * self.floor)
+        self._at = now
+        if self.tokens < 1:
+            RETRIES_REFUSED.inc()
+            return False
+        self.tokens -= 1
+        return True
+
+
+RETRIES_REFUSED = Counter(
+    "service_client_retries_refused_total", "Retries not made because the client's retry budget was spent"
+)
+
+
 class ServiceClient:
     """Calls one upstream service over a single pooled `httpx.AsyncClient`.
 
@@ -117,6 +155,7 @@ class ServiceClient:
         self.retries = retries
         self.backoff = backoff
         self.breaker = breaker or CircuitBreaker(name)
+        self.retry_budget = RetryBudget()
         transport = transport or LeanTransport()
         # trust_env=False: in-cluster calls go direct, never via an HTTP(S)_PROXY from the environment.
         self._client = httpx.AsyncClient(
@@ -225,7 +264,10 @@ class ServiceClient:
         resp: R | None = None
         last_exc: Exception | None = None
         attempts = 0
+        self.retry_budget.called()
         for n in range(self.retries + 1):
+            if n and not self.retry_budget.may_retry():
+                break
             if n:  # exponential backoff with jitter, never sleeping past the deadline
                 delay = self.backoff * 2 ** (n - 1)
                 delay = delay / 2 + random.uniform(0, delay / 2)

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway.limits import RateLimiter, retry_after
 from services.gateway.proxy import Caller, ClientGone, Proxy, read_body, request_headers, response_headers
 from services.gateway.routes import Route, RouteTable
+from services.gateway.shedding import Shedder
 from shared import context
 from shared.errors import BankError
 from shared.observability import log_fields
@@ -161,8 +162,10 @@ class EdgeRouter:
         limiter: RateLimiter,
         proxy: Proxy,
         max_body_bytes: int,
+        shedder: Shedder | None = None,
     ) -> None:
         self.app = app
+        self.shedder = shedder or Shedder()
         self.table = table
         self.identity = identity
         self.limiter = limiter
@@ -244,7 +247,13 @@ class EdgeRouter:
         target = (raw_path + b"?" + query if query else raw_path).decode("latin-1")
         forwarded = request_headers(scope["headers"], route, caller, self.proxy.internal_token)
         method = scope["method"]
-        resp = await self.proxy.forward(route, method, target, forwarded, body)
+        self.shedder.admit(route.priority)
+        status = 500
+        try:
+            resp = await self.proxy.forward(route, method, target, forwarded, body)
+            status = resp.status_code
+        finally:
+            self.shedder.done(route.priority, status)
         await send(
             {
                 "type": "http.response.start",

@@ -18,8 +18,11 @@ UNLIMITED = "none"  # rate-limit class meaning "no limit"
 AUTH_KINDS = ("user", "none", "network")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MAX_TIMEOUT = 60.0
-_ROUTE_KEYS = frozenset({"prefix", "methods", "upstream", "auth", "timeout", "rate_limit"})
-_DEFAULT_KEYS = frozenset({"timeout", "rate_limit"})
+# Who is refused first when the bank is past capacity (decision 0033): app traffic, then card-network
+# authorisations; money-releasing and settling messages (reversals, advices, clearing) never.
+PRIORITIES = ("critical", "network", "app")
+_ROUTE_KEYS = frozenset({"prefix", "methods", "upstream", "auth", "timeout", "rate_limit", "priority"})
+_DEFAULT_KEYS = frozenset({"timeout", "rate_limit", "priority"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,7 @@ class Route:
     timeout: float  # seconds: the deadline the gateway gives the upstream call
     rate_limit: str  # a class of GatewaySettings.rate_limits, or UNLIMITED
     number: int = 0  # position in the file, 1-based, for messages
+    priority: str = "app"  # one of PRIORITIES
 
     @property
     def path(self) -> str:
@@ -196,11 +200,14 @@ def _parse_route(
         bad("missing 'rate_limit' (and no [defaults] rate_limit)")
     elif rate_limit not in classes:
         bad(f"unknown rate_limit class {rate_limit!r} (known: {', '.join(sorted(classes))})")
+    priority = entry.get("priority", defaults.get("priority", "app"))
+    if priority not in PRIORITIES:
+        bad(f"priority must be one of {', '.join(PRIORITIES)} (got {priority!r})")
     if len(problems) > before:
         return None
     assert isinstance(prefix, str) and isinstance(methods, list) and isinstance(upstream, str)
     assert isinstance(auth, str) and isinstance(rate_limit, str) and timeout is not None
-    return Route(prefix, frozenset(methods), upstream, auth, float(timeout), rate_limit, number)
+    return Route(prefix, frozenset(methods), upstream, auth, float(timeout), rate_limit, number, priority)
 
 
 def _prefix_problem(prefix: Any) -> str | None:

@@ -105,6 +105,7 @@ class BankCluster:
         self.broker: KafkaBroker | None = None
         self.push_port = free_port()
         self.push: subprocess.Popen[bytes] | None = None
+        self.iso8583_port = free_port()  # cards' ISO 8583 link (docs/iso8583.md)
         self.database_url = ""
 
     # Addresses ----------------------------------------------------------------------------------
@@ -121,6 +122,10 @@ class BankCluster:
     def accounts_direct(self) -> str:
         """Accounts itself, bypassing the delay proxy (sign-ups in bulk, the checker's API reads)."""
         return f"http://127.0.0.1:{self.accounts_port}"
+
+    @property
+    def iso8583_address(self) -> str:
+        return f"127.0.0.1:{self.iso8583_port}"
 
     @property
     def push_url(self) -> str:
@@ -142,6 +147,7 @@ class BankCluster:
             NOTIFICATIONS_APNS_URL=self.push_url,
             NOTIFICATIONS_FCM_URL=self.push_url,
             NOTIFICATIONS_FCM_TOKEN_URI=f"{self.push_url}/token",
+            CARDS_ISO8583_PORT=str(self.iso8583_port),
         )
         for service, port in self.ports.items():
             env[f"BANK_{service.upper()}_URL"] = f"http://127.0.0.1:{port}"
@@ -509,9 +515,12 @@ async def run_bank_test(
     kill_every: float = 6.0,
     seed: int = 1,
     say: Any = print,
+    wire: str = "json",
 ) -> dict[str, Any]:
     """Start a bank, run the simulator's `day` traffic for `seconds` while FaultRunner breaks things,
-    quiesce, run the checker. Returns the report: operations, faults, invariant violations."""
+    quiesce, run the checker. Returns the report: operations, faults, invariant violations.
+    `wire`: the network's messages as JSON through the gateway, or "iso8583" over links to cards
+    (a kill of cards cuts them with messages in flight; the network repeats what went unanswered)."""
     from bank.checker import Customer, settle
     from simulator.population import seed_population
     from simulator.runner import RunConfig, run_scenario
@@ -550,6 +559,8 @@ async def run_bank_test(
                 settle_seconds=20.0,
                 write_report=False,
                 connections=64,
+                wire=wire,
+                iso8583_address=cluster.iso8583_address,
             )
             result = await run_scenario(cfg, population, during=during, say=say)
             quiet = await quiesce(cluster)
@@ -569,6 +580,8 @@ async def run_bank_test(
             )
             doc = {
                 "transport": "kafka" if kafka else "pglog",
+                "wire": wire,
+                "links": result.report.get("links"),
                 "seconds": seconds,
                 "operations": {
                     "messages_sent": result.stats.offered,
@@ -733,6 +746,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--customers", type=int, default=50)
     parser.add_argument("--kill-every", type=float, default=10.0)
     parser.add_argument("--kafka", action="store_true")
+    parser.add_argument("--wire", choices=("json", "iso8583"), default="json")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--report", type=Path, default=None, help="write the JSON report here")
     args = parser.parse_args(argv)
@@ -746,6 +760,7 @@ def main(argv: list[str] | None = None) -> None:
                 kafka=args.kafka,
                 kill_every=args.kill_every,
                 seed=args.seed,
+                wire=args.wire,
             )
         )
     text = dump(doc)

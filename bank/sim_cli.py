@@ -21,6 +21,15 @@ NETWORK_KEY = typer.Option(
     "--network-key",
     help="the card network's key (x-network-key); default $GATEWAY_NETWORK_API_KEY or the dev key",
 )
+WIRE = typer.Option(
+    "json", "--wire", help="json: the gateway's /network routes; iso8583: persistent pipelined ISO 8583 "
+    "links to cards (docs/iso8583.md; clearing stays JSON)",
+)  # fmt: skip
+ISO8583_ADDRESS = typer.Option(
+    f"127.0.0.1:{os.environ.get('CARDS_ISO8583_PORT', '8583')}", "--iso8583-address",
+    help="cards' ISO 8583 link, host:port (`make run` prints it)",
+)  # fmt: skip
+LINKS = typer.Option(4, "--links", min=1, help="ISO 8583 links (connections) the network holds open")
 SIGNUP_URL = typer.Option(
     None, "--signup-url", help="send sign-up/sign-in here (e.g. accounts, http://127.0.0.1:8001) to "
     "avoid the gateway's sign-up rate limit when seeding thousands",
@@ -75,6 +84,9 @@ def run(
     ledger: bool = typer.Option(True, "--ledger/--no-ledger", help="run `bank ledger verify`'s checks after"),
     database_url: str | None = typer.Option(None, "--database-url", help="for the ledger checks"),
     settle_seconds: float = typer.Option(30.0, "--settle-seconds"),
+    wire: str = WIRE,
+    iso8583_address: str = ISO8583_ADDRESS,
+    links: int = LINKS,
 ) -> None:
     """Run a scenario open-loop against a running bank, reconcile, and write the report.
 
@@ -87,7 +99,7 @@ def run(
         scenario=scenario, rate=rate, duration=duration or DEFAULT_DURATION[scenario], seed=seed_value,
         customers=customers, base_url=base_url, network_key=network_key, signup_url=signup_url,
         population=population, results=results, live=live, database_url=_database_url(database_url, ledger),
-        settle_seconds=settle_seconds,
+        settle_seconds=settle_seconds, wire=_wire(wire), iso8583_address=iso8583_address, links=links,
     )  # fmt: skip
     result = asyncio.run(run_scenario(cfg, say=typer.echo))
     _finish(result.report, result.differences, result.folder)
@@ -104,6 +116,8 @@ def chaos(
     fault_seconds: float | None = typer.Option(None, "--fault-seconds", help="default 10 (kafka-stop: 30)"),
     results: Path | None = typer.Option(None, "--results"),
     live: bool = typer.Option(True, "--live/--no-live"),
+    wire: str = WIRE,
+    links: int = LINKS,
 ) -> None:
     """Start a bank of its own, run `day` with a failure injected, reconcile and verify the ledger.
 
@@ -117,7 +131,7 @@ def chaos(
     failed = False
     for name in names:
         cfg = RunConfig(scenario="day", rate=rate, duration=duration, seed=seed_value, customers=customers,
-                        live=live, settle_seconds=60.0,
+                        live=live, settle_seconds=60.0, wire=_wire(wire), links=links,
                         results=(results / name) if results else None)  # fmt: skip
         result = asyncio.run(
             run_chaos(name, cfg, fault_at=fault_at, fault_seconds=fault_seconds, say=typer.echo)
@@ -127,6 +141,55 @@ def chaos(
         _finish(result.report, result.differences, result.folder, exit_on_failure=False)
     if failed:
         raise typer.Exit(1)
+
+
+OWN_BANK_HELP = "start a bank of its own (durable PostgreSQL, every service), seed --customers, stop it after"
+
+
+@sim_app.command("link-load")
+def link_load(
+    population: Path | None = typer.Option(None, "--population", help="cards from `bank sim seed`"),
+    own_bank: bool = typer.Option(False, "--own-bank", help=OWN_BANK_HELP),
+    customers: int = typer.Option(1_000, "--customers", "-n", min=1),
+    iso8583_address: str = ISO8583_ADDRESS,
+    network_key: str = typer.Option(
+        os.environ.get("CARDS_NETWORK_API_KEY", "dev-network-key"),
+        "--network-key",
+        help="cards' network key, signed on with (default $CARDS_NETWORK_API_KEY or the dev key)",
+    ),
+    links: int = LINKS,
+    window: int = typer.Option(64, "--window", min=1, help="messages in flight per link (max rate)"),
+    seconds: float = typer.Option(20.0, "--seconds", help="the max-rate run (0: none)"),
+    rates: str = typer.Option("300", "--rates", help="comma-separated offered authorisations/s ('': none)"),
+    rate_seconds: float = typer.Option(20.0, "--rate-seconds"),
+    out: Path | None = typer.Option(None, "--out", help="write the figures as JSON here"),
+) -> None:
+    """The card path over the ISO 8583 link: the most authorisations per second it answers (closed
+    loop, --window in flight on each of --links), then open-loop latency at each of --rates (from
+    each message's due time). With --own-bank, also how long the rest of the bank (the feed,
+    notifications, webhooks: every outbox and consumer) took to catch up after the max-rate run."""
+    import json
+
+    from simulator.linkload import run_link_load
+
+    if population is None and not own_bank:
+        raise typer.BadParameter("give --population (a running bank's cards) or --own-bank")
+    offered = [float(r) for r in rates.split(",") if r.strip()]
+    doc = asyncio.run(run_link_load(
+        population=population, own_bank=own_bank, customers=customers, address=iso8583_address,
+        network_key=network_key, links=links, window=window, seconds=seconds, rates=offered,
+        rate_seconds=rate_seconds, say=typer.echo,
+    ))  # fmt: skip
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        typer.echo(f"written to {out}")
+
+
+def _wire(wire: str) -> str:
+    if wire not in ("json", "iso8583"):
+        raise typer.BadParameter(f"unknown wire {wire!r}; json or iso8583")
+    return wire
 
 
 def _finish(

@@ -8,6 +8,11 @@
   (cards' deadline and breaker: fast 91s, then recovery).
 * `kafka-stop`: the bank on a Kafka broker; the broker stopped for `fault_seconds` (30 by default);
   authorisations unaffected; reports how long the outboxes took to drain afterwards.
+* `cards-kill`: SIGKILL cards, start it again. On the ISO 8583 wire every link is cut with its
+  messages in flight; the network reconnects and repeats (0101) what went unanswered.
+* `link-cut` (the ISO 8583 wire, whatever `--wire` says): every link is cut by the network's side
+  while messages are in flight on it, every 2 s for `fault_seconds`; the links are opened again,
+  and what went unanswered is repeated (0101, 0121, 0401) and must get the recorded answer.
 
 Each runs against its own bank (`Cluster`), started in a temporary folder and stopped at the end.
 """
@@ -24,7 +29,8 @@ from typing import Any
 
 from simulator import report as reporting
 from simulator.cluster import Cluster
-from simulator.runner import During, RunConfig, RunResult, run_scenario
+from simulator.loadgen import Wire
+from simulator.runner import During, RunConfig, RunResult, open_wire, run_scenario
 from simulator.scenarios import AUTHORISATION, CHAOS_SCENARIOS
 
 SCENARIOS = CHAOS_SCENARIOS
@@ -77,7 +83,27 @@ async def _wait_until(check: Callable[[], Any], limit: float) -> float | None:
     return None
 
 
-def fault(cluster: Cluster, scenario: str, fault_at: float, fault_seconds: float) -> During:
+async def _cut_links(wire: Wire | None, seconds: float) -> list[int]:
+    """Cut every link of `wire` with messages in flight, every 2 s for `seconds`: how many were in
+    flight at each cut."""
+    links = getattr(wire, "links", None)
+    if links is None:
+        raise ValueError("link-cut needs the ISO 8583 wire")
+    loop = asyncio.get_running_loop()
+    end, cuts = loop.time() + seconds, []
+    while True:
+        waited = loop.time()
+        while links.in_flight == 0 and loop.time() - waited < 2.0:  # a cut with something in flight
+            await asyncio.sleep(0.001)
+        cuts.append(links.cut())
+        if loop.time() + 2.0 > end:
+            return cuts
+        await asyncio.sleep(2.0)
+
+
+def fault(
+    cluster: Cluster, scenario: str, fault_at: float, fault_seconds: float, wire: Wire | None = None
+) -> During:
     """The coroutine function run alongside the load: inject at `fault_at`, heal after `fault_seconds`."""
 
     async def run(start: float) -> dict[str, Any]:
@@ -92,6 +118,8 @@ def fault(cluster: Cluster, scenario: str, fault_at: float, fault_seconds: float
             cluster.proxy.delay = 0.3
             await asyncio.sleep(fault_seconds)
             cluster.proxy.delay = 0.0
+        elif scenario == "link-cut":
+            info["in_flight_at_each_cut"] = await _cut_links(wire, fault_seconds)
         elif scenario == "kafka-stop":
             assert cluster.broker is not None
             await asyncio.to_thread(cluster.broker.stop)
@@ -156,8 +184,13 @@ async def run_chaos(
         )
         say(f"chaos {scenario}: starting a bank in {tmp}")
         async with cluster:
-            run_cfg = replace(cfg, base_url=cluster.base_url, database_url=cluster.database_url)
-            result = await run_scenario(run_cfg, during=fault(cluster, scenario, fault_at, seconds), say=say)
+            run_cfg = replace(cfg, base_url=cluster.base_url, database_url=cluster.database_url,
+                              iso8583_address=cluster.iso8583_address)  # fmt: skip
+            if scenario == "link-cut":
+                run_cfg = replace(run_cfg, wire="iso8583")
+            wire = await open_wire(run_cfg)
+            during = fault(cluster, scenario, fault_at, seconds, wire)
+            result = await run_scenario(run_cfg, during=during, say=say, wire=wire)
             info = result.report.get("chaos", {})
             if info:
                 info["authorisations_during_fault"] = fault_window(result, info)

@@ -91,6 +91,7 @@ class Cluster:
         if proxy_accounts:
             self.accounts_port = free_port()  # where accounts really listens; the others use the proxy
             self.proxy = DelayProxy(self.ports["accounts"], self.accounts_port)
+        self.iso8583_port = free_port()  # cards' ISO 8583 link (docs/iso8583.md)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.pg: EmbeddedPostgres | None = None
         self.broker: KafkaBroker | None = None
@@ -99,6 +100,10 @@ class Cluster:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['gateway']}"
+
+    @property
+    def iso8583_address(self) -> str:
+        return f"127.0.0.1:{self.iso8583_port}"
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -111,6 +116,7 @@ class Cluster:
         )  # fmt: skip
         for service, port in self.ports.items():
             env[f"BANK_{service.upper()}_URL"] = f"http://127.0.0.1:{port}"
+        env["CARDS_ISO8583_PORT"] = str(self.iso8583_port)
         if name == "accounts":
             env["BANK_ACCOUNTS_URL"] = f"http://127.0.0.1:{self.accounts_port}"
         if self.broker is not None:

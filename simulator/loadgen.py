@@ -15,6 +15,11 @@ The network behaves as a card scheme does:
 
 HTTP goes over a small HTTP/1.1 keep-alive pool on asyncio streams: httpx costs about a millisecond of
 CPU per request, which on a 2-core machine would be taken from the bank being measured.
+
+The wire is JSON over HTTP (`JsonWire`, the gateway's /network routes) or ISO 8583 over persistent
+links (`simulator.iso8583.LinkWire`, `--wire iso8583`). On the links, an authorisation left unanswered
+by a cut link is first repeated (0101) on another link, as networks do, and reversed only if no
+repeat is answered either; reversals and advices are resent as 0401 and 0121.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from hdrh.histogram import HdrHistogram
@@ -152,6 +157,37 @@ class Pool:
         self.idle.clear()
 
 
+class JsonWire:
+    """The JSON messages over HTTP (`Pool`), to the /network routes."""
+
+    name = "json"
+    repeats_unanswered = False
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def send(
+        self, kind: str, body: dict[str, Any], field_name: str, timeout: float, resend: bool = False
+    ) -> tuple[str, dict[str, Any]]:
+        status, payload = await self.pool.post(PATHS[kind], json.dumps(body).encode(), timeout)
+        return _code_of(status, payload, field_name)
+
+    async def aclose(self) -> None:
+        self.pool.close()
+
+
+class Wire(Protocol):
+    name: str
+
+    async def send(
+        self, kind: str, body: dict[str, Any], field_name: str, timeout: float, resend: bool = False
+    ) -> tuple[str, dict[str, Any]]:
+        """The answer's code and the answer; raises (OSError, TimeoutError, …) when none came."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 # -- what happened ------------------------------------------------------------------------------------
 
 
@@ -238,7 +274,7 @@ class Network:
 
     def __init__(
         self,
-        pool: Pool,
+        pool: Pool | Wire,
         customers: Sequence[Customer],
         books: Books,
         stats: Stats,
@@ -247,7 +283,10 @@ class Network:
         forward_seconds: float = 90.0,
         merchants: Sequence[Merchant] | None = None,
     ) -> None:
-        self.pool, self.customers, self.books, self.stats = pool, customers, books, stats
+        self.wire: Wire = JsonWire(pool) if isinstance(pool, Pool) else pool
+        self.customers, self.books, self.stats = customers, books, stats
+        # ISO 8583 links: an authorisation a cut left unanswered is repeated (0101), see _authorise.
+        self.repeats = getattr(self.wire, "repeats_unanswered", False)
         self.timeout, self.forward_seconds = timeout, forward_seconds
         self.merchants = {m.id: m for m in (merchants or catalogue())}
         self.bodies: dict[str, dict[str, Any]] = {}
@@ -287,25 +326,24 @@ class Network:
 
     # -- one message --------------------------------------------------------------------------------
 
-    async def _post(self, kind: str, body: dict[str, Any]) -> tuple[int, bytes]:
-        return await self.pool.post(PATHS[kind], json.dumps(body).encode(), self.timeout)
-
     async def _attempt(
-        self, m: Message, due: float, body: dict[str, Any], field_name: str
-    ) -> tuple[str, dict[str, Any]]:
-        """One try, recorded in the statistics (latency from `due`)."""
+        self, m: Message, due: float, body: dict[str, Any], field_name: str, resend: bool = False,
+        record: bool = True,
+    ) -> tuple[str, dict[str, Any]]:  # fmt: skip
+        """One try, recorded in the statistics (latency from `due`) unless `record` is false (a try
+        that is repeated when it gets no answer: only the last one counts)."""
         self.stats.in_flight += 1
         try:
-            status, payload = await self._post(m.kind, body)
-            code, doc = _code_of(status, payload, field_name)
+            code, doc = await self.wire.send(m.kind, body, field_name, self.timeout, resend)
         except (OSError, asyncio.IncompleteReadError, ValueError, HttpError, TimeoutError) as exc:
             code, doc = NO_ANSWER, {}
-            self.stats.errors[type(exc).__name__] += 1
+            self.stats.errors[type(exc).__name__ if record else f"repeated:{type(exc).__name__}"] += 1
         finally:
             self.stats.in_flight -= 1
         if code.startswith("http_") or code == "bad_json":
             self.stats.errors[code] += 1
-        self.stats.record(m.kind, int(m.at), asyncio.get_running_loop().time() - due, code)
+        if record or code != NO_ANSWER:
+            self.stats.record(m.kind, int(m.at), asyncio.get_running_loop().time() - due, code)
         return code, doc
 
     async def _send(self, m: Message, due: float) -> None:
@@ -331,9 +369,21 @@ class Network:
             self.bodies[nid] = body
         else:
             body = {**self.bodies[nid], "mti": "0101"}
-        code, doc = await self._attempt(m, due, body, "response_code")
+        # On the ISO 8583 links, an 0100 a cut (or a restart of cards) left unanswered is repeated
+        # (0101) on another link, backing off, until answered or the network's timeout has passed.
+        loop = asyncio.get_running_loop()
+        give_up, pause = loop.time() + self.timeout, 0.1
+        code, doc = await self._attempt(m, due, body, "response_code", record=not self.repeats)
+        while code == NO_ANSWER and self.repeats:
+            last = loop.time() + pause >= give_up
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+            self.stats.resent += 1
+            code, doc = await self._attempt(m, due, body, "response_code", resend=True, record=last)
+            if last:
+                break
         if code.isdigit() and len(code) == 2:
-            self.answers[nid].append((code, doc.get("authorisation_id")))
+            self.answers[nid].append((code, doc.get("authorisation_id") or doc.get("approval_code")))
         self.awaiting[nid] -= 1
         if self.awaiting[nid] == 0:
             await self._decide(m, nid)
@@ -432,8 +482,7 @@ class Network:
             pause = min(pause * 2, 2.0)
             self.stats.resent += 1
             try:
-                status, payload = await self._post(kind, body)
-                last, doc = _code_of(status, payload, field_name)
+                last, doc = await self.wire.send(kind, body, field_name, self.timeout, True)
             except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
                 last, doc = NO_ANSWER, {}
                 self.stats.errors[f"resend:{type(exc).__name__}"] += 1

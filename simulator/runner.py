@@ -13,7 +13,7 @@ from typing import Any
 from simulator import report as reporting
 from simulator.books import Books
 from simulator.live import live_view
-from simulator.loadgen import Network, Pool, Stats
+from simulator.loadgen import JsonWire, Network, Pool, Stats, Wire
 from simulator.population import Population, seed_population
 from simulator.reconcile import balances, reconcile
 from simulator.scenarios import generate, summary
@@ -38,6 +38,11 @@ class RunConfig:
     settle_seconds: float = 30.0
     timeout: float = 10.0  # the network's own timeout per message
     connections: int = 512
+    # The network's wire: "json" (HTTP to the gateway's /network routes) or "iso8583" (persistent
+    # pipelined links to cards' ISO 8583 listener; clearing still goes as JSON).
+    wire: str = "json"
+    iso8583_address: str = "127.0.0.1:8583"
+    links: int = 4
     write_report: bool = True
     prefix: str = field(default_factory=lambda: f"S{int(time.time() * 1000) % 10**10:010d}")
 
@@ -53,6 +58,22 @@ class RunResult:
 
 
 During = Callable[[float], Coroutine[Any, Any, dict[str, Any] | None]]
+WIRES = ("json", "iso8583")
+
+
+async def open_wire(cfg: RunConfig) -> Wire:
+    """The network's wire for `cfg` (links open and signed on, for iso8583)."""
+    pool = Pool(cfg.base_url, {"x-network-key": cfg.network_key}, size=cfg.connections)
+    if cfg.wire == "json":
+        return JsonWire(pool)
+    if cfg.wire != "iso8583":
+        raise ValueError(f"unknown wire {cfg.wire!r}; one of {', '.join(WIRES)}")
+    from simulator.iso8583 import Links, LinkWire  # pyiso8583: a dev dependency
+
+    host, _, port = cfg.iso8583_address.rpartition(":")
+    links = Links(host or "127.0.0.1", int(port), cfg.network_key, count=cfg.links)
+    await links.start()
+    return LinkWire(links, JsonWire(pool).send, pool.close)
 
 
 async def population_for(cfg: RunConfig, say: Callable[[str], None] = print) -> Population:
@@ -74,8 +95,10 @@ async def run_scenario(
     *,
     during: During | None = None,
     say: Callable[[str], None] = print,
+    wire: Wire | None = None,
 ) -> RunResult:
-    """Run `cfg.scenario`; `during(start)` runs alongside the load (chaos), its result goes in the report."""
+    """Run `cfg.scenario`; `during(start)` runs alongside the load (chaos), its result goes in the report.
+    `wire`: an open wire to use (and close) instead of opening `cfg.wire`."""
     pop = population or await population_for(cfg, say)
     customers = pop.customers
     start = await balances(cfg.base_url, customers)
@@ -84,8 +107,8 @@ async def run_scenario(
                         prefix=cfg.prefix)  # fmt: skip
     say(f"{cfg.scenario}: {len(schedule)} messages planned {summary(schedule)}")
     stats = Stats()
-    pool = Pool(cfg.base_url, {"x-network-key": cfg.network_key}, size=cfg.connections)
-    network = Network(pool, customers, books, stats, timeout=cfg.timeout)
+    wire = wire or await open_wire(cfg)
+    network = Network(wire, customers, books, stats, timeout=cfg.timeout)
     chaos: dict[str, Any] | None = None
     try:
         async with live_view(stats, f"bank sim {cfg.scenario}", len(schedule), enabled=cfg.live):
@@ -100,7 +123,7 @@ async def run_scenario(
                 await network.run(schedule, on_start=started)
                 chaos = await side[0] if side else None
     finally:
-        pool.close()
+        await wire.aclose()
     say(f"{cfg.scenario}: sent {stats.offered} in {stats.elapsed:.1f}s; reconciling")
     differences = await reconcile(books, customers, cfg.base_url, settle_seconds=cfg.settle_seconds,
                                   database_url=cfg.database_url)  # fmt: skip
@@ -111,6 +134,9 @@ async def run_scenario(
     extra: dict[str, Any] = {"planned": summary(schedule), "clearing_outcomes": dict(books.outcomes)}
     if chaos is not None:
         extra["chaos"] = chaos
+    if cfg.wire == "iso8583" and (links := getattr(wire, "links", None)) is not None:
+        extra["links"] = {"links": links.count, "cuts": links.cuts, "reopened": links.reopened,
+                          "lost_in_flight": links.lost_in_flight}  # fmt: skip
     doc = reporting.build(stats, run=run, differences=differences, extra=extra)
     folder = None
     if cfg.write_report:

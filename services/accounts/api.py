@@ -43,7 +43,8 @@ def public_router(db: Database, ledger: LedgerService) -> APIRouter:
         async with db.read() as session:
             account = await ledger.owned_account(session, who.user_id, account_id)
             spend = await ledger.spend_today(session, account.id)
-        return schemas.balance_json(account, spend)
+            pots = await ledger.pots_balance(session, account.id)
+        return schemas.balance_json(account, spend, pots)
 
     @api.post("/topup")
     async def topup(
@@ -70,6 +71,135 @@ def public_router(db: Database, ledger: LedgerService) -> APIRouter:
 
             status, body = await run_once(
                 session, owner=who.user_id, key=key, fingerprint=fingerprint, action=perform
+            )
+        return JSONResponse(body, status_code=status)
+
+    return api
+
+
+def pots_router(db: Database, ledger: LedgerService) -> APIRouter:
+    """Pots (Monzo's developer API) and payments between customers (decision 0033). Money moves are
+    idempotent on the client's `dedupe_id`: a repeat answers what the first did; the same id with
+    another request is a 422."""
+    api = APIRouter(tags=["pots and payments"])
+
+    @api.get("/pots")
+    async def list_pots(who: User, current_account_id: Annotated[str, Query()]) -> dict[str, Any]:
+        """The account's pots, deleted ones included (`deleted`: true)."""
+        async with db.read() as session:
+            pots = await ledger.pots(session, who.user_id, current_account_id)
+        return {"pots": [schemas.pot_json(pot, money) for pot, money in pots]}
+
+    @api.post("/pots", status_code=201)
+    async def create_pot(
+        who: User,
+        current_account_id: Annotated[str, Form()],
+        name: Annotated[str, Form()],
+        goal_amount: Annotated[str | None, Form()] = None,
+        style: Annotated[str | None, Form()] = None,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        """A new, empty pot of the account (needs `Idempotency-Key`)."""
+        key = require_key(idempotency_key)
+        title = schemas.parse_text(name, "name", maximum=schemas.MAX_NAME)
+        goal = parse_amount(goal_amount, param="goal_amount") if goal_amount not in (None, "") else None
+        look = schemas.parse_style(style)
+        params = {"current_account_id": current_account_id, "name": title, "goal_amount": goal, "style": look}
+        fingerprint = request_fingerprint("POST", "/pots", params)
+        async with db.transaction() as session:
+
+            async def perform() -> tuple[int, dict[str, Any]]:
+                pot, money = await ledger.create_pot(
+                    session, who.user_id, current_account_id, name=title, style=look, goal_amount=goal
+                )
+                return 201, schemas.pot_json(pot, money)
+
+            status, body = await run_once(
+                session, owner=who.user_id, key=key, fingerprint=fingerprint, action=perform
+            )
+        return JSONResponse(body, status_code=status)
+
+    @api.delete("/pots/{pot_id}")
+    async def delete_pot(who: User, pot_id: str) -> dict[str, Any]:
+        """Close an empty pot (a pot with money in it: 409 `conflict.pot_not_empty`)."""
+        async with db.transaction() as session:
+            pot, money = await ledger.delete_pot(session, who.user_id, pot_id)
+            return schemas.pot_json(pot, money)
+
+    async def move(
+        who: Identity, pot_id: str, account_id: str, amount: str, dedupe_id: str, deposit: bool
+    ) -> JSONResponse:
+        value, dedupe = parse_amount(amount), schemas.parse_dedupe_id(dedupe_id)
+        action = "deposit" if deposit else "withdraw"
+        fingerprint = request_fingerprint(
+            "PUT", f"/pots/{pot_id}/{action}", {"account_id": account_id, "amount": value}
+        )
+        async with db.transaction() as session:
+
+            async def perform() -> tuple[int, dict[str, Any]]:
+                pot, money = await ledger.move_pot(
+                    session, who.user_id, pot_id, account_id, value, deposit=deposit
+                )
+                return 200, schemas.pot_json(pot, money)
+
+            status, body = await run_once(
+                session, owner=f"{who.user_id}/pots", key=dedupe, fingerprint=fingerprint, action=perform
+            )
+        return JSONResponse(body, status_code=status)
+
+    @api.put("/pots/{pot_id}/deposit")
+    async def deposit(
+        who: User,
+        pot_id: str,
+        source_account_id: Annotated[str, Form()],
+        amount: Annotated[str, Form()],
+        dedupe_id: Annotated[str, Form()],
+    ) -> JSONResponse:
+        """Move `amount` from the pot's current account into the pot; answers the pot."""
+        return await move(who, pot_id, source_account_id, amount, dedupe_id, True)
+
+    @api.put("/pots/{pot_id}/withdraw")
+    async def withdraw(
+        who: User,
+        pot_id: str,
+        destination_account_id: Annotated[str, Form()],
+        amount: Annotated[str, Form()],
+        dedupe_id: Annotated[str, Form()],
+    ) -> JSONResponse:
+        """Move `amount` from the pot back to its current account; answers the pot."""
+        return await move(who, pot_id, destination_account_id, amount, dedupe_id, False)
+
+    @api.post("/payments", status_code=201)
+    async def pay(
+        who: User,
+        source_account_id: Annotated[str, Form()],
+        amount: Annotated[str, Form()],
+        currency: Annotated[str, Form()],
+        recipient: Annotated[str, Form()],
+        dedupe_id: Annotated[str, Form()],
+        reference: Annotated[str, Form()] = "",
+    ) -> JSONResponse:
+        """Pay another customer (`recipient`: their email or account id) from your account."""
+        value, code = parse_amount(amount), parse_currency(currency)
+        to = schemas.parse_text(recipient, "recipient", maximum=320)
+        note = schemas.parse_text(reference, "reference", maximum=schemas.MAX_REFERENCE, required=False)
+        dedupe = schemas.parse_dedupe_id(dedupe_id)
+        fingerprint = request_fingerprint(
+            "POST", "/payments",
+            {"source_account_id": source_account_id, "amount": value, "currency": code, "recipient": to,
+             "reference": note},
+        )  # fmt: skip
+        async with db.transaction() as session:
+
+            async def perform() -> tuple[int, dict[str, Any]]:
+                result = await ledger.pay(
+                    session, who.user_id, source_account_id=source_account_id, amount=value, currency=code,
+                    recipient=to, reference=note,
+                )  # fmt: skip
+                return 201, schemas.payment_json(result.payment, result.recipient)
+
+            status, body = await run_once(
+                session, owner=f"{who.user_id}/payments", key=dedupe, fingerprint=fingerprint, action=perform
             )
         return JSONResponse(body, status_code=status)
 

@@ -1,6 +1,6 @@
 from fastapi import FastAPI
 
-from services.accounts.api import PlaceHold, PlaceHolds, internal_router, public_router
+from services.accounts.api import PlaceHold, PlaceHolds, internal_router, pots_router, public_router
 from services.accounts.cards_client import CardsClient
 from services.accounts.config import AccountsSettings
 from services.accounts.identity import IdentityService, identity_routers
@@ -22,6 +22,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         routers=[
             *identity_routers(identity),
             public_router(runtime.db, ledger),
+            pots_router(runtime.db, ledger),
             internal_router(runtime.db, ledger),
         ],
         on_startup=[identity.start],

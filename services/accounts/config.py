@@ -17,6 +17,8 @@ class AccountsSettings(BaseSettings):
     # the sum of the two (decision 0031). Far longer than a batch's deadline.
     unconfirmed_hold_seconds: float = 10.0
     unconfirmed_job_seconds: float = 5.0
+    # Payments between customers: what one account may send in a day (from 04:00 London), minor units.
+    p2p_daily_limit: int = 250_000  # £2,500
 
     # Identity
     access_token_seconds: int = 21_600  # six hours, as Monzo's tokens

@@ -65,3 +65,59 @@ class AccountPosted(_Money):
     entry_id: str
     network_txn_id: str
     kind: str  # force_debit | credit
+
+
+# Pots and payments between customers (decision 0033) ---------------------------------------------
+
+
+class PotCreated(EventData):
+    event_type: ClassVar[str] = "account.pot.created"
+    account_id: str  # the current account the pot belongs to
+    pot_id: str
+    user_id: str
+    name: str
+    currency: str
+
+
+class PotDeleted(EventData):
+    event_type: ClassVar[str] = "account.pot.deleted"
+    account_id: str
+    pot_id: str
+    user_id: str
+
+
+class _PotMoved(_Money):
+    """Money between a current account and one of its pots; `amount` as the current account sees it."""
+
+    pot_id: str
+    pot_name: str
+    pot_balance: int  # the pot's balance after the move
+    transfer_id: str  # the journal entry's reference: the feed's transaction key
+    entry_id: str
+
+
+class PotDeposited(_PotMoved):
+    event_type: ClassVar[str] = "account.pot.deposited"
+
+
+class PotWithdrawn(_PotMoved):
+    event_type: ClassVar[str] = "account.pot.withdrawn"
+
+
+class _PaymentMoved(_Money):
+    """A payment between two customers as one of them sees it (subject: that one's account)."""
+
+    payment_id: str
+    entry_id: str
+    reference: str
+    counterparty_account_id: str
+    counterparty_user_id: str
+    counterparty_name: str
+
+
+class PaymentSent(_PaymentMoved):
+    event_type: ClassVar[str] = "account.payment.sent"
+
+
+class PaymentReceived(_PaymentMoved):
+    event_type: ClassVar[str] = "account.payment.received"

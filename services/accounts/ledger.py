@@ -128,3 +128,42 @@ def spend_day_start(now: datetime) -> datetime:
     if local < start:
         start = datetime.combine(local.date() - timedelta(days=1), SPEND_DAY_STARTS, tzinfo=LONDON)
     return start.astimezone(UTC)
+
+
+# Pots and payments between customers (decision 0033) ---------------------------------------------
+
+POT_DEPOSIT = "pot_deposit"
+POT_WITHDRAWAL = "pot_withdrawal"
+P2P_PAYMENT = "p2p_payment"
+TRANSFER_ENTRY_KINDS = (POT_DEPOSIT, POT_WITHDRAWAL, P2P_PAYMENT)
+
+
+def move_refusal(
+    *,
+    amount: int,
+    available: int,
+    currency: str,
+    source_currency: str,
+    destination_currency: str,
+    source_closed: bool,
+    destination_closed: bool,
+) -> str | None:
+    """Why money cannot move between two of the bank's own accounts (a pot or a customer's), or None.
+    Prepaid: never beyond what the source has available; never into or out of a closed account; never
+    across currencies."""
+    if amount <= 0:
+        raise LedgerError("a move is of a positive amount")
+    if source_closed or destination_closed:
+        return "account_closed"
+    if not currency == source_currency == destination_currency:
+        return "currency_mismatch"
+    if amount > available:
+        return "insufficient_funds"
+    return None
+
+
+def daily_limit_refusal(*, limit: int, sent_today: int, amount: int) -> str | None:
+    """Whether a payment would take the sender past its daily limit (None: it would not)."""
+    if sent_today + amount > limit:
+        return "daily_limit_exceeded"
+    return None

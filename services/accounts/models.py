@@ -98,3 +98,36 @@ class IdempotencyKey(Base):
     status_code: Mapped[int]
     response: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Pot(Base):
+    """A pot's description; its money is the ledger account of the same id (kind `pot`)."""
+
+    __tablename__ = "pots"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    current_account_id: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    style: Mapped[str] = mapped_column(Text)
+    goal_amount: Mapped[int | None] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(Text, default="default")
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    deleted: Mapped[bool] = mapped_column(default=False)
+
+
+class Payment(Base):
+    """Money one customer sent another: one journal entry (kind `p2p_payment`)."""
+
+    __tablename__ = "payments"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text)
+    source_account_id: Mapped[str] = mapped_column(Text)
+    destination_account_id: Mapped[str] = mapped_column(Text)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    reference: Mapped[str] = mapped_column(Text, default="")
+    entry_id: Mapped[str] = mapped_column(Text)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.accounts.ledger import Funds, Line
-from services.accounts.models import Account, Hold, JournalEntry, Posting, User
+from services.accounts.models import Account, Hold, JournalEntry, Payment, Posting, Pot, User
 from shared.db import Executor, execute, fetch_all
 from shared.ids import new_id
 
@@ -210,3 +210,76 @@ async def held_from_holds(session: AsyncSession) -> dict[str, int]:
         .group_by(Hold.account_id)
     )
     return {account_id: int(total) for account_id, total in rows}
+
+
+# Pots and payments between customers (decision 0033) ---------------------------------------------
+
+
+async def lock_accounts(session: AsyncSession, account_ids: Iterable[str]) -> dict[str, Account]:
+    """Row-lock several accounts in id order (as every other lock in accounts: no deadlock cycles)."""
+    rows = await session.scalars(
+        select(Account)
+        .where(Account.id.in_(sorted(set(account_ids))))
+        .order_by(Account.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {account.id: account for account in rows}
+
+
+async def get_pot(session: AsyncSession, pot_id: str) -> Pot | None:
+    return await session.get(Pot, pot_id, populate_existing=True)
+
+
+async def pots_of(session: AsyncSession, current_account_id: str) -> list[tuple[Pot, Account]]:
+    """An account's pots, oldest first, each with its ledger account (its money)."""
+    rows = await session.execute(
+        select(Pot, Account)
+        .join(Account, Account.id == Pot.id)
+        .where(Pot.current_account_id == current_account_id)
+        .order_by(Pot.created, Pot.id)
+    )
+    return [(pot, account) for pot, account in rows.all()]
+
+
+async def pots_balance(session: AsyncSession, current_account_id: str) -> int:
+    total = await session.scalar(
+        select(func.coalesce(func.sum(Account.balance), 0))
+        .join(Pot, Pot.id == Account.id)
+        .where(Pot.current_account_id == current_account_id, Account.kind == "pot")
+    )
+    return int(total or 0)
+
+
+async def user_by_email(session: AsyncSession, email: str) -> User | None:
+    return await session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+
+
+async def first_account_of(session: AsyncSession, user_id: str) -> Account | None:
+    """A customer's oldest open current account: where money sent to their email goes."""
+    return await session.scalar(
+        select(Account)
+        .where(Account.user_id == user_id, Account.kind == "customer", Account.closed.is_(False))
+        .order_by(Account.created, Account.id)
+        .limit(1)
+    )
+
+
+async def payments_sent_since(session: AsyncSession, account_id: str, since: datetime) -> int:
+    total = await session.scalar(
+        select(func.coalesce(func.sum(Payment.amount), 0)).where(
+            Payment.source_account_id == account_id, Payment.created >= since
+        )
+    )
+    return int(total or 0)
+
+
+async def add_transfer_entry(
+    session: AsyncSession, *, kind: str, account_id: str, reference: str, description: str, lines: list[Line]
+) -> str:
+    """A journal entry between two of the bank's own accounts (its reference is a fresh id: never taken)."""
+    entry_id = await add_entry(
+        session, kind=kind, account_id=account_id, reference=reference, description=description, lines=lines
+    )
+    assert entry_id is not None, f"{kind} {reference} posted twice"
+    return entry_id

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from services.accounts.models import Account, Hold, User
-from shared.errors import BankError
+from services.accounts.models import Account, Hold, Payment, Pot, User
+from shared.errors import BankError, bad_request
 
 if TYPE_CHECKING:
     from services.accounts.service import HoldResult
@@ -34,13 +35,13 @@ def account_json(account: Account, owner: User | None) -> dict[str, Any]:
     }
 
 
-def balance_json(account: Account, spend_today: int) -> dict[str, Any]:
-    # Monzo: balance is what can be spent now; total_balance adds pots (none here);
+def balance_json(account: Account, spend_today: int, pots: int = 0) -> dict[str, Any]:
+    # Monzo: balance is what can be spent now; total_balance adds the account's pots;
     # spend_today is negative, as money out is everywhere in the API.
     return {
         "balance": account.available,
-        "total_balance": account.available,
-        "balance_including_flexible_savings": account.available,
+        "total_balance": account.available + pots,
+        "balance_including_flexible_savings": account.available + pots,
         "currency": account.currency,
         "spend_today": -spend_today,
         "local_currency": "",
@@ -88,3 +89,73 @@ def batch_hold_json(answer: HoldResult | BankError) -> dict[str, Any]:
         "status": hold.status,
         "decline_reason": hold.decline_reason,
     }
+
+
+def pot_json(pot: Pot, money: Account) -> dict[str, Any]:
+    """A pot as Monzo's developer API shows it; its balance is its own ledger account's."""
+    doc: dict[str, Any] = {
+        "id": pot.id,
+        "name": pot.name,
+        "style": pot.style,
+        "balance": money.balance,
+        "currency": money.currency,
+        "created": rfc3339(pot.created),
+        "updated": rfc3339(pot.updated),
+        "deleted": pot.deleted,
+        "current_account_id": pot.current_account_id,
+        "type": pot.type,
+    }
+    if pot.goal_amount is not None:
+        doc["goal_amount"] = pot.goal_amount
+    return doc
+
+
+def payment_json(payment: Payment, recipient: User) -> dict[str, Any]:
+    return {
+        "payment": {
+            "id": payment.id,
+            "source_account_id": payment.source_account_id,
+            "amount": payment.amount,
+            "currency": payment.currency,
+            "reference": payment.reference,
+            "created": rfc3339(payment.created),
+            "recipient": {"user_id": recipient.id, "name": recipient.name},
+        }
+    }
+
+
+# Request fields of pots and payments: strict, every bad value a typed 400 --------------------------
+
+_STYLE = re.compile(r"^[a-z0-9_]{1,40}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_NAME = 100
+MAX_REFERENCE = 140
+MAX_DEDUPE_ID = 255
+DEFAULT_POT_STYLE = "beach_ball"
+
+
+def parse_text(value: str, param: str, *, maximum: int, required: bool = True) -> str:
+    text = value.strip()
+    if required and not text:
+        raise bad_request("missing_param", f"{param} is required", param=param)
+    if len(text) > maximum or _CONTROL.search(text):
+        raise bad_request(
+            f"bad_param.{param}",
+            f"{param} is at most {maximum} characters, no control characters",
+            param=param,
+        )
+    return text
+
+
+def parse_style(value: str | None) -> str:
+    if value is None or not value.strip():
+        return DEFAULT_POT_STYLE
+    if not _STYLE.match(value):
+        raise bad_request(
+            "bad_param.style", "style is a word such as beach_ball (a-z, 0-9, _)", param="style"
+        )
+    return value
+
+
+def parse_dedupe_id(value: str) -> str:
+    return parse_text(value, "dedupe_id", maximum=MAX_DEDUPE_ID)

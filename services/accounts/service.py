@@ -29,10 +29,19 @@ from services.accounts.events import (
     HoldExpired,
     HoldPlaced,
     HoldReleased,
+    PaymentReceived,
+    PaymentSent,
+    PotCreated,
+    PotDeleted,
+    PotDeposited,
+    PotWithdrawn,
     TopupCompleted,
 )
 from services.accounts.ledger import (
     CARD_SCHEME,
+    P2P_PAYMENT,
+    POT_DEPOSIT,
+    POT_WITHDRAWAL,
     TOPUP_FUNDING,
     Funds,
     HoldDecision,
@@ -40,16 +49,18 @@ from services.accounts.ledger import (
     Line,
     capture_allowed,
     check_balanced,
+    daily_limit_refusal,
     decide_holds,
+    move_refusal,
     spend_day_start,
     transfer,
 )
-from services.accounts.models import Account, Hold
+from services.accounts.models import Account, Hold, Payment, Pot, User
 from services.accounts.observability import NEGATIVE_BALANCES
 from shared.db import Executor, savepoint
 from shared.errors import BankError, bad_request, conflict, forbidden, not_found
 from shared.events.outbox import Outbox, Outgoing
-from shared.ids import new_id
+from shared.ids import new_id, plausible_id
 from shared.money import parse_currency
 
 PLACE_ATTEMPTS = 5
@@ -427,6 +438,264 @@ class LedgerService:
             NEGATIVE_BALANCES.inc()
         await session.flush()
         return entry_id
+
+    # Pots and payments between customers (decision 0033) --------------------------------------------
+
+    async def owned_pot(self, session: AsyncSession, user_id: str, pot_id: str) -> Pot:
+        """The caller's own pot, or a 404/403 that reveals nothing about anyone else's."""
+        pot = await repo.get_pot(session, pot_id) if plausible_id(pot_id) else None
+        if pot is None:
+            raise not_found("pot", "no pot with that id")
+        if pot.user_id != user_id:
+            raise forbidden("insufficient_permissions", "that pot does not belong to you")
+        return pot
+
+    async def pots(
+        self, session: AsyncSession, user_id: str, current_account_id: str
+    ) -> list[tuple[Pot, Account]]:
+        await self.owned_account(session, user_id, current_account_id)
+        return await repo.pots_of(session, current_account_id)
+
+    async def pots_balance(self, session: AsyncSession, current_account_id: str) -> int:
+        return await repo.pots_balance(session, current_account_id)
+
+    async def create_pot(
+        self,
+        session: AsyncSession,
+        user_id: str,
+        current_account_id: str,
+        *,
+        name: str,
+        style: str,
+        goal_amount: int | None,
+    ) -> tuple[Pot, Account]:
+        account = await self.owned_account(session, user_id, current_account_id)
+        if account.closed:
+            raise conflict("account_closed", "the account is closed")
+        now = _now()
+        pot_id = new_id("pot")
+        money = Account(
+            id=pot_id, kind="pot", user_id=user_id, description=name, type="uk_retail_pot",
+            currency=account.currency, country_code=account.country_code, balance=0, held=0, closed=False,
+            created=now,
+        )  # fmt: skip
+        session.add(money)
+        await session.flush()
+        pot = Pot(
+            id=pot_id, current_account_id=account.id, user_id=user_id, name=name, style=style,
+            goal_amount=goal_amount, type="default", created=now, updated=now, deleted=False,
+        )  # fmt: skip
+        session.add(pot)
+        await session.flush()
+        await self.outbox.emit(
+            session, ACCOUNTS_TOPIC, account.id,
+            PotCreated(
+                account_id=account.id, pot_id=pot_id, user_id=user_id, name=name, currency=money.currency
+            ),
+        )  # fmt: skip
+        return pot, money
+
+    async def delete_pot(self, session: AsyncSession, user_id: str, pot_id: str) -> tuple[Pot, Account]:
+        """Close an empty pot. Deleting a deleted pot answers the pot as it is."""
+        await self.owned_pot(session, user_id, pot_id)
+        money = (await repo.lock_accounts(session, [pot_id]))[pot_id]
+        pot = await repo.get_pot(session, pot_id)  # as it stands under the lock
+        assert pot is not None
+        if pot.deleted:
+            return pot, money
+        if money.balance != 0:
+            raise conflict("pot_not_empty", "the pot has money in it: withdraw it before deleting the pot")
+        pot.deleted, pot.updated, money.closed = True, _now(), True
+        await session.flush()
+        await self.outbox.emit(
+            session, ACCOUNTS_TOPIC, pot.current_account_id,
+            PotDeleted(account_id=pot.current_account_id, pot_id=pot.id, user_id=user_id),
+        )  # fmt: skip
+        return pot, money
+
+    async def move_pot(
+        self, session: AsyncSession, user_id: str, pot_id: str, account_id: str, amount: int, *, deposit: bool
+    ) -> tuple[Pot, Account]:
+        """Move money from the pot's current account into the pot (`deposit`) or back. One journal entry
+        between the two ledger accounts, both row-locked; never beyond what the source has available."""
+        param = "source_account_id" if deposit else "destination_account_id"
+        pot = await self.owned_pot(session, user_id, pot_id)
+        await self.owned_account(session, user_id, account_id)
+        if account_id != pot.current_account_id:
+            raise bad_request(
+                f"bad_param.{param}",
+                "a pot moves money only to and from its own current account",
+                param=param,
+            )
+        locked = await repo.lock_accounts(session, [pot_id, account_id])
+        money, account = locked[pot_id], locked[account_id]
+        fresh = await repo.get_pot(session, pot_id)  # as it stands under the lock
+        assert fresh is not None
+        pot = fresh
+        if pot.deleted:
+            raise conflict("pot_deleted", "the pot is deleted")
+        source, destination = (account, money) if deposit else (money, account)
+        refusal = move_refusal(
+            amount=amount, available=source.available, currency=account.currency,
+            source_currency=source.currency, destination_currency=destination.currency,
+            source_closed=source.closed, destination_closed=destination.closed,
+        )  # fmt: skip
+        if refusal == "insufficient_funds":
+            where = "account" if deposit else "pot"
+            raise BankError(f"insufficient_funds.{where}", f"the {where} has less than {amount} available")
+        if refusal is not None:
+            raise conflict(refusal, "the money cannot move: " + refusal.replace("_", " "))
+        transfer_id = new_id("potmove")
+        entry_id = await self._post_transfer(
+            session, (source, destination), kind=POT_DEPOSIT if deposit else POT_WITHDRAWAL,
+            entry_account=account.id, reference=transfer_id, description=f"Pot: {pot.name}",
+            lines=transfer(source.id, destination.id, amount, account.currency),
+        )  # fmt: skip
+        pot.updated = _now()
+        event = (PotDeposited if deposit else PotWithdrawn)(
+            account_id=account.id, amount=-amount if deposit else amount, currency=account.currency,
+            balance=account.balance, available=account.available, pot_id=pot.id, pot_name=pot.name,
+            pot_balance=money.balance, transfer_id=transfer_id, entry_id=entry_id,
+        )  # fmt: skip
+        await self.outbox.emit(session, LEDGER_TOPIC, account.id, event)
+        return pot, money
+
+    async def pay(
+        self,
+        session: AsyncSession,
+        user_id: str,
+        *,
+        source_account_id: str,
+        amount: int,
+        currency: str,
+        recipient: str,
+        reference: str,
+    ) -> PaymentResult:
+        """Send money to another customer: one journal entry between the two accounts, both row-locked;
+        limited by the sender's available balance and daily limit; never to yourself, to a closed
+        account or across currencies."""
+        await self.owned_account(session, user_id, source_account_id)
+        target = await self._recipient(session, recipient)
+        if target.user_id == user_id:
+            raise BankError(
+                "unprocessable.pay_yourself", "a payment goes to another customer, not to yourself"
+            )
+        locked = await repo.lock_accounts(session, [source_account_id, target.id])
+        source, destination = locked[source_account_id], locked[target.id]
+        if currency != source.currency:
+            raise bad_request("bad_param.currency", f"this account holds {source.currency}", param="currency")
+        refusal = move_refusal(
+            amount=amount, available=source.available, currency=currency, source_currency=source.currency,
+            destination_currency=destination.currency, source_closed=source.closed,
+            destination_closed=destination.closed,
+        )  # fmt: skip
+        if refusal == "account_closed":
+            raise conflict("account_closed", "your account or the recipient's is closed")
+        if refusal == "currency_mismatch":
+            raise BankError(
+                "unprocessable.currency_mismatch", "the recipient's account holds another currency"
+            )
+        if refusal == "insufficient_funds":
+            raise BankError("insufficient_funds.available_balance", f"less than {amount} is available")
+        now = _now()
+        sent = await repo.payments_sent_since(session, source.id, spend_day_start(now))
+        if daily_limit_refusal(limit=self.settings.p2p_daily_limit, sent_today=sent, amount=amount):
+            raise BankError(
+                "unprocessable.daily_limit_exceeded",
+                f"payments from this account are limited to {self.settings.p2p_daily_limit} a day; "
+                f"{max(0, self.settings.p2p_daily_limit - sent)} is left today",
+            )
+        payment_id = new_id("p2p")
+        entry_id = await self._post_transfer(
+            session, (source, destination), kind=P2P_PAYMENT, entry_account=source.id, reference=payment_id,
+            description=reference or "Payment", lines=transfer(source.id, destination.id, amount, currency),
+        )  # fmt: skip
+        payment = Payment(
+            id=payment_id, user_id=user_id, source_account_id=source.id,
+            destination_account_id=destination.id, amount=amount, currency=currency, reference=reference,
+            entry_id=entry_id, created=now,
+        )  # fmt: skip
+        session.add(payment)
+        await session.flush()
+        sender, receiver = (
+            await repo.get_user(session, user_id),
+            await repo.get_user(session, target.user_id or ""),
+        )
+        assert sender is not None and receiver is not None
+        common = {
+            "currency": currency,
+            "payment_id": payment_id,
+            "entry_id": entry_id,
+            "reference": reference,
+        }
+        await self.outbox.emit_many(session, [
+            Outgoing(LEDGER_TOPIC, source.id, PaymentSent(
+                account_id=source.id, amount=-amount, balance=source.balance, available=source.available,
+                counterparty_account_id=destination.id, counterparty_user_id=receiver.id,
+                counterparty_name=receiver.name, **common,
+            )),
+            Outgoing(LEDGER_TOPIC, destination.id, PaymentReceived(
+                account_id=destination.id, amount=amount, balance=destination.balance,
+                available=destination.available, counterparty_account_id=source.id,
+                counterparty_user_id=sender.id, counterparty_name=sender.name, **common,
+            )),
+        ])  # fmt: skip
+        return PaymentResult(payment, source, receiver)
+
+    async def _recipient(self, session: AsyncSession, recipient: str) -> Account:
+        """The account a payment's recipient names: another customer's email (their oldest open current
+        account) or a current account's id."""
+        value = recipient.strip()
+        account: Account | None
+        if "@" in value:
+            user = await repo.user_by_email(session, value)
+            account = await repo.first_account_of(session, user.id) if user is not None else None
+        elif value.startswith("acc_") and plausible_id(value):
+            account = await repo.get_account(session, value)
+            if account is not None and account.kind != "customer":
+                account = None
+        else:
+            raise bad_request(
+                "bad_param.recipient",
+                "recipient is another customer's email or account id",
+                param="recipient",
+            )
+        if account is None:
+            raise not_found("recipient", "no customer with that email or account id")
+        return account
+
+    async def _post_transfer(
+        self,
+        session: AsyncSession,
+        accounts: Sequence[Account],
+        *,
+        kind: str,
+        entry_account: str,
+        reference: str,
+        description: str,
+        lines: list[Line],
+    ) -> str:
+        """A journal entry between the bank's own (locked) accounts, their balances moved with it."""
+        check_balanced(lines)
+        entry_id = await repo.add_transfer_entry(
+            session,
+            kind=kind,
+            account_id=entry_account,
+            reference=reference,
+            description=description,
+            lines=lines,
+        )
+        for account in accounts:
+            account.balance += sum(line.amount for line in lines if line.account_id == account.id)
+        await session.flush()
+        return entry_id
+
+
+@dataclass(frozen=True)
+class PaymentResult:
+    payment: Payment
+    source: Account
+    recipient: User
 
 
 def _now() -> datetime:

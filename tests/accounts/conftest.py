@@ -12,7 +12,7 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI
 
-from services.accounts.api import internal_router, public_router
+from services.accounts.api import internal_router, pots_router, public_router
 from services.accounts.config import AccountsSettings
 from services.accounts.models import User
 from services.accounts.service import LedgerService
@@ -69,7 +69,9 @@ class AccountsServer:
 
 
 def build_app(db: Database, ledger: LedgerService, key: SigningKey) -> FastAPI:
-    app = create_app("accounts", routers=[public_router(db, ledger), internal_router(db, ledger)])
+    app = create_app(
+        "accounts", routers=[public_router(db, ledger), pots_router(db, ledger), internal_router(db, ledger)]
+    )
     public = key.private_key.public_key()
 
     async def lookup(kid: str) -> Ed25519PublicKey | None:

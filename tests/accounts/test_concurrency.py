@@ -394,3 +394,78 @@ async def test_capture_racing_the_expiry_job_has_exactly_one_winner(
     assert await account_state(db, c.account_id) == (10_000 - 100 * (20 - expired), 0)
     await check_event_chain(db, c.account_id)
     assert await verify_ledger(db) == []
+
+
+# Payments between customers and pots (issue 23, decision 0033) ---------------------------------------
+
+
+async def test_100_concurrent_payments_of_70_from_700_move_exactly_10(
+    db: Database, ledger: LedgerService, http: httpx.AsyncClient, wide_server: AccountsServer
+) -> None:
+    jane = await create_customer(db, ledger, balance=700, name="Jane Doe")
+    sam = await create_customer(db, ledger, name="Sam Lee")
+
+    async def pay(n: int) -> tuple[int, str]:
+        form = {
+            "source_account_id": jane.account_id, "amount": "70", "currency": "GBP",
+            "recipient": sam.account_id, "reference": f"#{n}", "dedupe_id": f"pay-{n}",
+        }  # fmt: skip
+        r = await http.post("/payments", data=form, headers=wide_server.auth(jane))
+        return r.status_code, r.json().get("code", "")
+
+    answers = Counter(await asyncio.gather(*(pay(n) for n in range(100))))
+    assert answers == Counter({(201, ""): 10, (422, "insufficient_funds.available_balance"): 90}), answers
+    assert await account_state(db, jane.account_id) == (0, 0)
+    assert await account_state(db, sam.account_id) == (700, 0)
+    assert (await event_types(db, sam.account_id))["account.payment.received"] == 10
+    assert await verify_ledger(db) == []
+
+
+async def test_any_mix_of_payments_and_pot_moves_leaves_the_sum_of_balances_unchanged(
+    db: Database, ledger: LedgerService, http: httpx.AsyncClient, wide_server: AccountsServer
+) -> None:
+    import random
+
+    people = [await create_customer(db, ledger, balance=1_000, name=f"P{i} X") for i in range(5)]
+    pots = []
+    for p in people:
+        r = await http.post(
+            "/pots", data={"current_account_id": p.account_id, "name": "Jar"},
+            headers={**wide_server.auth(p), "Idempotency-Key": f"pot-{p.account_id}"},
+        )  # fmt: skip
+        pots.append(r.json()["id"])
+
+    async def total() -> int:
+        async with db.read() as s:
+            rows = await s.execute(
+                text("SELECT sum(balance) FROM accounts.accounts WHERE kind <> 'internal'")
+            )
+            return int(rows.scalar_one())
+
+    before = await total()
+    rng = random.Random(23)
+
+    async def step(n: int) -> int:
+        i = rng.randrange(len(people))
+        who, amount = people[i], str(rng.randint(1, 400))
+        if n % 3 == 0:
+            action, field = rng.choice(
+                (("deposit", "source_account_id"), ("withdraw", "destination_account_id"))
+            )
+            r = await http.put(
+                f"/pots/{pots[i]}/{action}", headers=wide_server.auth(who),
+                data={field: who.account_id, "amount": amount, "dedupe_id": f"m{n}"},
+            )  # fmt: skip
+        else:
+            to = people[(i + rng.randint(1, len(people) - 1)) % len(people)]
+            r = await http.post("/payments", headers=wide_server.auth(who), data={
+                "source_account_id": who.account_id, "amount": amount, "currency": "GBP",
+                "recipient": to.account_id, "dedupe_id": f"m{n}",
+            })  # fmt: skip
+        assert r.status_code in (200, 201, 422), r.text
+        return r.status_code
+
+    statuses = Counter(await asyncio.gather(*(step(n) for n in range(150))))
+    assert statuses[200] + statuses[201] > 20, statuses
+    assert await total() == before
+    assert await verify_ledger(db) == []

@@ -43,7 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -431,15 +432,27 @@ async def open_loop(
     }
 
 
-async def whole_bank(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
+@dataclass
+class Bank:
+    """A whole bank under test, with its push devices and webhooks, as `whole_bank_up` starts it."""
+
+    cluster: Any
+    customers: list[Customer]
+    folder: Path
+    probe: Probe
+    parts: dict[str, Callable[[], float]]
+    fake: Helper
+    receiver: Helper
+    setup: dict[str, Any]
+
+
+@contextlib.asynccontextmanager
+async def whole_bank_up(customers: int) -> AsyncIterator[Bank]:
+    """Step 1 of the module's docstring: the bank, its devices and webhooks, settled."""
     from simulator.cluster import Cluster
     from simulator.population import seed_population
 
-    result: dict[str, Any] = {
-        "started": datetime.now(UTC).isoformat(),
-        "args": vars(args),
-        "environment": env,
-    }
+    setup: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-whole-bank-") as tmp:
         folder = Path(tmp)
         await asyncio.to_thread(folder.chmod, 0o755)  # the embedded PostgreSQL's user goes in there
@@ -472,35 +485,47 @@ async def whole_bank(args: argparse.Namespace, env: dict[str, Any]) -> dict[str,
             async with Cluster(folder, durable=True) as cluster:
                 began = time.monotonic()
                 pop = await seed_population(
-                    cluster.base_url, args.customers, 1, signup_url=cluster.url("accounts")
+                    cluster.base_url, customers, 1, signup_url=cluster.url("accounts")
                 )
-                result["seeding_s"] = round(time.monotonic() - began, 1)
-                print(f"seeded {args.customers} customers in {result['seeding_s']} s", file=sys.stderr)
+                setup["seeding_s"] = round(time.monotonic() - began, 1)
+                print(f"seeded {customers} customers in {setup['seeding_s']} s", file=sys.stderr)
                 began = time.monotonic()
                 subscribed = await subscribe(cluster.base_url, pop.customers, receiver.url)
                 hooked = subscribed.pop("hooked_accounts")
-                result["subscribed"] = {**subscribed, "seconds": round(time.monotonic() - began, 1)}
-                print(f"subscribed: {result['subscribed']}", file=sys.stderr)
-                result["settled_after_seeding_s"] = await settled(cluster.database_url)
-                cards = [Card(c.pan, c.expiry, c.cvc) for c in pop.customers]
-                wrk = Wrk(write_cards(folder / "cards.txt", cards), args.threads, args.connections)
+                setup["subscribed"] = {**subscribed, "seconds": round(time.monotonic() - began, 1)}
+                print(f"subscribed: {setup['subscribed']}", file=sys.stderr)
+                setup["settled_after_seeding_s"] = await settled(cluster.database_url)
                 probe = Probe(cluster.database_url, hooked)
                 parts = cpu_parts(cluster, (fake, receiver))
-                result["sustained"] = await sustained(
-                    cluster, wrk, probe, parts, fake, receiver, args.seconds
-                )
-                print(brief_sustained(result["sustained"]), file=sys.stderr)
-                result["open_loop"] = []
-                for i, rate in enumerate(args.rates):
-                    result["open_loop"].append(
-                        await open_loop(cluster, pop.customers, probe, parts, rate, args.seconds, seed=11 + i)
-                    )
-                result["receiver_total"] = await receiver_count(receiver)
+                yield Bank(cluster, pop.customers, folder, probe, parts, fake, receiver, setup)
         finally:
             if probe is not None:
                 await probe.close()
             receiver.stop()
             fake.stop()
+
+
+async def whole_bank(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(),
+        "args": vars(args),
+        "environment": env,
+    }
+    async with whole_bank_up(args.customers) as bank:
+        result.update(bank.setup)
+        cluster, probe, parts = bank.cluster, bank.probe, bank.parts
+        cards = [Card(c.pan, c.expiry, c.cvc) for c in bank.customers]
+        wrk = Wrk(write_cards(bank.folder / "cards.txt", cards), args.threads, args.connections)
+        result["sustained"] = await sustained(
+            cluster, wrk, probe, parts, bank.fake, bank.receiver, args.seconds
+        )
+        print(brief_sustained(result["sustained"]), file=sys.stderr)
+        result["open_loop"] = []
+        for i, rate in enumerate(args.rates):
+            result["open_loop"].append(
+                await open_loop(cluster, bank.customers, probe, parts, rate, args.seconds, seed=11 + i)
+            )
+        result["receiver_total"] = await receiver_count(bank.receiver)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return result
 

@@ -13,6 +13,10 @@
 * `link-cut` (the ISO 8583 wire, whatever `--wire` says): every link is cut by the network's side
   while messages are in flight on it, every 2 s for `fault_seconds`; the links are opened again,
   and what went unanswered is repeated (0101, 0121, 0401) and must get the recorded answer.
+* `overload`: beside `day`, a flood of authorisations (1 penny each, open loop at `FLOOD_RATE`/s)
+  for `fault_seconds`, far past what the bank can decide. Every message must still be answered
+  within the network's timeout, refusals must be typed 429s (`rate_limited.*`), reversals never
+  refused, and afterwards the flood's approvals are reversed so that the books still agree.
 
 Each runs against its own bank (`Cluster`), started in a temporary folder and stopped at the end.
 """
@@ -20,17 +24,21 @@ Each runs against its own bank (`Cluster`), started in a temporary folder and st
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from simulator import report as reporting
 from simulator.cluster import Cluster
-from simulator.loadgen import Wire
-from simulator.runner import During, RunConfig, RunResult, open_wire, run_scenario
+from simulator.loadgen import NO_ANSWER, Pool, Wire
+from simulator.population import Customer
+from simulator.runner import During, RunConfig, RunResult, open_wire, population_for, run_scenario
 from simulator.scenarios import AUTHORISATION, CHAOS_SCENARIOS
 
 SCENARIOS = CHAOS_SCENARIOS
@@ -101,8 +109,75 @@ async def _cut_links(wire: Wire | None, seconds: float) -> list[int]:
         await asyncio.sleep(2.0)
 
 
+FLOOD_RATE = 1500.0  # authorisations/s offered by the `overload` flood
+FLOOD_TIMEOUT = 2.0  # the network's: an answer later than this is no answer
+
+
+async def _flood(cfg: RunConfig, customers: Sequence[Customer], seconds: float) -> dict[str, Any]:
+    """Authorisations of one penny, open loop at FLOOD_RATE for `seconds`, each sent once; then a
+    full reversal of each one approved. Answers counted by code (a refusal by its typed code)."""
+    pool = Pool(cfg.base_url, {"x-network-key": cfg.network_key}, size=512)
+    codes: Counter[str] = Counter()
+    reversals: Counter[str] = Counter()
+    approved: list[dict[str, Any]] = []
+
+    async def send(path: str, body: dict[str, Any], into: Counter[str]) -> str:
+        try:
+            status, payload = await pool.post(path, json.dumps(body).encode(), FLOOD_TIMEOUT)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            into[NO_ANSWER] += 1
+            return NO_ANSWER
+        try:
+            doc = json.loads(payload) if payload else {}
+        except ValueError:
+            doc = {}
+        code = str(doc.get("response_code")) if status == 200 else f"http_{status}:{doc.get('code')}"
+        into[code] += 1
+        return code
+
+    async def authorise(seq: int) -> None:
+        c = customers[seq % len(customers)]
+        body = {
+            "mti": "0100", "pan": c.pan, "expiry": c.expiry, "processing_code": "000000", "amount": 1,
+            "currency": "GBP", "stan": f"{seq % 1_000_000:06d}", "rrn": f"{seq:012d}",
+            "transmission_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "network_transaction_id": f"FLOOD{os.getpid()}X{seq:07d}",
+            "merchant": {"id": "FL0001", "name": "FLOOD TEST", "mcc": "5999", "city": "London",
+                         "country": "GB"},
+        }  # fmt: skip
+        if await send("/network/authorisations", body, codes) == "00":
+            approved.append(body)
+
+    loop = asyncio.get_running_loop()
+    began, sent, tasks = loop.time(), 0, []
+    try:
+        while (elapsed := loop.time() - began) < seconds:
+            due = int(elapsed * FLOOD_RATE) - sent
+            for _ in range(due):
+                tasks.append(asyncio.create_task(authorise(sent)))
+                sent += 1
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*tasks)
+        for body in approved:  # give the pennies back, so the network's books and the bank agree
+            reversal = {
+                k: body[k] for k in ("network_transaction_id", "pan", "amount", "currency", "stan", "rrn")
+            }
+            reversal.update(mti="0400", transmission_time=body["transmission_time"])
+            while await send("/network/reversals", reversal, reversals) != "00":
+                await asyncio.sleep(0.1)
+    finally:
+        pool.close()
+    return {"sent": sent, "offered_per_s": FLOOD_RATE, "codes": dict(codes), "approved": len(approved),
+            "reversal_codes": dict(reversals)}  # fmt: skip
+
+
 def fault(
-    cluster: Cluster, scenario: str, fault_at: float, fault_seconds: float, wire: Wire | None = None
+    cluster: Cluster,
+    scenario: str,
+    fault_at: float,
+    fault_seconds: float,
+    wire: Wire | None = None,
+    flood: Callable[[float], Any] | None = None,
 ) -> During:
     """The coroutine function run alongside the load: inject at `fault_at`, heal after `fault_seconds`."""
 
@@ -120,6 +195,9 @@ def fault(
             cluster.proxy.delay = 0.0
         elif scenario == "link-cut":
             info["in_flight_at_each_cut"] = await _cut_links(wire, fault_seconds)
+        elif scenario == "overload":
+            assert flood is not None
+            info["flood"] = await flood(fault_seconds)
         elif scenario == "kafka-stop":
             assert cluster.broker is not None
             await asyncio.to_thread(cluster.broker.stop)
@@ -189,8 +267,13 @@ async def run_chaos(
             if scenario == "link-cut":
                 run_cfg = replace(run_cfg, wire="iso8583")
             wire = await open_wire(run_cfg)
-            during = fault(cluster, scenario, fault_at, seconds, wire)
-            result = await run_scenario(run_cfg, during=during, say=say, wire=wire)
+            population = await population_for(run_cfg, say)
+
+            async def flood(seconds: float) -> dict[str, Any]:
+                return await _flood(run_cfg, population.customers, seconds)
+
+            during = fault(cluster, scenario, fault_at, seconds, wire, flood)
+            result = await run_scenario(run_cfg, population, during=during, say=say, wire=wire)
             info = result.report.get("chaos", {})
             if info:
                 info["authorisations_during_fault"] = fault_window(result, info)

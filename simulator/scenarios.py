@@ -35,7 +35,7 @@ SCENARIOS = ("steady", "burst", "day", "soak")
 # them without importing the load generator's dependencies (the service image leaves those out).
 CHAOS_SCENARIOS = (
     "accounts-kill", "accounts-slow", "transactions-kill", "webhooks-kill", "notifications-kill",
-    "kafka-stop", "cards-kill", "link-cut",
+    "kafka-stop", "cards-kill", "link-cut", "overload",
 )  # fmt: skip
 DEFAULT_DURATION = {"steady": 30.0, "burst": 30.0, "day": 60.0, "soak": 600.0}
 

@@ -21,6 +21,7 @@ from services.notifications.providers.fcm import (
     StaticToken,
     generate_dev_private_key,
 )
+from services.notifications.providers.http2 import field, fields
 from services.notifications.sender import Sender
 from tests.conftest import free_port
 
@@ -124,10 +125,9 @@ async def test_apns_errors(
 async def test_apns_410_carries_a_timestamp(fake: FakeServer, apns: ApnsProvider) -> None:
     p = push()
     fake.fake.script(p.token, [{"status": 410, "reason": "Unregistered"}])
-    resp = await apns.client.post(
-        f"/3/device/{p.token}",
-        content=b'{"aps":{"alert":"x"}}',
-        headers={"authorization": f"bearer {apns.token.get()}", "apns-topic": "t", "apns-push-type": "alert"},
+    headers = fields([(b"apns-topic", b"t"), (b"apns-push-type", b"alert")])
+    resp = await apns.client.request(
+        f"/3/device/{p.token}", apns.authorization() + headers, b'{"aps":{"alert":"x"}}'
     )
     assert resp.status_code == 410
     assert resp.json()["reason"] == "Unregistered" and isinstance(resp.json()["timestamp"], int)
@@ -230,11 +230,8 @@ async def test_fcm_errors(fake: FakeServer, fcm: FcmProvider, status: int, code:
 async def test_fcm_error_bodies_are_google_rpc_status(fake: FakeServer, fcm: FcmProvider) -> None:
     p = fcm_push()
     fake.fake.script(p.token, [{"status": 404, "reason": "UNREGISTERED"}])
-    resp = await fcm.client.post(
-        fcm.path,
-        json={"message": {"token": p.token}},
-        headers={"authorization": f"Bearer {await fcm.tokens.token()}"},
-    )
+    bearer = field(b"authorization", f"Bearer {await fcm.tokens.token()}".encode())
+    resp = await fcm.client.request(fcm.path, bearer, b'{"message":{"token":"%s"}}' % p.token.encode())
     error = resp.json()["error"]
     assert (error["code"], error["status"]) == (404, "NOT_FOUND")
     assert error["details"] == [

@@ -10,16 +10,19 @@ team id, iat). Apple rejects one older than an hour and refusing refreshes more 
 minutes, so it is cached and re-signed every `refresh_seconds` (50 minutes by default), or at once after
 an `ExpiredProviderToken` answer.
 
-The client speaks HTTP/2 only (`http1=False`): over TLS it negotiates h2 by ALPN, as Apple requires; over
-plain http (the local fake) it uses h2 with prior knowledge.
+One HTTP/2 connection carries every push as a stream of its own (providers/http2.py): over TLS it
+negotiates h2 by ALPN, as Apple requires; over plain http (the local fake) it uses h2 with prior
+knowledge. The header fields that do not change between pushes are encoded once, and the provider
+token's field once per token.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
+from urllib.parse import quote
 
-import httpx
 import jwt
 
 from services.notifications.messages import fit
@@ -30,6 +33,7 @@ from services.notifications.providers import (
     compact_json,
     retry_after_seconds,
 )
+from services.notifications.providers.http2 import Http2Client, Http2Error, Response, field, fields
 
 # Apple's reasons that mean this device token will never work again: deactivate, never retry.
 DEAD_TOKEN_REASONS = frozenset({"BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic", "ExpiredToken"})
@@ -95,45 +99,50 @@ class ApnsProvider:
         *,
         timeout: float = 10.0,
         expiration_seconds: int = 24 * 3600,
-        transport: httpx.AsyncBaseTransport | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.topic = topic
         self.token = token
         self.expiration_seconds = expiration_seconds
-        self.client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            http1=False,
-            http2=True,
-            timeout=timeout,
-            trust_env=False,
-            transport=transport,
+        self.client = Http2Client(base_url.rstrip("/"), timeout=timeout, ssl_context=ssl_context)
+        self._fixed = fields(
+            [
+                (b"apns-topic", topic.encode()),
+                (b"apns-push-type", b"alert"),
+                (b"apns-priority", b"10"),
+                (b"content-type", b"application/json"),
+            ]
         )
+        self._authorization = ("", b"")  # (provider token, its encoded header field)
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
+    def authorization(self) -> bytes:
+        token = self.token.get()
+        if token != self._authorization[0]:
+            self._authorization = (token, field(b"authorization", f"bearer {token}".encode()))
+        return self._authorization[1]
+
     async def send(self, push: Push) -> SendResult:
-        headers = {
-            "authorization": f"bearer {self.token.get()}",
-            "apns-topic": self.topic,
-            "apns-push-type": "alert",
-            "apns-priority": "10",
-            "apns-expiration": str(
-                int(time.time()) + self.expiration_seconds if self.expiration_seconds else 0
-            ),
-            "apns-id": push.push_id,
-            "apns-collapse-id": push.push_id,
-            "content-type": "application/json",
-        }
+        push_id = push.push_id.encode()
+        expiration = int(time.time()) + self.expiration_seconds if self.expiration_seconds else 0
+        headers = (
+            self.authorization()
+            + self._fixed
+            + field(b"apns-expiration", str(expiration).encode())
+            + field(b"apns-id", push_id)
+            + field(b"apns-collapse-id", push_id)
+        )
         try:
-            resp = await self.client.post(
-                f"/3/device/{push.token}", content=fitted_payload(push), headers=headers
+            resp = await self.client.request(
+                f"/3/device/{quote(push.token, safe='')}", headers, fitted_payload(push)
             )
-        except httpx.HTTPError as exc:
+        except Http2Error as exc:
             return SendResult("retry", None, f"{type(exc).__name__}: {exc}")
         return self.classify(resp)
 
-    def classify(self, resp: httpx.Response) -> SendResult:
+    def classify(self, resp: Response) -> SendResult:
         status = resp.status_code
         if status == 200:
             return SendResult("sent", 200, "", provider_id=resp.headers.get("apns-id"))

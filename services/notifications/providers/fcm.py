@@ -4,6 +4,10 @@
 "body"}, "data", "android", "apns"}}`. Errors are google.rpc Status bodies: `{"error": {"code",
 "message", "status", "details": [{"@type": "…FcmError", "errorCode": "UNREGISTERED"}]}}`.
 
+One HTTP/2 connection carries every push as a stream of its own (providers/http2.py; h2 by ALPN over
+TLS, with prior knowledge over plain http, the local fake). The token endpoint, called about once an
+hour, is plain httpx.
+
 The default token source is a service account: a JWT assertion signed with its RSA key (RS256) is
 exchanged at the token URI for an access token (RFC 7523 jwt-bearer grant), cached until a minute before
 it expires. Anything with `async token()` and `invalidate()` can stand in (tests, workload identity).
@@ -14,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import httpx
 import jwt
@@ -31,6 +37,7 @@ from services.notifications.providers import (
     compact_json,
     retry_after_seconds,
 )
+from services.notifications.providers.http2 import Http2Client, Http2Error, Response, field
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -156,7 +163,7 @@ def fitted_body(push: Push, ttl_seconds: int = 24 * 3600) -> bytes:
     return render(title, body)
 
 
-def _error(resp: httpx.Response) -> tuple[str, str]:
+def _error(resp: Response) -> tuple[str, str]:
     """(status, errorCode) of a google.rpc Status body; empty strings where absent."""
     try:
         error = resp.json().get("error") or {}
@@ -181,14 +188,14 @@ class FcmProvider:
         *,
         timeout: float = 10.0,
         ttl_seconds: int = 24 * 3600,
-        transport: httpx.AsyncBaseTransport | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.path = f"/v1/projects/{project_id}/messages:send"
+        self.path = f"/v1/projects/{quote(project_id, safe='')}/messages:send"
         self.tokens = tokens
         self.ttl_seconds = ttl_seconds
-        self.client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), http2=True, timeout=timeout, trust_env=False, transport=transport
-        )
+        self.client = Http2Client(base_url.rstrip("/"), timeout=timeout, ssl_context=ssl_context)
+        self._content_type = field(b"content-type", b"application/json; charset=UTF-8")
+        self._authorization = ("", b"")  # (access token, its encoded header field)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -200,16 +207,16 @@ class FcmProvider:
             bearer = await self.tokens.token()
         except (httpx.HTTPError, KeyError, ValueError) as exc:
             return SendResult("retry", None, f"no OAuth2 token: {type(exc).__name__}: {exc}")
-        headers = {"authorization": f"Bearer {bearer}", "content-type": "application/json; charset=UTF-8"}
+        if bearer != self._authorization[0]:
+            self._authorization = (bearer, field(b"authorization", f"Bearer {bearer}".encode()))
+        headers = self._authorization[1] + self._content_type
         try:
-            resp = await self.client.post(
-                self.path, content=fitted_body(push, self.ttl_seconds), headers=headers
-            )
-        except httpx.HTTPError as exc:
+            resp = await self.client.request(self.path, headers, fitted_body(push, self.ttl_seconds))
+        except Http2Error as exc:
             return SendResult("retry", None, f"{type(exc).__name__}: {exc}")
         return self.classify(resp)
 
-    def classify(self, resp: httpx.Response) -> SendResult:
+    def classify(self, resp: Response) -> SendResult:
         status = resp.status_code
         if status == 200:
             try:

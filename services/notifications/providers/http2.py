@@ -1,0 +1,599 @@
+"""A lean HTTP/2 client for the push providers: one connection per origin, many concurrent streams.
+
+APNs requires HTTP/2 and FCM serves it; both are used as one long-lived connection carrying every push as
+a stream of its own. httpx (httpcore, anyio, h2) cost about 1.4 ms of CPU per push, and the h2 library
+alone 0.2-0.6 ms (debug-log calls, header validation, the stream state machine, HPACK's dynamic table
+and Huffman coding, all in Python): more than the rest of the service together (decision 0033). This is
+the client side of HTTP/2 (RFC 9113) that a push client needs, on an asyncio Protocol:
+
+* requests: HEADERS (+ CONTINUATION past the peer's frame size) and DATA within the peer's flow-control
+  windows; at most the peer's SETTINGS_MAX_CONCURRENT_STREAMS streams open, the rest wait for a slot;
+* everything the peer may send: SETTINGS (acknowledged; the ones that bind us applied), PING (answered),
+  WINDOW_UPDATE, RST_STREAM (that request fails), GOAWAY (streams above its last id fail unprocessed,
+  the others finish; new requests open a new connection), padding, PRIORITY (ignored), unknown frame
+  types (ignored); a protocol violation closes the connection with GOAWAY and fails what is in flight;
+* our receive windows are opened wide at the start and replenished at half, on the connection and on
+  any stream whose answer is that long;
+* HPACK: responses are decoded with `hpack.Decoder` (Huffman and the peer's dynamic table), every header
+  block in order, even for a stream we gave up on; requests are encoded as literals without indexing and
+  without Huffman coding (RFC 7541 6.2.2), names from the static table where it has them. That is valid
+  for any decoder, keeps no encoder state, and is cheap on both sides; the price is header bytes (about
+  600 per push instead of about 200 with indexing), nothing next to one TLS record per push.
+* writes made in the same turn of the event loop (a batch's pushes, started together) go out in one
+  `transport.write`.
+
+Over https it negotiates h2 by ALPN (and refuses a server that does not); over plain http (the local
+fake) it speaks h2 with prior knowledge. Failures that leave a request without an answer raise
+`Http2Error`: the caller retries, as it would after any network error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import hpack
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# Frame types and flags (RFC 9113 6).
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
+    range(10)
+)
+END_STREAM = ACK = 0x1
+END_HEADERS = 0x4
+PADDED = 0x8
+PRIORITY_FLAG = 0x20
+
+# Settings (RFC 9113 6.5.2).
+HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 1, 2, 3, 4, 5
+
+# Error codes (RFC 9113 7).
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR = 0, 1, 2, 3, 6
+CANCEL, COMPRESSION_ERROR = 8, 9
+
+DEFAULT_WINDOW = 65_535
+MAX_WINDOW = 2**31 - 1
+MAX_STREAM_ID = 2**31 - 1
+OUR_MAX_FRAME = 16_384  # the default: we do not advertise a larger one
+STREAM_WINDOW = 1 << 20  # what we let the peer send on one stream before it hears from us
+CONNECTION_WINDOW = 1 << 24  # and on the connection
+MAX_HEADER_BLOCK = 1 << 20  # a peer's header block (with CONTINUATION) larger than this is an attack
+
+# HPACK static table (RFC 7541 appendix A): the names we may send, and the fields sent whole.
+_STATIC_NAME = {
+    b":authority": 1, b":method": 2, b":path": 4, b":scheme": 6, b"accept": 19, b"authorization": 23,
+    b"content-length": 28, b"content-type": 31, b"user-agent": 58,
+}  # fmt: skip
+_METHOD = {b"GET": b"\x82", b"POST": b"\x83"}
+_SCHEME = {b"http": b"\x86", b"https": b"\x87"}
+
+
+class Http2Error(Exception):
+    """The request got no (whole) answer: connection failure, protocol error, reset stream, timeout."""
+
+
+class ConnectError(Http2Error):
+    pass
+
+
+class ConnectionClosed(Http2Error):
+    pass
+
+
+class StreamReset(Http2Error):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"stream reset by the server (error code {code})")
+        self.code = code
+
+
+class RequestTimeout(Http2Error):
+    pass
+
+
+class _Unusable(Exception):
+    """This connection takes no new stream (GOAWAY, closed, ids used up): nothing was sent; use another."""
+
+
+def _integer(value: int, prefix_bits: int, first: int) -> bytes:
+    """An HPACK integer (RFC 7541 5.1) with `first`'s high bits set on the first byte."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def field(name: bytes, value: bytes) -> bytes:
+    """One header field, HPACK-encoded as a literal without indexing, no Huffman (RFC 7541 6.2.2)."""
+    index = _STATIC_NAME.get(name)
+    head = _integer(index, 4, 0) if index else b"\x00" + _integer(len(name), 7, 0) + name
+    return head + _integer(len(value), 7, 0) + value
+
+
+def fields(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(field(n, v) for n, v in headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status_code: int
+    headers: dict[str, str]  # lower-case names; a repeated name keeps its last value
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class _Stream:
+    __slots__ = ("body", "future", "headers", "id", "received", "send_window", "status")
+
+    def __init__(self, stream_id: int, send_window: int, future: asyncio.Future[Response]) -> None:
+        self.id = stream_id
+        self.send_window = send_window
+        self.future = future
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body = bytearray()
+        self.received = 0  # DATA bytes not yet given back with a WINDOW_UPDATE
+
+
+class _Violation(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/2 connection (the client side)."""
+
+    def __init__(self, authority: bytes, scheme: bytes) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.request_head = _METHOD[b"POST"] + _SCHEME[scheme] + field(b":authority", authority)
+        self.streams: dict[int, _Stream] = {}
+        self.next_id = 1
+        self.max_streams = 100  # until the peer's SETTINGS say otherwise (we wait for them)
+        self.initial_window = DEFAULT_WINDOW  # the peer's, for our new streams
+        self.send_window = DEFAULT_WINDOW  # the connection's
+        self.max_frame = 16_384
+        self.received = 0  # connection-level DATA bytes not yet given back
+        self.decoder = hpack.Decoder()
+        self.block: bytearray | None = None  # a header block still waiting for CONTINUATION
+        self.block_stream = 0
+        self.block_end_stream = False
+        self.inbox = bytearray()
+        self.outbox = bytearray()
+        self.flush_scheduled = False
+        self.ready: asyncio.Future[None] = self.loop.create_future()  # the peer's first SETTINGS
+        self.failure: Exception | None = None  # set when the connection is gone
+        self.goaway = False
+        self.changed = asyncio.Event()  # a stream slot, flow-control window or write buffer freed
+        self.paused = False
+
+    # -- state -------------------------------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        return self.failure is None and not self.goaway and self.next_id <= MAX_STREAM_ID
+
+    def _wake(self) -> None:
+        self.changed.set()
+
+    async def _changed(self) -> None:
+        self.changed.clear()
+        await self.changed.wait()
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+            self._fail(ConnectError("the server did not agree to HTTP/2 (ALPN)"))
+            transport.close()
+            return
+        settings = ((ENABLE_PUSH, 0), (INITIAL_WINDOW_SIZE, STREAM_WINDOW))
+        self._write(
+            PREFACE
+            + self._frame(SETTINGS, 0, 0, b"".join(i.to_bytes(2) + v.to_bytes(4) for i, v in settings))
+            + self._frame(WINDOW_UPDATE, 0, 0, (CONNECTION_WINDOW - DEFAULT_WINDOW).to_bytes(4))
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionClosed(f"connection lost: {exc}" if exc else "connection closed by the server"))
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._wake()
+
+    def data_received(self, data: bytes) -> None:
+        inbox = self.inbox
+        inbox += data
+        at, end = 0, len(inbox)
+        try:
+            while end - at >= 9:
+                length = int.from_bytes(inbox[at : at + 3])
+                if length > OUR_MAX_FRAME:
+                    raise _Violation(FRAME_SIZE_ERROR, f"a frame of {length} bytes")
+                if end - at - 9 < length:
+                    break
+                kind, flags = inbox[at + 3], inbox[at + 4]
+                stream_id = int.from_bytes(inbox[at + 5 : at + 9]) & MAX_STREAM_ID
+                payload = bytes(inbox[at + 9 : at + 9 + length])
+                at += 9 + length
+                self._frame_received(kind, flags, stream_id, payload)
+        except _Violation as exc:
+            self._close_with(exc.code, f"protocol error: {exc}")
+            return
+        except Exception as exc:  # a bug here must not leave the streams in flight waiting forever
+            self._close_with(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            raise
+        del inbox[:at]
+
+    # -- frames in -----------------------------------------------------------------------------------------
+
+    def _frame_received(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self.block is not None and (kind != CONTINUATION or stream_id != self.block_stream):
+            raise _Violation(PROTOCOL_ERROR, "a header block interrupted")
+        if kind == DATA:
+            self._data(flags, stream_id, payload)
+        elif kind == HEADERS:
+            if stream_id == 0:
+                raise _Violation(PROTOCOL_ERROR, "HEADERS on stream 0")
+            start, stop = 0, len(payload)
+            if flags & PADDED:
+                start, stop = 1, stop - payload[0]
+            if flags & PRIORITY_FLAG:
+                start += 5
+            if stop < start:
+                raise _Violation(PROTOCOL_ERROR, "padding longer than the frame")
+            self.block, self.block_stream = bytearray(payload[start:stop]), stream_id
+            self.block_end_stream = bool(flags & END_STREAM)
+            if flags & END_HEADERS:
+                self._header_block_done()
+        elif kind == CONTINUATION:
+            if self.block is None:
+                raise _Violation(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
+            self.block += payload
+            if len(self.block) > MAX_HEADER_BLOCK:
+                raise _Violation(PROTOCOL_ERROR, "a header block too large")
+            if flags & END_HEADERS:
+                self._header_block_done()
+        elif kind == SETTINGS:
+            self._settings(flags, stream_id, payload)
+        elif kind == WINDOW_UPDATE:
+            self._window_update(stream_id, payload)
+        elif kind == PING:
+            if stream_id != 0 or len(payload) != 8:
+                raise _Violation(PROTOCOL_ERROR, "a malformed PING")
+            if not flags & ACK:
+                self._write(self._frame(PING, ACK, 0, payload))
+        elif kind == RST_STREAM:
+            if stream_id == 0 or len(payload) != 4:
+                raise _Violation(PROTOCOL_ERROR, "a malformed RST_STREAM")
+            self._finish(stream_id, StreamReset(int.from_bytes(payload)))
+        elif kind == GOAWAY:
+            if stream_id != 0 or len(payload) < 8:
+                raise _Violation(PROTOCOL_ERROR, "a malformed GOAWAY")
+            self._goaway(int.from_bytes(payload[:4]) & MAX_STREAM_ID, int.from_bytes(payload[4:8]))
+        elif kind == PUSH_PROMISE:
+            raise _Violation(PROTOCOL_ERROR, "PUSH_PROMISE although push is disabled")
+        elif kind == PRIORITY and stream_id == 0:
+            raise _Violation(PROTOCOL_ERROR, "PRIORITY on stream 0")
+        # PRIORITY and unknown frame types are ignored (RFC 9113 4.1, 5.5).
+
+    def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise _Violation(PROTOCOL_ERROR, "DATA on stream 0")
+        length = len(payload)  # all of it counts against the windows, padding included
+        data = payload
+        if flags & PADDED:
+            if not payload or payload[0] >= length:
+                raise _Violation(PROTOCOL_ERROR, "padding longer than the frame")
+            data = payload[1 : length - payload[0]]
+        self.received += length
+        if self.received >= CONNECTION_WINDOW // 2:
+            self._write(self._frame(WINDOW_UPDATE, 0, 0, self.received.to_bytes(4)))
+            self.received = 0
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return  # a stream we reset or gave up on: its bytes still counted for the connection
+        stream.body += data
+        if flags & END_STREAM:
+            self._finish(stream_id, None)
+            return
+        stream.received += length
+        if stream.received >= STREAM_WINDOW // 2:
+            self._write(self._frame(WINDOW_UPDATE, 0, stream_id, stream.received.to_bytes(4)))
+            stream.received = 0
+
+    def _header_block_done(self) -> None:
+        assert self.block is not None
+        block, stream_id, end_stream = bytes(self.block), self.block_stream, self.block_end_stream
+        self.block = None
+        try:  # every block, in order: the decoder's table follows the peer's encoder
+            decoded = self.decoder.decode(block, raw=True)
+        except hpack.HPACKError as exc:
+            raise _Violation(COMPRESSION_ERROR, f"undecodable header block: {exc}") from exc
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if stream.status == 0:  # the response's headers (else trailers, ignored)
+            headers = {bytes(n).decode("latin-1"): bytes(v).decode("latin-1") for n, v in decoded}
+            status = headers.pop(":status", "")
+            if not status.isdigit():
+                self._reset(stream_id, PROTOCOL_ERROR, Http2Error("a response without :status"))
+                return
+            if 100 <= int(status) < 200:
+                if end_stream:
+                    self._reset(stream_id, PROTOCOL_ERROR, Http2Error("only an informational response"))
+                return  # informational: the final response follows
+            stream.status, stream.headers = int(status), headers
+        if end_stream:
+            self._finish(stream_id, None)
+
+    def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id != 0:
+            raise _Violation(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if len(payload) % 6 or (flags & ACK and payload):
+            raise _Violation(FRAME_SIZE_ERROR, "a malformed SETTINGS")
+        if flags & ACK:
+            return
+        for at in range(0, len(payload), 6):
+            setting, value = int.from_bytes(payload[at : at + 2]), int.from_bytes(payload[at + 2 : at + 6])
+            if setting == MAX_CONCURRENT_STREAMS:
+                self.max_streams = value
+            elif setting == INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise _Violation(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large")
+                delta, self.initial_window = value - self.initial_window, value
+                for stream in self.streams.values():
+                    stream.send_window += delta
+                    if stream.send_window > MAX_WINDOW:
+                        raise _Violation(FLOW_CONTROL_ERROR, "a stream window too large")
+            elif setting == MAX_FRAME_SIZE:
+                if not 16_384 <= value <= 16_777_215:
+                    raise _Violation(PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
+                self.max_frame = value
+            elif setting == ENABLE_PUSH and value > 1:
+                raise _Violation(PROTOCOL_ERROR, "ENABLE_PUSH out of range")
+            # HEADER_TABLE_SIZE binds an encoder that indexes; ours never does. Others are advisory.
+        self._write(self._frame(SETTINGS, ACK, 0, b""))
+        if not self.ready.done():
+            self.ready.set_result(None)
+        self._wake()
+
+    def _window_update(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise _Violation(FRAME_SIZE_ERROR, "a malformed WINDOW_UPDATE")
+        increment = int.from_bytes(payload) & MAX_WINDOW
+        if stream_id == 0:
+            if increment == 0:
+                raise _Violation(PROTOCOL_ERROR, "a zero WINDOW_UPDATE")
+            self.send_window += increment
+            if self.send_window > MAX_WINDOW:
+                raise _Violation(FLOW_CONTROL_ERROR, "the connection window too large")
+        elif (stream := self.streams.get(stream_id)) is not None:
+            stream.send_window += increment
+            if increment == 0 or stream.send_window > MAX_WINDOW:
+                self._reset(stream_id, PROTOCOL_ERROR if increment == 0 else FLOW_CONTROL_ERROR,
+                            Http2Error("a bad WINDOW_UPDATE from the server"))  # fmt: skip
+        self._wake()
+
+    def _goaway(self, last_stream_id: int, code: int) -> None:
+        self.goaway = True
+        for stream_id in [s for s in self.streams if s > last_stream_id]:
+            self._finish(stream_id, ConnectionClosed(f"GOAWAY (error code {code}): not processed"))
+        if not self.streams and self.transport is not None:
+            self.transport.close()
+        self._wake()
+
+    # -- streams ---------------------------------------------------------------------------------------
+
+    def _finish(self, stream_id: int, error: Exception | None) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        if not stream.future.done():
+            if error is not None:
+                stream.future.set_exception(error)
+            elif stream.status == 0:
+                stream.future.set_exception(Http2Error("the stream ended without a response"))
+            else:
+                stream.future.set_result(Response(stream.status, stream.headers, bytes(stream.body)))
+        if self.goaway and not self.streams and self.transport is not None:
+            self.transport.close()
+        self._wake()
+
+    def _reset(self, stream_id: int, code: int, error: Exception) -> None:
+        if stream_id in self.streams:
+            self._write(self._frame(RST_STREAM, 0, stream_id, code.to_bytes(4)))
+            self._finish(stream_id, error)
+
+    def _fail(self, error: Exception) -> None:
+        if self.failure is None:
+            self.failure = error
+        for stream_id in list(self.streams):
+            self._finish(stream_id, error)
+        if not self.ready.done():
+            self.ready.set_exception(error)
+            self.ready.exception()  # retrieved: nobody may be waiting for it
+        self._wake()
+
+    def _close_with(self, code: int, message: str) -> None:
+        # The last stream id is the last one the server opened that we processed: none (push is off).
+        self._write(self._frame(GOAWAY, 0, 0, bytes(4) + code.to_bytes(4) + message.encode()[:200]))
+        self._flush()
+        self._fail(ConnectionClosed(message))
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- frames out ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+        return len(payload).to_bytes(3) + bytes((kind, flags)) + stream_id.to_bytes(4) + payload
+
+    def _write(self, data: bytes) -> None:
+        self.outbox += data
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.outbox and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(bytes(self.outbox))
+        self.outbox.clear()
+
+    async def exchange(self, path: bytes, header_fields: bytes, body: bytes) -> Response:
+        """Send one request on a new stream and wait for its whole answer."""
+        while self.usable and (len(self.streams) >= self.max_streams or self.paused):
+            await self._changed()
+        if not self.usable:
+            raise _Unusable
+        stream_id, self.next_id = self.next_id, self.next_id + 2
+        stream = _Stream(stream_id, self.initial_window, self.loop.create_future())
+        self.streams[stream_id] = stream
+        block = (
+            self.request_head
+            + field(b":path", path)
+            + header_fields
+            + field(b"content-length", str(len(body)).encode())
+        )
+        try:
+            self._send_headers(stream_id, block, end_stream=not body)
+            sent = 0
+            while sent < len(body):
+                size = min(len(body) - sent, stream.send_window, self.send_window, self.max_frame)
+                if size <= 0:
+                    await self._changed()
+                    if stream.future.done():
+                        break  # answered (or failed) before the whole body went out
+                    continue
+                stream.send_window -= size
+                self.send_window -= size
+                sent += size
+                chunk = body[sent - size : sent]
+                self._write(self._frame(DATA, END_STREAM if sent == len(body) else 0, stream_id, chunk))
+            return await stream.future
+        except BaseException:  # cancelled or timed out: tell the server we no longer want it
+            if stream_id in self.streams and self.failure is None:
+                self._reset(stream_id, CANCEL, ConnectionClosed("cancelled"))
+            raise
+
+    def _send_headers(self, stream_id: int, block: bytes, *, end_stream: bool) -> None:
+        flags = END_STREAM if end_stream else 0
+        if len(block) <= self.max_frame:
+            self._write(self._frame(HEADERS, flags | END_HEADERS, stream_id, block))
+            return
+        chunks = [block[i : i + self.max_frame] for i in range(0, len(block), self.max_frame)]
+        self._write(self._frame(HEADERS, flags, stream_id, chunks[0]))
+        for i, chunk in enumerate(chunks[1:], 2):
+            self._write(self._frame(CONTINUATION, END_HEADERS if i == len(chunks) else 0, stream_id, chunk))
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._close_with(NO_ERROR, "client closing")
+        self._fail(ConnectionClosed("client closed"))
+
+
+class Http2Client:
+    """Requests to one origin over one HTTP/2 connection at a time, opened when first needed and again
+    after it is lost or the server sent GOAWAY (the streams still running on the old one finish)."""
+
+    def __init__(
+        self, base_url: str, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        url = urlsplit(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.scheme = url.scheme
+        self.host = url.hostname
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        default = 443 if url.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.authority = host if self.port == default else f"{host}:{self.port}"
+        self.prefix = url.path.rstrip("/")
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        if url.scheme == "https" and ssl_context is None:  # a context given must offer h2 by ALPN itself
+            self.ssl_context = ssl.create_default_context()
+            self.ssl_context.set_alpn_protocols(["h2"])
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Future[_Connection] | None = None
+        self._closed = False
+
+    async def request(self, path: str, header_fields: bytes = b"", body: bytes = b"") -> Response:
+        """POST `body` to `path` with these HPACK-encoded header fields (`field`, `fields`); the answer.
+
+        Raises Http2Error when there is none (it may or may not have reached the server)."""
+        raw_path = (self.prefix + path).encode()
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    connection = self._connection
+                    if connection is None or not connection.usable:
+                        connection = await self._connect()
+                    try:
+                        return await connection.exchange(raw_path, header_fields, body)
+                    except _Unusable:
+                        continue  # nothing sent on it: take the next connection
+        except TimeoutError as exc:
+            raise RequestTimeout(f"no answer within {self.timeout} s") from exc
+
+    async def _connect(self) -> _Connection:
+        if self._closed:
+            raise ConnectionClosed("client closed")
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+            self._connecting.add_done_callback(self._connected)
+        return await asyncio.shield(self._connecting)
+
+    def _connected(self, future: asyncio.Future[_Connection]) -> None:
+        self._connecting = None
+        if not future.cancelled() and future.exception() is None:
+            self._connection = future.result()
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        connection = _Connection(self.authority.encode(), self.scheme.encode())
+        try:
+            async with asyncio.timeout(self.timeout):  # shared by every request waiting: its own deadline
+                await loop.create_connection(
+                    lambda: connection,
+                    self.host,
+                    self.port,
+                    ssl=self.ssl_context,
+                    server_hostname=self.host if self.ssl_context else None,
+                )
+                await connection.ready  # the server's SETTINGS: how many streams it takes
+        except (OSError, ssl.SSLError) as exc:  # TimeoutError included
+            connection.close()
+            raise ConnectError(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

@@ -6,7 +6,7 @@ trip, a transaction or a commit falls as the load rises (TigerBeetle's batching,
 One batch is in flight at a time per batcher.
 
 Past capacity the queue would grow without bound and every item would wait longer than its caller
-(decision 0033). So a batch is sized to finish within `budget` seconds, from the time items have
+(decision 0036). So a batch is sized to finish within `budget` seconds, from the time items have
 been taking, and once a queue stands (every batch for `standing_after` seconds has left items
 behind: overload, not a burst that drains) an item that has waited longer than `overload_wait` is
 refused with `shed(item)` rather than worked on. The items served are fresh, and the work done is

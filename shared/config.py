@@ -13,6 +13,8 @@ from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES = ("gateway", "accounts", "cards", "transactions", "webhooks", "notifications")
+# Event consumers: their work can wait, the card network's cannot (decision 0036).
+BACKGROUND_SERVICES = ("transactions", "webhooks", "notifications")
 
 
 class BankSettings(BaseSettings):
@@ -42,6 +44,9 @@ class BankSettings(BaseSettings):
     relay_linger_ms: float = Field(default=20.0, ge=0)
     # A consumer handles at most one batch per this many ms (decision 0028); 0: as records arrive.
     consumer_linger_ms: float = Field(default=50.0, ge=0)
+    # The CPU priority (nice) the event consumers run at, so that on a shared host a backlog drains
+    # with the CPU the card path leaves (decision 0036); 0: the same as everything else.
+    background_nice: int = Field(default=5, ge=0, le=19)
     # Service discovery by configuration: one base URL per service (replicas may sit behind it).
     gateway_url: str = "http://127.0.0.1:8000"
     accounts_url: str = "http://127.0.0.1:8001"

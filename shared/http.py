@@ -98,7 +98,7 @@ class CircuitBreaker:
 class RetryBudget:
     """Retries at most `ratio` of the calls made (plus `floor` a second, so a quiet client can still
     retry): when an upstream is failing, it sees at most 1.1x its traffic rather than 1 + retries
-    times it, so an overload is not turned into a retry storm (decision 0033). A token bucket: each
+    times it, so an overload is not turned into a retry storm (decision 0036). A token bucket: each
     call adds `ratio` of a token, each retry takes one."""
 
     def __init__(

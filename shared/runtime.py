@@ -8,13 +8,14 @@ app's lifespan, so each service file only says what is specific to it.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
 
-from shared.config import BankSettings, load
+from shared.config import BACKGROUND_SERVICES, BankSettings, load
 from shared.db import Database
 from shared.events import make_transport
 from shared.events.consumer import BatchHandler, Consumer, Handler
@@ -107,6 +108,8 @@ def serve(service: str, factory: str) -> None:
     """Run one service as its own process: `python -m services.<name>`."""
     settings = load(BankSettings)
     configure_logging(service, settings.log_level, settings.log_json)
+    if service in BACKGROUND_SERVICES and settings.background_nice:
+        os.nice(settings.background_nice)
     uvicorn.run(
         factory,
         factory=True,

@@ -396,14 +396,14 @@ class Authoriser:
         await self.batcher.aclose()
 
 
-OVERLOADED = "overloaded"  # refused while a queue stands: it would be answered too late (decision 0033)
+OVERLOADED = "overloaded"  # refused while a queue stands: it would be answered too late (decision 0036)
 WAITED = "queue_timeout"  # waited for a batch past CARDS_AUTHORISATION_QUEUE_SECONDS or its deadline
 
 
 def _shed(reason: str) -> BankError:
     """Refused without a decision: nothing decided, nothing recorded, so the network's repeat is
     decided afresh. A retryable refusal rather than a 91, which would send the payment to the
-    network's stand-in, approving it without our balance (decision 0033)."""
+    network's stand-in, approving it without our balance (decision 0036)."""
     SHED.labels(reason).inc()
     return BankError(
         f"rate_limited.{reason}",

@@ -61,7 +61,7 @@ class CardsSettings(BaseSettings):
     # gateway gives /network 2 s).
     authorisation_batch_max: int = Field(default=500, ge=1, le=1000)
     authorisation_queue_seconds: float = Field(default=1.0, gt=0)
-    # Past capacity (decision 0033): a batch is sized to take about this long, and while a queue
+    # Past capacity (decision 0036): a batch is sized to take about this long, and while a queue
     # stands, an authorisation that has waited longer than the overload wait is refused at once (429
     # `rate_limited.overloaded`, nothing decided) instead of being decided after the network gave up.
     authorisation_batch_budget_ms: int = Field(default=40, ge=1)

@@ -38,7 +38,7 @@ ISSUER_UNAVAILABLE = Counter(
 )
 SHED = Counter(
     "card_authorisations_shed_total",
-    "Authorisations refused undecided (429), by reason: overloaded (a standing queue, decision 0033) or "
+    "Authorisations refused undecided (429), by reason: overloaded (a standing queue, decision 0036) or "
     "queue_timeout (waited past the queue limit or the caller's deadline)",
     ["reason"],
 )

@@ -27,6 +27,7 @@ from services.gateway.ops.collector import Collector
 from services.gateway.ops.traces import TraceSearch
 from services.gateway.proxy import Proxy, upstream_client
 from services.gateway.routes import RouteTable, RouteTableError, parse_table
+from services.gateway.shedding import Shedder
 from shared.config import SERVICES, BankSettings, load
 from shared.remote_auth import KeySet, RevocationList, identity_client
 from shared.web import create_app as create_web_app
@@ -116,6 +117,9 @@ class Gateway:
             limiter=self.limiter,
             proxy=self.proxy,
             max_body_bytes=self.config.max_body_bytes,
+            shedder=Shedder(
+                target=self.config.network_latency_target_ms / 1000, app_limit=self.config.app_in_flight_limit
+            ),
         )
         app.user_middleware.append(router)  # innermost of the user middleware: after RequestContext
         app.add_middleware(AccessLog)  # outermost

@@ -248,12 +248,12 @@ class EdgeRouter:
         forwarded = request_headers(scope["headers"], route, caller, self.proxy.internal_token)
         method = scope["method"]
         self.shedder.admit(route.priority)
-        status = 500
+        status, began = 500, time.monotonic()
         try:
             resp = await self.proxy.forward(route, method, target, forwarded, body)
             status = resp.status_code
         finally:
-            self.shedder.done(route.priority, status)
+            self.shedder.done(route.priority, status, time.monotonic() - began)
         await send(
             {
                 "type": "http.response.start",

@@ -18,7 +18,7 @@ UNLIMITED = "none"  # rate-limit class meaning "no limit"
 AUTH_KINDS = ("user", "none", "network")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MAX_TIMEOUT = 60.0
-# Who is refused first when the bank is past capacity (decision 0033): app traffic, then card-network
+# Who is refused first when the bank is past capacity (decision 0036): app traffic, then card-network
 # authorisations; money-releasing and settling messages (reversals, advices, clearing) never.
 PRIORITIES = ("critical", "network", "app")
 _ROUTE_KEYS = frozenset({"prefix", "methods", "upstream", "auth", "timeout", "rate_limit", "priority"})

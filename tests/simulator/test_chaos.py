@@ -31,7 +31,7 @@ async def test_overload_is_refused_typed_and_never_at_the_cost_of_money(
 ) -> None:
     """A flood of authorisations far past capacity beside `day`. Only what timing cannot flake: every
     message answered within the network's timeout and never with a 5xx, every refusal a typed 429,
-    no reversal ever refused, and the books and the ledger agree afterwards (decision 0033)."""
+    no reversal ever refused, and the books and the ledger agree afterwards (decision 0036)."""
     cfg = RunConfig(scenario="day", rate=10, duration=14, seed=7, customers=20, live=False,
                     settle_seconds=90, results=tmp_path / "results")  # fmt: skip
     result = await run_chaos("overload", cfg, fault_at=3, fault_seconds=5, folder=work_dir)

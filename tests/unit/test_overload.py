@@ -1,4 +1,4 @@
-"""Past capacity: the gateway's priority admission and the service client's retry budget (decision 0033)."""
+"""Past capacity: the gateway's priority admission and the service client's retry budget (decision 0036)."""
 
 from __future__ import annotations
 
@@ -106,3 +106,16 @@ def test_a_quiet_client_may_still_retry_at_the_floor_rate() -> None:
     assert not budget.may_retry()
     clock.now += 1.0
     assert budget.may_retry() and budget.may_retry() and not budget.may_retry()
+
+
+def test_answers_slower_than_the_target_shrink_the_limit_too() -> None:
+    clock = Clock()
+    shedder = Shedder(initial=100, target=0.08, decrease_every=0.1, clock=clock)
+    shedder.admit("network")
+    shedder.done("network", 200, 0.5)  # approved, but after queueing inside the bank
+    assert shedder.limit == pytest.approx(90)
+    clock.now += 1
+    shedder.admit("app")  # a slow answer is not a refusal: app traffic is still served
+    shedder.admit("network")
+    shedder.done("network", 200, 0.01)
+    assert shedder.limit > 90

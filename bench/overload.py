@@ -5,8 +5,9 @@
 
 1. The whole bank as bench.whole_bank starts it (every customer with a push device, a webhook on one
    account in ten, durable PostgreSQL, every service its own process).
-2. Capacity: wrk closed loop through the gateway (bench/wrk/authorise.lua) for --seconds: approved/s.
-   (--capacity skips this and uses the figure given.)
+2. Capacity: the highest open-loop rate the bank sustains, probed with the same generator for
+   --probe-seconds a probe (x1.5 while sustained, then two bisections). Sustained: at least 98% of
+   what was offered approved, approved p99 <= 100 ms. (--capacity skips this and uses the figure given.)
 3. For each step s, open-loop load at s x capacity for --seconds through the gateway with
    bench/openloop.c (compiled here with the machine's cc): request k is due at k / rate and its
    latency counts from then, so a slow bank cannot slow the generator down (no coordinated omission).
@@ -34,9 +35,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.cards import NETWORK_KEY, Card, Wrk, write_cards
+from bench.cards import NETWORK_KEY, Card, write_cards
 from bench.standard import settled
-from bench.whole_bank import Bank, cpu_now, cpu_per_authorisation, whole_bank_up
+from bench.whole_bank import cpu_now, cpu_per_authorisation, whole_bank_up
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -74,7 +75,12 @@ async def step_test(args: argparse.Namespace) -> dict[str, Any]:
         result["setup"] = bank.setup
         cards = write_cards(bank.folder / "cards.txt", [Card(c.pan, c.expiry, c.cvc) for c in bank.customers])
         generator = build_generator(bank.folder)
-        capacity = args.capacity or await measure_capacity(bank, cards, args.seconds)
+        if args.capacity:
+            capacity = args.capacity
+        else:
+            capacity, result["capacity_probes"] = await measure_capacity(
+                generator, bank.cluster, cards, args.probe_seconds, args.connections
+            )
         result["capacity_per_s"] = capacity
         print(f"capacity: {capacity:.0f} approved/s", file=sys.stderr)
         result["steps"] = []
@@ -115,13 +121,36 @@ async def step_test(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def measure_capacity(bank: Bank, cards: Path, seconds: float) -> float:
-    wrk = Wrk(cards, 2, 50)
-    await wrk.run(bank.cluster.base_url, 3)
-    await settled(bank.cluster.database_url)
-    run = await wrk.run(bank.cluster.base_url, seconds)
-    figures = run.figures(seconds)
-    return float(figures["codes"].get("00", 0)) / float(figures["seconds"])
+async def measure_capacity(
+    generator: Path, cluster: Any, cards: Path, seconds: float, connections: int
+) -> tuple[float, list[dict[str, Any]]]:
+    """The highest open-loop rate sustained (>= 98% approved, approved p99 <= 100 ms), and the probes."""
+    probes: list[dict[str, Any]] = []
+
+    async def sustained(rate: float) -> bool:
+        await settled(cluster.database_url)
+        run = await open_loop(generator, cluster.base_url, cards, rate, seconds, connections)
+        p99 = run["approved"].get("p99_ms") or 1e9
+        ok = run["approved_per_s"] >= 0.98 * rate and p99 <= P99_FLOOR_MS
+        probes.append({"rate": round(rate), "approved_per_s": run["approved_per_s"], "p99_ms": p99, "ok": ok})
+        print(f"  probe {rate:.0f}/s: approved {run['approved_per_s']}/s, p99 {p99} ms", file=sys.stderr)
+        return ok
+
+    good, bad, rate = 0.0, 0.0, 100.0
+    while rate < 20_000 and await sustained(rate):
+        good, rate = rate, rate * 1.5
+    bad = rate
+    while not good and bad > 10:
+        bad = bad / 2
+        if await sustained(bad):
+            good = bad
+    for _ in range(2):
+        mid = (good + bad) / 2
+        if await sustained(mid):
+            good = mid
+        else:
+            bad = mid
+    return good, probes
 
 
 def brief(f: dict[str, Any]) -> str:
@@ -173,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--steps", type=lambda s: [float(x) for x in s.split(",")], default=[0.5, 1, 2, 5, 10]
     )
     parser.add_argument("--capacity", type=float, default=0.0, help="approved/s at 1x (0: measure it)")
+    parser.add_argument("--probe-seconds", type=float, default=6)
     parser.add_argument("--connections", type=int, default=2000)
     args = parser.parse_args(argv)
     result = asyncio.run(step_test(args))

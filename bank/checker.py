@@ -15,9 +15,13 @@ Money (always):
 * `no_stray_holds`       every active hold is the hold of an approved authorisation (a hold that landed
                          after a 91 answer must have been released by the compensation job)
 * `api_balance`          (with customers) /balance through the gateway equals the ledger
+* `transfers_conserve`   every pot move and payment between customers is two opposite postings on the
+                         bank's own customer or pot accounts (never an internal one): a payment between
+                         two customers, a pot move between a pot and its own current account
 
 Downstream, each checked only once its service has rows (so the checker works while they are built):
 * `feed_once`            every approved spending authorisation has exactly one feed transaction
+* `transfers_in_feed`    every pot move has its feed transaction, every payment one on each side
 * `webhooks_delivered`   every transaction.created reached each webhook that was active for the account
                          (a delivery succeeded), exactly one delivery (one webhook-id) per event and
                          webhook, and (with a receiver's log) each webhook-id arrived, de-duplicated once
@@ -39,11 +43,16 @@ from typing import Any
 import httpx
 import typer
 
+from services.gateway.ops import invariants as inv
 from shared.config import to_libpq
 
-EVENTUAL = frozenset({"no_stray_holds", "feed_once", "webhooks_delivered", "push_once", "api_balance"})
+EVENTUAL = frozenset(
+    {"no_stray_holds", "feed_once", "transfers_in_feed", "webhooks_delivered", "push_once", "api_balance"}
+)
 MAX_EXAMPLES = 20  # violations listed per invariant (the count is always complete)
-SPENDING_CODES = ("00", "01")  # processing codes that make a feed item (services/transactions/feed.py)
+# The queries the ops page's money-at-risk panel shares (one definition: services/gateway/ops/invariants.py).
+TOTALS, OVERDUE_HOLDS, STRAY_HOLDS = inv.LEDGER_TOTALS, inv.OVERDUE_HOLDS, inv.STRAY_HOLDS
+FEED_MISSES, DEAD_LETTERS = inv.FEED_MISSES, inv.DEAD_LETTERS
 
 
 @dataclass
@@ -98,7 +107,6 @@ EMPTY_ENTRIES = """
 SELECT e.id FROM accounts.journal_entries e
 WHERE NOT EXISTS (SELECT 1 FROM accounts.postings p WHERE p.entry_id = e.id)
 """
-TOTALS = "SELECT currency, sum(amount) AS total FROM accounts.postings GROUP BY currency"
 BALANCES = """
 SELECT a.id, a.balance, a.held,
        coalesce((SELECT sum(p.amount) FROM accounts.postings p WHERE p.account_id = a.id), 0) AS posted,
@@ -110,7 +118,34 @@ SELECT a.id, a.balance, a.held,
        coalesce((SELECT sum(h.captured_amount - h.amount) FROM accounts.holds h
                  WHERE h.account_id = a.id AND h.status = 'captured' AND h.captured_amount > h.amount), 0)
            AS over_captured
-FROM accounts.accounts a WHERE a.kind = 'customer'
+FROM accounts.accounts a WHERE a.kind IN ('customer', 'pot')
+"""
+# Pot moves and payments (decision 0037): what is wrong with each entry that is not two opposite postings
+# on customer or pot accounts (a payment: two customers' accounts of two people; a pot move: a pot and
+# its own current account).
+TRANSFER_ENTRIES = """
+SELECT e.id, e.kind, e.reference, count(p.id) AS n, coalesce(sum(p.amount), 0) AS total,
+       count(*) FILTER (WHERE a.kind = 'internal') AS internal,
+       count(*) FILTER (WHERE a.kind = 'customer') AS customers,
+       count(*) FILTER (WHERE a.kind = 'pot') AS pots,
+       count(DISTINCT a.user_id) AS owners,
+       bool_or(a.kind = 'pot' AND NOT EXISTS (
+           SELECT 1 FROM accounts.pots t JOIN accounts.postings q ON q.account_id = t.current_account_id
+           WHERE t.id = a.id AND q.entry_id = e.id)) AS foreign_pot
+FROM accounts.journal_entries e
+JOIN accounts.postings p ON p.entry_id = e.id
+JOIN accounts.accounts a ON a.id = p.account_id
+WHERE e.kind IN ('pot_deposit', 'pot_withdrawal', 'p2p_payment')
+GROUP BY e.id, e.kind, e.reference
+"""
+TRANSFERS_IN_FEED = """
+SELECT e.kind, e.reference, k.key
+FROM accounts.journal_entries e
+CROSS JOIN LATERAL unnest(CASE WHEN e.kind = 'p2p_payment'
+    THEN ARRAY['p2p:' || e.reference || ':sent', 'p2p:' || e.reference || ':received']
+    ELSE ARRAY['pot:' || e.reference] END) AS k(key)
+WHERE e.kind IN ('pot_deposit', 'pot_withdrawal', 'p2p_payment')
+  AND NOT EXISTS (SELECT 1 FROM transactions.transactions t WHERE t.source_key = k.key)
 """
 AUTH_HOLDS = """
 SELECT a.id, a.network_transaction_id AS nid, a.hold_id, a.held_amount, a.status,
@@ -118,20 +153,6 @@ SELECT a.id, a.network_transaction_id AS nid, a.hold_id, a.held_amount, a.status
 FROM cards.authorisations a
 LEFT JOIN accounts.holds h ON h.network_txn_id = a.hold_id
 WHERE a.status = 'approved' AND a.hold_id IS NOT NULL AND a.held_amount > 0
-"""
-OVERDUE_HOLDS = """
-SELECT id, network_txn_id FROM accounts.holds WHERE status = 'active' AND expires_at <= now()
-"""
-STRAY_HOLDS = """
-SELECT h.id, h.network_txn_id, h.amount, h.account_id FROM accounts.holds h
-WHERE h.status = 'active' AND NOT EXISTS (
-    SELECT 1 FROM cards.authorisations a WHERE a.hold_id = h.network_txn_id AND a.status = 'approved')
-"""
-FEED = """
-SELECT a.id, a.network_transaction_id AS nid,
-       (SELECT count(*) FROM transactions.transactions t WHERE t.source_key = 'auth:' || a.id) AS n
-FROM cards.authorisations a
-WHERE a.status <> 'declined' AND left(a.processing_code, 2) = ANY($1::text[])
 """
 # transaction.created events as the transactions service emitted them (its outbox keeps them).
 WEBHOOK_EXPECTED = """
@@ -231,6 +252,11 @@ async def check_bank(
                     if r["balance"] - r["held"] + r["forced"] + r["over_captured"] < 0
                 ],
             )
+        if wanted("transfers_conserve"):
+            report.checked.append("transfers_conserve")
+            rows = await conn.fetch(TRANSFER_ENTRIES)
+            report.figures["transfers"] = len(rows)
+            report.add("transfers_conserve", [_transfer_problem(r) for r in rows if _transfer_problem(r)])
         cards_exist = await _has_rows(conn, "cards.authorisations")
         report.figures["authorisations"] = (
             dict(
@@ -272,11 +298,31 @@ async def check_bank(
                 ],
             )
         await _downstream(conn, report, wanted, push_url, webhook_receipts)
+        # Not an invariant (a consumer may park a poison event), but on the ops page's panel.
+        dead: dict[str, int] = {}
+        for r in await conn.fetch(DEAD_LETTERS):
+            key = f"{r['service']}/{r['consumer']}"
+            dead[key] = dead.get(key, 0) + 1
+        report.figures["dead_letters"] = dead
     finally:
         await conn.close()
     if customers and gateway_url and (only is None or "api_balance" in only):
         await _api_balances(report, database_url, gateway_url, customers)
     return report
+
+
+def _transfer_problem(r: Any) -> str:
+    """What is wrong with a pot move's or a payment's journal entry ("" when nothing is)."""
+    where = f"{r['kind']} {r['reference']} (entry {r['id']})"
+    if r["n"] != 2 or r["total"] != 0:
+        return f"{where}: {r['n']} postings summing to {r['total']}, not two opposite ones"
+    if r["internal"]:
+        return f"{where}: moves money to or from an internal account"
+    if r["kind"] == "p2p_payment" and (r["customers"] != 2 or r["owners"] != 2):
+        return f"{where}: not between two customers' accounts"
+    if r["kind"] != "p2p_payment" and (r["customers"] != 1 or r["pots"] != 1 or r["foreign_pot"]):
+        return f"{where}: not between a pot and its own current account"
+    return ""
 
 
 async def _downstream(
@@ -289,20 +335,28 @@ async def _downstream(
     if wanted("feed_once"):
         if await _has_rows(conn, "transactions.transactions"):
             report.checked.append("feed_once")
-            rows = await conn.fetch(FEED, list(SPENDING_CODES))
+            rows = await conn.fetch(FEED_MISSES)
             report.figures["feed_transactions"] = await conn.fetchval(
                 "SELECT count(*) FROM transactions.transactions"
             )
             report.add(
                 "feed_once",
-                [
-                    f"authorisation {r['id']} ({r['nid']}) has {r['n']} feed transactions, not 1"
-                    for r in rows
-                    if r["n"] != 1
-                ],
+                [f"authorisation {r['id']} ({r['nid']}) has {r['n']} feed transactions, not 1" for r in rows],
             )
         else:
             report.not_applicable["feed_once"] = "transactions.transactions has no rows"
+    if wanted("transfers_in_feed"):
+        if await _has_rows(conn, "transactions.transactions"):
+            report.checked.append("transfers_in_feed")
+            report.add(
+                "transfers_in_feed",
+                [
+                    f"{r['kind']} {r['reference']}: no feed transaction {r['key']}"
+                    for r in await conn.fetch(TRANSFERS_IN_FEED)
+                ],
+            )
+        else:
+            report.not_applicable["transfers_in_feed"] = "transactions.transactions has no rows"
     if wanted("webhooks_delivered"):
         if await _has_rows(conn, "webhooks.webhooks") and await _has_rows(conn, "transactions.outbox"):
             report.checked.append("webhooks_delivered")
@@ -435,17 +489,117 @@ async def settle(
         await asyncio.sleep(interval)
 
 
+def risk_panel(snapshot: inv.RiskSnapshot, *, items: int = 5, every: float | None = None) -> Any:
+    """The ops page's money-at-risk panel as a Rich renderable (`bank check --watch`)."""
+    from datetime import datetime
+
+    from rich import box
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    when = datetime.fromtimestamp(snapshot.at).strftime("%H:%M:%S")
+    refresh = f", every {every:g} s" if every else ""
+    if snapshot.error is not None:
+        return Panel(Text(snapshot.error, style="bold red"), title="Money at risk: UNKNOWN",
+                     subtitle=f"{when}{refresh}", border_style="red")  # fmt: skip
+    table = Table(box=box.SIMPLE_HEAD, expand=True)
+    table.add_column("check")
+    table.add_column("at risk", justify="right")
+    table.add_column("being resolved", justify="right")
+    table.add_column("items (oldest first: ids, age)")
+    for c in snapshot.checks:
+        style = "red" if not c.ok else ("yellow" if c.resolving else "green")
+        listed = []
+        for item in c.items[:items]:
+            age = inv.item_age(c.name, item)
+            listed.append(inv.item_label(c.name, item) + ("" if age is None else f" · {age:.0f} s"))
+        if c.name == "dead_letters" and c.groups:
+            listed.insert(0, ", ".join(f"{k}: {n}" for k, n in sorted(c.groups.items())))
+        if len(c.items) < c.total and c.name != "ledger_sums":
+            listed.append(f"… {c.total - len(c.items)} more")
+        table.add_row(
+            Text(f"{c.title} ({c.rule})", style=style), Text(str(c.at_risk), style=style),
+            str(c.resolving) if c.resolving else "", "\n".join(listed),
+        )  # fmt: skip
+    at_risk = sum(c.at_risk for c in snapshot.checks)
+    title = "Money at risk: every invariant holds" if snapshot.ok else f"Money at risk: {at_risk} items"
+    return Panel(
+        table, title=title, border_style="green" if snapshot.ok else "red",
+        subtitle=f"{when}, read in {snapshot.took_seconds * 1000:.0f} ms{refresh}",
+    )  # fmt: skip
+
+
+async def watch_risk(
+    database_url: str, *, every: float = 10.0, grace: float = 60.0, expiry_grace: float = 120.0,
+    rounds: int = 0, console: Any = None,
+) -> bool:  # fmt: skip
+    """Print the money-at-risk panel, read again every `every` seconds (`rounds` times; 0: until
+    interrupted). True if the last reading found every invariant holding."""
+    import asyncpg
+    from rich.console import Console
+    from rich.live import Live
+
+    console = console or Console()
+    conn: Any = None
+    snapshot: inv.RiskSnapshot | None = None
+    done = 0
+    with Live(console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = await asyncpg.connect(
+                            to_libpq(database_url), timeout=5,
+                            server_settings={"default_transaction_read_only": "on",
+                                             "application_name": "bank-check-watch"},
+                        )  # fmt: skip
+                    snapshot = await inv.read_snapshot(conn, grace=grace, expiry_grace=expiry_grace)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                    if conn is not None:
+                        conn.terminate()
+                    conn = None
+                    snapshot = inv.RiskSnapshot(time.time(), 0.0, grace, expiry_grace, error=str(exc))
+                live.update(risk_panel(snapshot, every=every), refresh=True)
+                done += 1
+                if rounds and done >= rounds:
+                    break
+                await asyncio.sleep(every)
+        finally:
+            if conn is not None:
+                await conn.close()
+    return snapshot is not None and snapshot.ok
+
+
 def check_command(
     database_url: str = typer.Option("", "--database-url", help="default: the bank's own database"),
     as_json: bool = typer.Option(False, "--json", help="the full report as JSON"),
     wait: float = typer.Option(0.0, "--wait", help="re-check eventual invariants for up to this long"),
+    watch: bool = typer.Option(
+        False, "--watch", help="the ops page's money-at-risk panel, read again every --every seconds (Ctrl-C)"
+    ),
+    every: float = typer.Option(10.0, "--every", min=1.0, help="with --watch: seconds between readings"),
+    grace: float = typer.Option(
+        60.0,
+        "--grace",
+        min=0.0,
+        help="with --watch: a stray hold or a missing feed item is at risk past this age (s)",
+    ),
+    rounds: int = typer.Option(0, "--rounds", min=0, hidden=True, help="with --watch: stop after this many"),
 ) -> None:
     """Prove the bank's invariants from its database: the ledger balances, no money created or lost,
     holds accounted for, one feed item per authorisation, webhooks and pushes once. Exit 1 on a violation.
+    With --watch: the ops page's money-at-risk panel in the terminal, refreshing.
     """
     from shared.config import BankSettings, load
 
     url = database_url or load(BankSettings).database_url
+    if watch:
+        try:
+            ok = asyncio.run(watch_risk(url, every=every, grace=grace, rounds=rounds))
+        except KeyboardInterrupt:
+            raise typer.Exit(0) from None
+        raise typer.Exit(0 if ok else 1)
     report = asyncio.run(settle(url, limit=wait) if wait else check_bank(url))
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=1, default=str))

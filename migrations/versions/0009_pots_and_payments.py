@@ -1,4 +1,4 @@
-"""Pots and payments between customers (issue 23; decision 0033).
+"""Pots and payments between customers (issue 23; decision 0037).
 
 A pot is money of its own in the ledger: a row in `accounts.accounts` (kind `pot`, balance on the row
 like a customer's, no holds) beside its description in `accounts.pots`. A payment between two

@@ -6,6 +6,8 @@ Pure: no database, no network, no web framework. Inputs are the fields of a `tra
     ☕ £19.15 at Brightbird Espresso. You've spent £43.55 today.
     Your payment of £12.00 at Pret A Manger was declined: insufficient funds
     💰 £100.00 top up. Balance £143.55
+    💸 Jane Doe sent you £10.00: pizza
+    🍯 £25.00 moved into Holiday. Balance £75.00
 """
 
 from __future__ import annotations
@@ -99,6 +101,14 @@ def transaction_message(event_type: str, data: Mapping[str, Any]) -> Message | N
     if kind == "topup":
         balance = money(int(tx.get("account_balance") or 0), currency)
         return Message("topup", "Top up", f"💰 {money(amount, currency)} top up. Balance {balance}", ids)
+    if kind == "p2p_payment":
+        return _payment_message(tx, amount, currency, ids)
+    if kind == "pot_transfer":
+        pot = str(_field(tx, "metadata", "pot_name")).strip() or "your pot"
+        balance = money(int(tx.get("account_balance") or 0), currency)
+        way = "into" if int(tx.get("amount") or 0) < 0 else "out of"
+        body = f"🍯 {money(amount, currency)} moved {way} {pot}. Balance {balance}"
+        return Message("pot_transfer", "Pot", body, ids)
     if kind == "refund":
         balance = money(int(tx.get("account_balance") or 0), currency)
         body = _prefixed(emoji or "↩️", f"{money(amount, currency)} refund from {name}. Balance {balance}")
@@ -110,6 +120,24 @@ def transaction_message(event_type: str, data: Mapping[str, Any]) -> Message | N
         body = _prefixed(emoji, f"{money(amount, currency)} at {name}. You've spent {spent} today.")
         return Message("card_payment", "Payment", body, ids)
     return None
+
+
+def _field(tx: Mapping[str, Any], section: str, name: str) -> object:
+    """tx[section][name], or "" when either is missing or not what it should be."""
+    inner = tx.get(section)
+    return (inner.get(name) or "") if isinstance(inner, Mapping) else ""
+
+
+def _payment_message(tx: Mapping[str, Any], amount: int, currency: str, ids: dict[str, str]) -> Message:
+    """A payment between customers, as each side sees it: "💸 Jane Doe sent you £10.00: pizza"."""
+    other = str(_field(tx, "counterparty", "name")).strip() or "Someone"
+    note = str(_field(tx, "metadata", "p2p_reference")).strip()
+    suffix = f": {note}" if note else ""
+    if int(tx.get("amount") or 0) > 0:
+        return Message(
+            "p2p_received", "Payment received", f"💸 {other} sent you {money(amount, currency)}{suffix}", ids
+        )
+    return Message("p2p_sent", "Payment sent", f"💸 You sent {other} {money(amount, currency)}{suffix}", ids)
 
 
 def webhook_disabled_message(url: str) -> Message:

@@ -30,6 +30,7 @@ from services.transactions.events import (
     HOLD_PLACED,
     LEDGER_TOPIC,
     TOPUP_COMPLETED,
+    TRANSFER_TYPES,
     AccountCreated,
     Change,
     LedgerMovement,
@@ -51,11 +52,13 @@ from services.transactions.feed import (
 from services.transactions.merchants import MerchantProfile, profile, stable_id
 from services.transactions.models import TransactionRow
 from services.transactions.publish import Announcer, feed_event
-from services.transactions.render import TOPUP_CATEGORY, merchant_doc, transaction_json
+from services.transactions.render import CATEGORIES, merchant_doc, transaction_json
 from shared.events.consumer import Handler
 from shared.events.envelope import Envelope
 
 TOPICS = (ACCOUNTS_TOPIC, LEDGER_TOPIC, CARDS_TOPIC)
+# Ledger events that are a transaction of their own as well as a balance figure.
+LEDGER_TRANSACTIONS = (TOPUP_COMPLETED, *TRANSFER_TYPES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,8 @@ class FeedProjector:
     def handlers(self) -> dict[str, Handler]:
         handlers: dict[str, Handler] = {t: self.on_card_event for t in CARD_TYPES}
         handlers[ACCOUNT_CREATED] = self.on_account_created
-        handlers[TOPUP_COMPLETED] = self.on_topup
+        for event_type in LEDGER_TRANSACTIONS:
+            handlers[event_type] = self.on_topup
         handlers[HOLD_PLACED] = self.on_ledger_movement
         handlers[ACCOUNT_POSTED] = self.on_ledger_movement
         return handlers
@@ -104,6 +108,7 @@ class FeedProjector:
             await self._apply(session, envelope, key)
 
     async def on_topup(self, session: AsyncSession, envelope: Envelope) -> None:
+        """A top-up, a pot move or a payment between customers: a balance figure and a transaction."""
         await self._ledger_point(session, envelope)
         key = source_key(envelope.type, envelope.data)
         if key is not None:
@@ -156,8 +161,8 @@ class FeedProjector:
         await self._write(session, tx, item, change_of(old, item), merchant=sighting, moves=moves)
 
     def _merchant(self, item: FeedItem) -> tuple[str | None, str, repo.MerchantSighting | None]:
-        if item.kind == "topup" or item.merchant is None:
-            return None, TOPUP_CATEGORY if item.kind == "topup" else "general", None
+        if item.merchant is None:
+            return None, CATEGORIES.get(item.kind, "general"), None
         p, doc = self._directory_entry(item.merchant)
         m = item.merchant
         return p.id, p.category, repo.MerchantSighting(p, m.id, m.name, doc, item.created, item.updated)
@@ -216,15 +221,15 @@ class FeedProjector:
                 owners.setdefault(acc.account_id, (acc.account_id, acc.user_id, acc.currency))
                 account_seen[acc.account_id] = (account_seen.get(acc.account_id, (i, e))[0], e)
                 continue
-            if e.type in (TOPUP_COMPLETED, HOLD_PLACED, ACCOUNT_POSTED):
+            if e.type in (*LEDGER_TRANSACTIONS, HOLD_PLACED, ACCOUNT_POSTED):
                 data = LedgerMovement.model_validate(e.data)
-                ref = data.topup_id or data.network_txn_id
+                ref = data.ref
                 if ref is not None:
                     points.append((e.id, data.account_id, ref, time, data.available))
                     point = Movement(time, e.id, ref, data.available)
                     batch_points.setdefault(data.account_id, []).append(point)
                     account_seen[data.account_id] = (account_seen.get(data.account_id, (i, e))[0], e)
-                if e.type != TOPUP_COMPLETED:
+                if e.type not in LEDGER_TRANSACTIONS:
                     continue
             key = source_key(e.type, e.data)
             if key is None:
@@ -348,7 +353,7 @@ class FeedProjector:
 
     async def _ledger_point(self, session: AsyncSession, envelope: Envelope) -> None:
         data = LedgerMovement.model_validate(envelope.data)
-        ref = data.topup_id or data.network_txn_id
+        ref = data.ref
         if ref is None:
             return
         e, time = envelope, envelope.time.astimezone(UTC)

@@ -24,6 +24,14 @@ REVERSED = "card.authorisation.reversed"
 SETTLED = "card.transaction.settled"
 REFUND_SETTLED = "card.refund.settled"
 CARD_TYPES = (APPROVED, DECLINED, REVERSED, SETTLED, REFUND_SETTLED)
+# Money between the bank's own accounts (decision 0037): each is one feed transaction of its account.
+POT_DEPOSITED = "account.pot.deposited"
+POT_WITHDRAWN = "account.pot.withdrawn"
+PAYMENT_SENT = "account.payment.sent"
+PAYMENT_RECEIVED = "account.payment.received"
+POT_TYPES = (POT_DEPOSITED, POT_WITHDRAWN)
+PAYMENT_TYPES = (PAYMENT_SENT, PAYMENT_RECEIVED)
+TRANSFER_TYPES = (*POT_TYPES, *PAYMENT_TYPES)
 
 
 class _Incoming(BaseModel):
@@ -46,6 +54,13 @@ class LedgerMovement(_Incoming):
     available: int
     network_txn_id: str | None = None
     topup_id: str | None = None
+    transfer_id: str | None = None  # a pot move
+    payment_id: str | None = None  # a payment between customers
+
+    @property
+    def ref(self) -> str | None:
+        """The ledger reference the movement carries: what a transaction's `balance_refs` name."""
+        return self.topup_id or self.transfer_id or self.payment_id or self.network_txn_id
 
 
 class NetworkMerchant(_Incoming):
@@ -80,7 +95,30 @@ class TopupCompleted(_Incoming):
     topup_id: str
 
 
-Kind = Literal["card_payment", "atm_withdrawal", "refund", "topup"]
+class PotMoved(_Incoming):
+    """account.pot.deposited / account.pot.withdrawn; `amount` as the current account sees it."""
+
+    account_id: str
+    amount: int
+    currency: str
+    pot_id: str
+    pot_name: str
+    transfer_id: str
+
+
+class PaymentMoved(_Incoming):
+    """account.payment.sent / account.payment.received, as the subject's account sees it."""
+
+    account_id: str
+    amount: int
+    currency: str
+    payment_id: str
+    reference: str = ""
+    counterparty_user_id: str
+    counterparty_name: str
+
+
+Kind = Literal["card_payment", "atm_withdrawal", "refund", "topup", "pot_transfer", "p2p_payment"]
 Change = Literal["created", "settled", "reversed", "annotated"]
 
 

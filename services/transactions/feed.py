@@ -18,6 +18,9 @@ from zoneinfo import ZoneInfo
 from services.transactions.events import (
     APPROVED,
     DECLINED,
+    PAYMENT_SENT,
+    PAYMENT_TYPES,
+    POT_TYPES,
     REFUND_SETTLED,
     REVERSED,
     SETTLED,
@@ -26,6 +29,8 @@ from services.transactions.events import (
     Change,
     Kind,
     NetworkMerchant,
+    PaymentMoved,
+    PotMoved,
     TopupCompleted,
 )
 
@@ -66,6 +71,10 @@ class FeedItem:
     card_last4: str = ""
     network_transaction_id: str | None = None
     balance_refs: tuple[str, ...] = field(default=())
+    # Money between the bank's own accounts (decision 0037): the other customer of a payment, and what
+    # the transaction's metadata always carries (a pot's id, a payment's id and reference).
+    counterparty: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def pending(self) -> bool:
@@ -96,6 +105,11 @@ def source_key(event_type: str, data: Mapping[str, Any]) -> str | None:
     """The transaction an event belongs to (None: the event makes no feed item)."""
     if event_type == TOPUP_COMPLETED:
         return f"topup:{TopupCompleted.model_validate(data).topup_id}"
+    if event_type in POT_TYPES:
+        return f"pot:{PotMoved.model_validate(data).transfer_id}"
+    if event_type in PAYMENT_TYPES:  # one transaction on each side of a payment
+        side = "sent" if event_type == PAYMENT_SENT else "received"
+        return f"p2p:{PaymentMoved.model_validate(data).payment_id}:{side}"
     card = CardEvent.model_validate(data)
     if event_type == REFUND_SETTLED:
         return f"refund:{card.presentment_id}" if card.presentment_id else None
@@ -113,6 +127,10 @@ def event_refs(event_type: str, data: Mapping[str, Any]) -> tuple[str, ...]:
     `balance_refs`: the fold's base event and presentments are among the transaction's events)."""
     if event_type == TOPUP_COMPLETED:
         return (TopupCompleted.model_validate(data).topup_id,)
+    if event_type in POT_TYPES:
+        return (PotMoved.model_validate(data).transfer_id,)
+    if event_type in PAYMENT_TYPES:
+        return (PaymentMoved.model_validate(data).payment_id,)
     card = CardEvent.model_validate(data)
     refs: list[str] = []
     if card.network_transaction_id:
@@ -147,6 +165,24 @@ def fold(facts: Iterable[Fact]) -> FeedItem | None:
             key=f"topup:{topup.topup_id}", account_id=topup.account_id, kind="topup", amount=topup.amount,
             currency=topup.currency, created=created, updated=updated, settled=created,
             description="Top up", balance_refs=(topup.topup_id,),
+        )  # fmt: skip
+    if first.type in POT_TYPES:
+        pot = PotMoved.model_validate(first.data)
+        return FeedItem(
+            key=f"pot:{pot.transfer_id}", account_id=pot.account_id, kind="pot_transfer", amount=pot.amount,
+            currency=pot.currency, created=created, updated=updated, settled=created, description=pot.pot_id,
+            balance_refs=(pot.transfer_id,),
+            metadata={"pot_id": pot.pot_id, "pot_name": pot.pot_name, "trigger": "user"},
+        )  # fmt: skip
+    if first.type in PAYMENT_TYPES:
+        paid = PaymentMoved.model_validate(first.data)
+        side = "sent" if first.type == PAYMENT_SENT else "received"
+        return FeedItem(
+            key=f"p2p:{paid.payment_id}:{side}", account_id=paid.account_id, kind="p2p_payment",
+            amount=paid.amount, currency=paid.currency, created=created, updated=updated, settled=created,
+            description=paid.reference or paid.counterparty_name, balance_refs=(paid.payment_id,),
+            counterparty={"user_id": paid.counterparty_user_id, "name": paid.counterparty_name},
+            metadata={"p2p_transfer_id": paid.payment_id, "p2p_reference": paid.reference},
         )  # fmt: skip
     cards = [(f, CardEvent.model_validate(f.data)) for f in ordered]
     by_type: dict[str, list[tuple[Fact, CardEvent]]] = {}
@@ -211,8 +247,8 @@ def spend_day(moment: datetime) -> date:
 
 def spend_of(item: FeedItem) -> int:
     """What the transaction adds to its day's spend: card payments and cash count, refunds reduce it,
-    declines, reversals and top-ups add nothing."""
-    if item.kind == "topup" or item.declined:
+    declines, reversals, top-ups, pot moves and payments between customers add nothing."""
+    if item.kind in ("topup", "pot_transfer", "p2p_payment") or item.declined:
         return 0
     return -item.amount
 

@@ -16,6 +16,9 @@ from services.transactions.merchants import MerchantProfile
 from services.transactions.models import TransactionRow
 
 TOPUP_CATEGORY = "mondo"
+# The category of a transaction with no merchant, by kind; and the scheme Monzo shows for each kind.
+CATEGORIES = {"topup": TOPUP_CATEGORY, "pot_transfer": "savings", "p2p_payment": "transfers"}
+SCHEMES = {"topup": "topup", "pot_transfer": "uk_retail_pot", "p2p_payment": "p2p_payment"}
 
 
 def rfc3339(moment: datetime) -> str:
@@ -42,12 +45,16 @@ def merchant_doc(p: MerchantProfile) -> dict[str, Any]:
 def _dedupe_id(item: FeedItem) -> str:
     if item.kind == "topup":
         return f"com.mondo.topup:{item.key.removeprefix('topup:')}"
+    if item.kind == "pot_transfer":
+        return f"com.mondo.pot:{item.key.removeprefix('pot:')}"
+    if item.kind == "p2p_payment":
+        return f"com.mondo.p2p:{item.key.removeprefix('p2p:')}"
     return f"mastercard:{item.network_transaction_id or item.key}"
 
 
 def transaction_json(tx: TransactionRow, item: FeedItem) -> dict[str, Any]:
     """The transaction's Mondo JSON, merchant as its id (or null)."""
-    card = item.kind != "topup"
+    card = item.kind not in SCHEMES
     live = card and not item.declined
     updated = max(item.updated, tx.annotated) if tx.annotated else item.updated
     body: dict[str, Any] = {
@@ -59,7 +66,7 @@ def transaction_json(tx: TransactionRow, item: FeedItem) -> dict[str, Any]:
         "currency": item.currency,
         "merchant": tx.merchant_id,
         "notes": tx.notes,
-        "metadata": dict(tx.metadata),
+        "metadata": {**item.metadata, **tx.metadata},
         "labels": None,
         "attachments": None,
         "international": None,
@@ -72,8 +79,8 @@ def transaction_json(tx: TransactionRow, item: FeedItem) -> dict[str, Any]:
         "updated": rfc3339(updated),
         "account_id": tx.account_id,
         "user_id": tx.user_id or "",
-        "counterparty": {},
-        "scheme": "mastercard" if card else "topup",
+        "counterparty": dict(item.counterparty),
+        "scheme": "mastercard" if card else SCHEMES[item.kind],
         "dedupe_id": _dedupe_id(item),
         "originator": False,
         "include_in_spending": live,

@@ -95,3 +95,53 @@ async def test_checker_names_each_broken_invariant(db: Database, settings: BankS
             )
         )
     assert await _violated(settings) == {"no_stray_holds", "holds_accounted"}
+
+
+async def test_checker_finds_a_payment_or_pot_move_that_is_not_between_customers(
+    db: Database, settings: BankSettings
+) -> None:
+    """transfers_conserve (decision 0037): a payment between two customers, a pot move within one."""
+    funding = "int_topup_funding_gbp"
+    await _customer(db, "acc_a", 1000)
+    await _entry(db, "je_topup", "topup", [("acc_a", 1000), (funding, -1000)])
+    async with db.transaction() as s:
+        await s.execute(
+            text(
+                "INSERT INTO accounts.users (id, email, name, password_hash) "
+                "VALUES ('user_b', 'b@example.com', 'B', 'x')"
+            )
+        )
+        await s.execute(
+            text(
+                "INSERT INTO accounts.accounts (id, kind, user_id, description, type, currency) VALUES "
+                "('acc_b', 'customer', 'user_b', 'b', 'uk_prepaid', 'GBP'), "
+                "('pot_a', 'pot', :u, 'Jar', 'uk_retail_pot', 'GBP')"
+            ),
+            {"u": USER},
+        )
+        await s.execute(
+            text(
+                "INSERT INTO accounts.pots (id, current_account_id, user_id, name, style) "
+                "VALUES ('pot_a', 'acc_a', :u, 'Jar', 'beach_ball')"
+            ),
+            {"u": USER},
+        )
+        await s.execute(text("UPDATE accounts.accounts SET balance = 700 WHERE id = 'acc_a'"))
+        await s.execute(text("UPDATE accounts.accounts SET balance = 200 WHERE id = 'acc_b'"))
+        await s.execute(text("UPDATE accounts.accounts SET balance = 100 WHERE id = 'pot_a'"))
+    await _entry(db, "je_pay", "p2p_payment", [("acc_a", -200), ("acc_b", 200)])
+    await _entry(db, "je_pot", "pot_deposit", [("acc_a", -100), ("pot_a", 100)])
+    report = await check_bank(settings.database_url)
+    assert "transfers_conserve" in report.checked and report.figures["transfers"] == 2
+    assert await _violated(settings) == set()
+
+    await _entry(db, "je_leak", "p2p_payment", [("acc_b", -50), (funding, 50)])
+    async with db.transaction() as s:
+        await s.execute(text("UPDATE accounts.accounts SET balance = 150 WHERE id = 'acc_b'"))
+    await _entry(db, "je_foreign", "pot_withdrawal", [("pot_a", -10), ("acc_b", 10)])
+    async with db.transaction() as s:
+        await s.execute(text("UPDATE accounts.accounts SET balance = 90 WHERE id = 'pot_a'"))
+        await s.execute(text("UPDATE accounts.accounts SET balance = 160 WHERE id = 'acc_b'"))
+    report = await check_bank(settings.database_url)
+    assert {n for n, c in report.counts.items() if c} == {"transfers_conserve"}
+    assert report.counts["transfers_conserve"] == 2, report.violations

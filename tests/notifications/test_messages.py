@@ -194,3 +194,30 @@ def test_provider_payloads_never_exceed_4_kib(text: str) -> None:
     assert len(fcm) <= PAYLOAD_LIMIT
     assert json.loads(apns)["aps"]["alert"]["body"].endswith(ELLIPSIS)
     assert json.loads(fcm)["message"]["notification"]["body"].endswith(ELLIPSIS)
+
+
+def test_payments_between_customers_tell_each_side() -> None:
+    received = event(
+        kind="p2p_payment", amount=1000, merchant=None, description="pizza",
+        counterparty={"user_id": "user_2", "name": "Jane"}, metadata={"p2p_reference": "pizza"},
+    )  # fmt: skip
+    assert body("transaction.created", received) == "💸 Jane sent you £10.00: pizza"
+    sent = event(
+        kind="p2p_payment", amount=-1000, merchant=None, counterparty={"user_id": "user_3", "name": "Sam"},
+        metadata={"p2p_reference": ""},
+    )  # fmt: skip
+    assert body("transaction.created", sent) == "💸 You sent Sam £10.00"
+    assert transaction_message("transaction.updated", received) is None
+
+
+def test_pot_moves() -> None:
+    into = event(
+        kind="pot_transfer",
+        amount=-2500,
+        merchant=None,
+        metadata={"pot_name": "Holiday"},
+        account_balance=7500,
+    )
+    assert body("transaction.created", into) == "🍯 £25.00 moved into Holiday. Balance £75.00"
+    out = event(kind="pot_transfer", amount=500, merchant=None, metadata={}, account_balance=8000)
+    assert body("transaction.created", out) == "🍯 £5.00 moved out of your pot. Balance £80.00"

@@ -134,3 +134,39 @@ def refund(account_id: str, amount: int, presentment_id: str, time: datetime) ->
         "processing_code": "200000", "presentment_id": presentment_id, "authorisation_id": None,
     }  # fmt: skip
     return envelope("cards", "card.refund.settled", account_id, data, time)
+
+
+def pot_moved(
+    account_id: str, pot_id: str, amount: int, available: int, time: datetime, transfer_id: str = ""
+) -> Envelope:
+    """account.pot.deposited (amount < 0: money into the pot) or account.pot.withdrawn (amount > 0)."""
+    data = {
+        "amount": amount, "currency": "GBP", "balance": available, "available": available, "pot_id": pot_id,
+        "pot_name": "Holiday", "pot_balance": -amount if amount < 0 else 0,
+        "transfer_id": transfer_id or f"potmove_{next(_seq):08d}", "entry_id": f"je_{next(_seq)}",
+    }  # fmt: skip
+    kind = "account.pot.deposited" if amount < 0 else "account.pot.withdrawn"
+    return envelope("accounts", kind, account_id, data, time)
+
+
+def payment(
+    sender: tuple[str, str, str], receiver: tuple[str, str, str], amount: int, available: tuple[int, int],
+    time: datetime, reference: str = "pizza", payment_id: str = "",
+) -> tuple[Envelope, Envelope]:  # fmt: skip
+    """account.payment.sent and account.payment.received; each side is (account, user, name)."""
+    pid = payment_id or f"p2p_{next(_seq):08d}"
+    common = {"currency": "GBP", "payment_id": pid, "entry_id": f"je_{next(_seq)}", "reference": reference}
+    sent = {
+        **common, "amount": -amount, "balance": available[0], "available": available[0],
+        "counterparty_account_id": receiver[0], "counterparty_user_id": receiver[1],
+        "counterparty_name": receiver[2],
+    }  # fmt: skip
+    received = {
+        **common, "amount": amount, "balance": available[1], "available": available[1],
+        "counterparty_account_id": sender[0], "counterparty_user_id": sender[1],
+        "counterparty_name": sender[2],
+    }  # fmt: skip
+    return (
+        envelope("accounts", "account.payment.sent", sender[0], sent, time),
+        envelope("accounts", "account.payment.received", receiver[0], received, time),
+    )

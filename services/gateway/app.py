@@ -2,7 +2,8 @@
 
 The gateway keeps no state: it runs on the bare app factory, without a database or an event
 transport, so its readiness depends only on what it needs to route (the token keys), not on
-PostgreSQL or Kafka being up.
+PostgreSQL or Kafka being up. (The ops page reads totals and money at risk on one read-only
+connection of its own, ops/auditor.py, decision 0038; readiness never waits for it.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from services.gateway.identity import EdgeIdentity
 from services.gateway.limits import RateLimiter
 from services.gateway.openapi import ApiDocs
 from services.gateway.ops import health, pages
+from services.gateway.ops.auditor import Auditor
 from services.gateway.ops.auth import OpsCredential
 from services.gateway.ops.collector import Collector
 from services.gateway.ops.traces import TraceSearch
@@ -78,8 +80,13 @@ class Gateway:
         self.docs = ApiDocs(self.table, self.clients, cache_seconds=config.openapi_cache_seconds)
         self.health = health.ServiceHealth(settings)
         self.ops_credential = OpsCredential(config.ops_token)
+        self.auditor = Auditor(settings.database_url)  # read-only, for /ops only (decision 0038)
         self.collector = Collector(
-            self.health, settings.internal_token, self.status, min_interval=config.ops_scrape_seconds
+            self.health,
+            settings.internal_token,
+            self.status,
+            auditor=self.auditor,
+            min_interval=config.ops_scrape_seconds,
         )
         self.traces = TraceSearch(self.health.clients, settings.internal_token)
         if config.network_api_key == DEV_NETWORK_KEY:
@@ -99,7 +106,7 @@ class Gateway:
         return {
             "routers": [self._ops_router(), self._docs_router()],
             "checkers": {"identity": self.identity.checker()},
-            "background": [self.keys.run, self.revocations.run],
+            "background": [self.keys.run, self.revocations.run, self.auditor.run],
             "on_shutdown": [self.close],
             "title": "bank gateway",
             # The gateway serves the merged document of the whole API instead of its own.
@@ -135,6 +142,7 @@ class Gateway:
             credential=self.ops_credential,
             collector=self.collector,
             traces=self.traces,
+            auditor=self.auditor,
         )
 
     def _docs_router(self) -> APIRouter:
@@ -154,6 +162,7 @@ class Gateway:
         for client in [*self.clients.values(), self.accounts]:
             await client.aclose()
         await self.health.close()
+        await self.auditor.close()
 
 
 def create_app(

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.browser.conftest import OPS_TOKEN, RunningBank
+from tests.browser.conftest import NETWORK_KEY, OPS_TOKEN, ROOT, RunningBank, message
 
 WAIT_MS = 45_000
 # Topics of the authorisation's trace, and the services whose consumers must continue it.
@@ -155,4 +158,162 @@ def test_the_ops_page_in_a_browser(ops_bank: RunningBank, browser: Browser, arte
     finally:
         os.kill(pid, signal.SIGCONT)
     page.wait_for_selector("#svc-webhooks[data-state=up]", timeout=WAIT_MS)
+    context.close()
+
+
+def ops_page(ops_bank: RunningBank, browser: Browser) -> tuple[Any, Page]:
+    context = browser.new_context(
+        http_credentials={"username": "ops", "password": OPS_TOKEN}, viewport={"width": 1400, "height": 1800}
+    )
+    page = context.new_page()
+    response = page.goto(f"{ops_bank.gateway}/ops")
+    assert response is not None and response.status == 200
+    return context, page
+
+
+def test_a_stranded_hold_turns_the_money_at_risk_panel_red_then_green(
+    ops_bank: RunningBank, browser: Browser, artefacts: Path
+) -> None:
+    """A crash between hold and record: accounts placed a batch's provisional hold, and cards died
+    before recording the authorisation (decision 0031). The panel names the hold, then goes green
+    when accounts' resolution releases it."""
+    context, page = ops_page(ops_bank, browser)
+    page.wait_for_selector("#risk[data-state=ok]", timeout=WAIT_MS)
+
+    nid = "STRAND" + uuid.uuid4().hex[:10].upper()
+    r = httpx.post(
+        f"{ops_bank.url_of('accounts')}/internal/holds/batch",
+        json={"holds": [{"account_id": ops_bank.card["account_id"], "network_txn_id": nid, "amount": 4_200,
+                         "currency": "GBP"}]},
+        headers={"x-internal-token": ops_bank.env.get("BANK_INTERNAL_TOKEN", "dev-internal-token")},
+        timeout=15,
+    )  # fmt: skip
+    assert r.status_code == 200 and r.json()["holds"][0]["status"] == "active", r.text
+    with psycopg.connect(ops_bank.database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT id FROM accounts.holds WHERE network_txn_id = %s", (nid,)).fetchone()
+    assert row is not None
+    hold_id = row[0]
+
+    # Red once the hold is older than the grace, with its id on the row; its link lists it with its age.
+    page.wait_for_selector("#risk[data-state=risk]", timeout=WAIT_MS)
+    row_text = page.inner_text("#risk-row-stray_holds")
+    assert page.get_attribute("#risk-row-stray_holds", "data-state") == "risk"
+    assert hold_id in row_text and nid in row_text
+    page.click("#risk-row-stray_holds a")
+    page.wait_for_selector(f"#risk-items-table tr.risk-item[data-id='{hold_id}']", timeout=WAIT_MS)
+    assert "s" in page.inner_text(f"#risk-items-table tr.risk-item[data-id='{hold_id}']")  # its age
+    page.screenshot(path=str(artefacts / "ops-money-at-risk.png"), full_page=True)
+    page.screenshot(path=str(ROOT / "docs" / "ops-page.png"), full_page=True)  # the README's picture
+
+    # Green once accounts' resolution has asked cards and released it.
+    page.wait_for_selector("#risk[data-state=ok]", timeout=WAIT_MS)
+    assert hold_id not in page.inner_text("#risk-row-stray_holds")
+    with psycopg.connect(ops_bank.database_url, autocommit=True) as conn:
+        status = conn.execute("SELECT status FROM accounts.holds WHERE id = %s", (hold_id,)).fetchone()
+    assert status == ("released",)
+    context.close()
+
+
+def database_totals(url: str) -> dict[str, Any]:
+    """The business totals straight from the tables (written independently of ops/auditor.py)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        total, approved = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE response_code = '00') FROM cards.authorisations "
+            "WHERE kind <> 'voided'"
+        ).fetchone() or (0, 0)
+        declines = {
+            (reason or "OTHER", detail or ""): n
+            for reason, detail, n in conn.execute(
+                "SELECT decline_reason, decline_detail, count(*) FROM cards.authorisations "
+                "WHERE status = 'declined' AND kind <> 'voided' GROUP BY 1, 2"
+            )
+        }
+        topups = conn.execute("SELECT count(*) FROM accounts.journal_entries WHERE kind = 'topup'").fetchone()
+    return {"total": total, "approved": approved, "declines": declines, "topups": topups[0] if topups else 0}
+
+
+def page_declines(page: Page) -> dict[tuple[str, str], int]:
+    found: dict[tuple[str, str], int] = {}
+    for row in page.query_selector_all("#declines tr.decline"):
+        n = int(row.query_selector("td.n").inner_text())  # type: ignore[union-attr]
+        found[(row.get_attribute("data-reason") or "", row.get_attribute("data-detail") or "")] = n
+    return found
+
+
+def cards_counter(ops_bank: RunningBank) -> float:
+    """What cards' own process has counted since it started (what the page used to show)."""
+    text = httpx.get(f"{ops_bank.url_of('cards')}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("card_authorisations_total{")
+    )
+
+
+def test_totals_survive_kill_9_of_cards_and_accounts_under_load(
+    ops_bank: RunningBank, browser: Browser, artefacts: Path
+) -> None:
+    """kill -9 cards and accounts while authorisations arrive; `bank up` restarts them. The page's
+    totals are the database's, not counters that began again from zero with the processes."""
+    context, page = ops_page(ops_bank, browser)
+    for name in ("cards", "accounts"):
+        page.wait_for_selector(f"#svc-{name}[data-state=up]", timeout=WAIT_MS)
+    for _ in range(3):
+        ops_bank.authorise(amount=150)
+    before = database_totals(ops_bank.database_url)["total"]
+
+    stop = threading.Event()
+    answers: dict[str, int] = {}
+
+    def load() -> None:
+        with httpx.Client(base_url=ops_bank.gateway, timeout=10) as http:
+            while not stop.is_set():
+                try:
+                    r = http.post("/network/authorisations", json=message(ops_bank.card, 100),
+                                  headers={"x-network-key": NETWORK_KEY})  # fmt: skip
+                    key = (
+                        r.json().get("response_code", str(r.status_code))
+                        if r.status_code == 200
+                        else str(r.status_code)
+                    )
+                except httpx.HTTPError as exc:
+                    key = type(exc).__name__
+                answers[key] = answers.get(key, 0) + 1
+
+    senders = [threading.Thread(target=load, daemon=True) for _ in range(3)]
+    for t in senders:
+        t.start()
+    try:
+        time.sleep(2)
+        os.kill(pid_listening_on(ops_bank.url_of("cards")), signal.SIGKILL)
+        time.sleep(1)
+        os.kill(pid_listening_on(ops_bank.url_of("accounts")), signal.SIGKILL)
+        for name in ("cards", "accounts"):  # restarted by `bank up`
+            page.wait_for_selector(f"#svc-{name}[data-state=down]", timeout=WAIT_MS)
+        for name in ("cards", "accounts"):
+            page.wait_for_selector(f"#svc-{name}[data-state=up]", timeout=90_000)
+        time.sleep(3)  # some traffic after the restarts too
+    finally:
+        stop.set()
+        for t in senders:
+            t.join(timeout=30)
+    print(f"\nanswers during the kills: {answers}")
+    assert ops_bank.process.proc.poll() is None  # the bank itself stayed up
+
+    truth = database_totals(ops_bank.database_url)
+    assert truth["total"] > before
+    page.wait_for_function(
+        f"document.getElementById('auth-total').textContent === '{truth['total']}'", timeout=WAIT_MS
+    )
+    page.wait_for_function(  # the declines table is drawn from the same poll
+        "document.querySelectorAll('#declines tr.decline').length > 0" if truth["declines"] else "true",
+        timeout=WAIT_MS,
+    )
+    assert int(page.inner_text("#auth-total")) == truth["total"]
+    assert page_declines(page) == truth["declines"]
+    assert page.inner_text("#approval-rate") == f"{100 * truth['approved'] / truth['total']:.1f}%"
+    assert page.inner_text("#biz-topups").startswith(f"{truth['topups']} (")
+    # The restarted cards process has counted only what came after it started.
+    assert cards_counter(ops_bank) < truth["total"]
+    page.screenshot(path=str(artefacts / "ops-after-restarts.png"), full_page=True)
     context.close()

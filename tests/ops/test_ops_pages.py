@@ -23,7 +23,10 @@ TOKEN = "ops-test-token"
 @pytest_asyncio.fixture(loop_scope="session")
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     urls = {f"{name}_url": f"http://127.0.0.1:{free_port()}" for name in SERVICES}
-    app = create_app(BankSettings(**urls), GatewaySettings(ops_token=TOKEN, ops_scrape_seconds=0.1))
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/bank"  # no database either
+    app = create_app(
+        BankSettings(database_url=nowhere, **urls), GatewaySettings(ops_token=TOKEN, ops_scrape_seconds=0.1)
+    )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
         yield http
@@ -31,7 +34,10 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_unauthenticated_ops_is_refused_with_a_typed_401(client: httpx.AsyncClient) -> None:
-    for path in ("/ops", "/ops/health", "/ops/api/summary", "/ops/api/traces?q=x", "/ops/api/recent"):
+    for path in (
+        "/ops", "/ops/health", "/ops/api/summary", "/ops/api/traces?q=x", "/ops/api/recent", "/ops/api/risk",
+        "/ops/api/risk/stray_holds",
+    ):  # fmt: skip
         r = await client.get(path)
         assert r.status_code == 401, path
         assert r.json()["code"] == "unauthorized.ops_credential", path
@@ -60,3 +66,18 @@ async def test_the_page_and_its_figures_with_the_credential(client: httpx.AsyncC
     assert found["spans"] == [] and set(found["unavailable"]) == set(SERVICES) - {"gateway"}
     assert isinstance((await client.get("/ops/api/recent", headers=bearer)).json()["authorisations"], list)
     assert (await client.get("/ops/health", headers=bearer)).json()["ok"] is False
+
+
+async def test_without_a_database_totals_and_money_at_risk_are_unknown_not_zero(
+    client: httpx.AsyncClient,
+) -> None:
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    summary = (await client.get("/ops/api/summary", headers=bearer)).json()
+    assert summary["authorisations"]["total"] is None and "cannot read" in summary["totals_error"]
+    assert summary["risk"]["ok"] is False and "cannot read" in summary["risk"]["error"]
+    risk = (await client.get("/ops/api/risk", headers=bearer)).json()
+    assert risk["ok"] is False and risk["error"]
+    items = await client.get("/ops/api/risk/stray_holds", headers=bearer)
+    assert items.status_code == 200 and items.json()["items"] == [] and items.json()["error"]
+    unknown = await client.get("/ops/api/risk/no_such_check", headers=bearer)
+    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found.check"

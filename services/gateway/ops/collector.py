@@ -1,8 +1,11 @@
-"""The figures of the ops page: every service's /readyz and /metrics, scraped by the gateway.
+"""The figures of the ops page.
 
-Scrapes happen when someone looks (the page polls), at most once per `min_interval` seconds however
-many people look, and the last few minutes of scrapes are kept to draw rates and windowed latency
-percentiles. Nothing runs while nobody looks.
+Health, rates, latencies, backlogs and lag: every service's /readyz and /metrics, scraped by the
+gateway when someone looks (the page polls), at most once per `min_interval` seconds however many
+people look; the last few minutes of scrapes are kept to draw rates and windowed latency percentiles.
+
+Totals and money at risk: from the bank's database (ops/auditor.py), never from a process's
+counters, which start again from zero when the process does (decision 0038).
 """
 
 from __future__ import annotations
@@ -17,35 +20,24 @@ from typing import Any
 from prometheus_client import REGISTRY, Counter, generate_latest
 
 from services.gateway.ops import metrics_text as mt
+from services.gateway.ops.auditor import Auditor
 from services.gateway.ops.health import ServiceHealth
 from shared.errors import BankError
-from shared.observability import PUSH_OK_OUTCOMES, PUSH_SENDS_METRIC, RECENT_DEAD_LETTERS, WEBHOOK_OK_OUTCOMES
 
 SCRAPE_FAILURES = Counter(
     "gateway_ops_scrape_failures_total", "Failed /metrics scrapes of a service by the ops page", ["service"]
 )
 FAMILIES = (
     "card_authorisations_total",
-    "card_authorisation_decisions_total",
-    "card_authorised_amount_minor_total",
-    "card_settled_amount_minor_total",
-    "cards{",
-    "account_topups_total",
-    "account_topup_amount_minor_total",
-    "account_holds_outstanding",
-    "ledger_negative_balance_postings_total",
     "http_request_duration_seconds_bucket",
     "outbox_backlog",
     "consumer_lag",
-    "dead_letters_total",
-    "events_consumed_total",
-    "webhook_deliveries_total",
-    "webhook_endpoints_disabled_total",
-    PUSH_SENDS_METRIC,
-    "push_devices_deactivated_total",
-    "transactions_feed_lag_seconds_bucket",
 )
 APPROVED = "00"
+BUSINESS = (  # the database totals shown under "Business totals"
+    "authorised_minor", "settled_minor", "refunded_minor", "topups", "holds_outstanding", "cards_by_status",
+    "accounts_below_zero", "webhook_endpoints_disabled", "devices_deactivated",
+)  # fmt: skip
 AUTH_ROUTE = {"cards": ("POST", "/network/authorisations"), "gateway": ("POST", "/network")}
 LATENCY_WINDOW = 30.0  # seconds of scrapes the percentiles are computed over
 
@@ -67,10 +59,12 @@ class Collector:
         internal_token: str,
         gateway_state: Callable[[], dict[str, Any]] | None = None,
         *,
+        auditor: Auditor | None = None,
         min_interval: float = 1.0,
         keep_seconds: float = 600.0,
     ) -> None:
         self.health = health
+        self.auditor = auditor
         self.internal_token = internal_token
         self.gateway_state = gateway_state
         self.min_interval = min_interval
@@ -107,54 +101,27 @@ class Collector:
             return None
         return mt.parse(resp.text, FAMILIES)
 
-    async def dead_letters(self, services: Sequence[str]) -> list[dict[str, Any]]:
-        """The recent dead letters of `services` (those whose count is not zero), newest first."""
-        found: list[dict[str, Any]] = list(RECENT_DEAD_LETTERS)  # the gateway consumes nothing, but tests may
-
-        async def one(name: str) -> list[dict[str, Any]]:
-            try:
-                resp = await self.health.clients[name].get(
-                    "/internal/dead-letters", headers={"x-internal-token": self.internal_token}
-                )
-            except BankError:
-                return []
-            body = resp.json() if resp.status_code == 200 else {}
-            return list(body.get("dead_letters", []))
-
-        for rows in await asyncio.gather(*(one(n) for n in services if n in self.health.clients)):
-            found.extend(rows)
-        found.sort(key=lambda d: str(d.get("time", "")), reverse=True)
-        return found[:30]
-
     async def summary(self) -> dict[str, Any]:
-        now = await self.scrape()
+        now, totals, risk = await asyncio.gather(self.scrape(), self._totals(), self._risk())
         history = list(self.history)
         samples = now.all()
         services: dict[str, Any] = {"gateway": {"ok": True, "checks": {}}}
         services.update(now.health)
         for name in services:
             services[name]["metrics"] = name in now.samples
-        codes = mt.by_label(now.samples.get("cards", []), "card_authorisations_total", "response_code")
-        total = sum(codes.values())
-        approved = codes.get(APPROVED, 0.0)
-        declines = mt.by_label(samples, "card_authorisation_decisions_total", "reason", decision="declined")
-        dead = {
-            f"{s.label('service')}/{s.label('consumer')}": s.value
-            for s in samples
-            if s.name == "dead_letters_total" and s.value > 0
-        }
+        error = totals.get("error")
+        auths = totals.get("authorisations") or {
+            "total": None, "approved": None, "approval_rate": None, "by_response_code": {}, "voided": None,
+        }  # fmt: skip
         body: dict[str, Any] = {
             "time": now.at,
             "services": services,
-            "authorisations": {
-                "total": int(total),
-                "approved": int(approved),
-                "approval_rate": (approved / total) if total else None,
-                "by_response_code": {k: int(v) for k, v in sorted(codes.items())},
-                "series": _auth_series(history),
-            },
+            # Totals: committed rows, as of totals["time"] (refreshed at most every few seconds).
+            "totals_time": totals.get("time"),
+            "totals_error": error,
+            "authorisations": {**auths, "series": _auth_series(history)},
             "latency": {name: _latency(history, name, *route) for name, route in AUTH_ROUTE.items()},
-            "declines": {k or "OTHER": int(v) for k, v in sorted(declines.items(), key=lambda kv: -kv[1])},
+            "declines": totals.get("declines", []),
             "outbox": {s.label("service"): int(s.value) for s in samples if s.name == "outbox_backlog"},
             "consumers": sorted(
                 (
@@ -169,17 +136,28 @@ class Collector:
                 ),
                 key=lambda c: (c["consumer"], c["topic"]),
             ),
-            "webhooks": _success(samples, "webhook_deliveries_total", WEBHOOK_OK_OUTCOMES),
-            "pushes": _success(samples, PUSH_SENDS_METRIC, PUSH_OK_OUTCOMES),
-            "dead_letters": {
-                "counts": dead,
-                "recent": await self.dead_letters(sorted({k.split("/")[0] for k in dead})) if dead else [],
-            },
-            "business": _business(samples),
+            "webhooks": totals.get("webhooks") or _unknown(),
+            "pushes": totals.get("pushes") or _unknown(),
+            "business": {key: totals.get(key) for key in BUSINESS},
+            "risk": risk,
         }
         if self.gateway_state is not None:
             body["gateway"] = self.gateway_state()
         return body
+
+    async def _totals(self) -> dict[str, Any]:
+        if self.auditor is None:
+            return {"error": "no database configured for the ops page"}
+        return await self.auditor.totals()
+
+    async def _risk(self) -> dict[str, Any]:
+        if self.auditor is None:
+            return {"ok": False, "error": "no database configured for the ops page", "checks": []}
+        return (await self.auditor.risk()).to_dict()
+
+
+def _unknown() -> dict[str, Any]:
+    return {"total": None, "ok": None, "rate": None, "by_outcome": {}}
 
 
 def _gateway_own(sample: mt.Sample) -> bool:
@@ -240,30 +218,4 @@ def _latency(history: Sequence[Scrape], service: str, method: str, route: str) -
         "p99_ms": None if p99 is None else round(p99 * 1000, 2),
         "count": int(max(window.values(), default=0)),
         "window_s": None if span is None else round(span, 1),
-    }
-
-
-def _success(samples: Sequence[mt.Sample], name: str, ok: frozenset[str]) -> dict[str, Any]:
-    outcomes = mt.by_label(samples, name, "outcome")
-    total = sum(outcomes.values())
-    good = sum(v for k, v in outcomes.items() if k in ok)
-    return {
-        "total": int(total),
-        "ok": int(good),
-        "rate": (good / total) if total else None,
-        "by_outcome": {k: int(v) for k, v in sorted(outcomes.items())},
-    }
-
-
-def _business(samples: Sequence[mt.Sample]) -> dict[str, Any]:
-    return {
-        "authorised_minor": mt.by_label(samples, "card_authorised_amount_minor_total", "currency"),
-        "settled_minor": mt.by_label(samples, "card_settled_amount_minor_total", "currency"),
-        "topups": mt.by_label(samples, "account_topups_total", "currency"),
-        "topup_minor": mt.by_label(samples, "account_topup_amount_minor_total", "currency"),
-        "cards_by_status": mt.by_label(samples, "cards", "status"),
-        "holds_outstanding": mt.by_label(samples, "account_holds_outstanding", "currency"),
-        "negative_balance_postings": mt.total(samples, "ledger_negative_balance_postings_total"),
-        "webhook_endpoints_disabled": mt.total(samples, "webhook_endpoints_disabled_total"),
-        "devices_deactivated": mt.total(samples, "push_devices_deactivated_total"),
     }

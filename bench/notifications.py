@@ -1,12 +1,14 @@
 """Benchmark of the product's headline figure: card payment approved -> the phone's provider has the push.
 
     .venv/bin/python -m bench.notifications [--transport pglog,kafka] [--rate 100] [--seconds 20]
-                                            [--users 1000] [--profile DIR] [--spy DIR]
+                                            [--users 1000] [--platforms apns] [--profile DIR]
+                                            [--spy DIR]
 
 Laid out as `bank up` runs it: a durable PostgreSQL in a temporary folder, migrated; for Kafka a KRaft
 broker in a temporary folder; the fake APNs/FCM (`python -m services.notifications.providers.fake`) and
 the notifications service (`python -m services.notifications`) each in its own process. `--users`
-customers each have one APNs device (seeded with SQL).
+customers each have one device (seeded with SQL), of the `--platforms` in turn (`apns,fcm`: alternately,
+as in bench.whole_bank).
 
 This process plays the producer of `transactions.feed`: open loop at `--rate` events/s for `--seconds`,
 each a card payment written with `Outbox("transactions").emit` in its own transaction, published by a
@@ -77,14 +79,18 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def seed(url: str, users: int) -> None:
+async def seed(url: str, users: int, platforms: list[str]) -> None:
     conn = await asyncpg.connect(to_libpq(url))
     try:
         await conn.execute(
             """INSERT INTO notifications.devices (id, user_id, platform, token)
-               SELECT 'device_b' || i, 'user_b' || i, 'apns', md5(i::text) || md5('x' || i::text)
-               FROM generate_series(1, $1::int) i""",
+               SELECT 'device_b' || i, 'user_b' || i, p,
+                      CASE p WHEN 'apns' THEN md5(i::text) || md5('x' || i::text)
+                             ELSE 'fcm-' || md5(i::text) || ':APA91b' END
+               FROM generate_series(1, $1::int) i,
+                    LATERAL (SELECT ($2::text[])[1 + i % cardinality($2::text[])] AS p) x""",
             users,
+            platforms,
         )
     finally:
         await conn.close()
@@ -182,7 +188,7 @@ def event(i: int, users: int) -> tuple[str, TransactionCreated]:
 async def run_one(
     transport: str, url: str, bootstrap: str | None, args: argparse.Namespace, tmp: Path
 ) -> dict[str, Any]:
-    await seed(url, args.users)
+    await seed(url, args.users, args.platforms.split(","))
     fake_port, service_port = free_port(), free_port()
     fake_url = f"http://127.0.0.1:{fake_port}"
     env = dict(
@@ -286,6 +292,16 @@ async def run_one(
                     )
                 )
             ).all()
+            # A transaction's rows share now(): created is the consumer's transaction, sent_at the send batch.
+            batches = (
+                await session.execute(
+                    text(
+                        "SELECT count(*)::float / count(DISTINCT created) AS queued,"
+                        " count(*)::float / count(DISTINCT sent_at) AS sent"
+                        " FROM notifications.deliveries WHERE status = 'sent'"
+                    )
+                )
+            ).one()
         queued = [float(r.queued) for r in stages]
         sending = [float(r.sent) for r in stages]
         latencies, event_path = [], []
@@ -304,6 +320,7 @@ async def run_one(
             event_path.append((r["received_at"] - committed[tx_id]) * 1000)
         result = {
             "transport": transport,
+            "platforms": args.platforms,
             "rate": args.rate,
             "seconds": args.seconds,
             "sent": total,
@@ -324,6 +341,7 @@ async def run_one(
                     round(percentile(sending, 99), 1),
                 ],
             },
+            "pushes_per_transaction": {"queued": round(batches.queued, 1), "sent": round(batches.sent, 1)},
             "cpu_ms_per_event": {
                 "notifications": round(service_cpu * 1000 / total, 3),
                 "postgres": round(postgres_cpu * 1000 / total, 3),
@@ -366,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--platforms", default="apns", help="apns, fcm or apns,fcm (alternately)")
     parser.add_argument(
         "--profile", type=Path, help="run the service under cProfile: DIR/notifications-<transport>.prof"
     )
@@ -415,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"rows -> provider accepted {stages['queued_to_sent_p50_p99']}; "
             f"load average {[round(x, 1) for x in r['load_average']]}"
         )
+        per = r["pushes_per_transaction"]
+        print(f"  pushes per transaction: queued {per['queued']}, sent {per['sent']}")
         cpu = r["cpu_ms_per_event"]
         print(
             f"  CPU ms per event: notifications {cpu['notifications']}, PostgreSQL {cpu['postgres']},"

@@ -64,8 +64,8 @@ class CardsSettings(BaseSettings):
     # Past capacity (decision 0036): a batch is sized to take about this long, and while a queue
     # stands, an authorisation that has waited longer than the overload wait is refused at once (429
     # `rate_limited.overloaded`, nothing decided) instead of being decided after the network gave up.
-    authorisation_batch_budget_ms: int = Field(default=40, ge=1)
-    authorisation_overload_wait_ms: int = Field(default=40, ge=1)
+    authorisation_batch_budget_ms: int = Field(default=50, ge=1)
+    authorisation_overload_wait_ms: int = Field(default=60, ge=1)
     # Consecutive failures that open the circuit to accounts, and how long it stays open. Tripping on
     # a handful of slow calls turns a latency blip into seconds of blanket 91s; at 100/s, 10 failures
     # still open it within a tenth of a second when accounts is really gone.

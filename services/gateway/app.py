@@ -124,9 +124,7 @@ class Gateway:
             limiter=self.limiter,
             proxy=self.proxy,
             max_body_bytes=self.config.max_body_bytes,
-            shedder=Shedder(
-                target=self.config.network_latency_target_ms / 1000, app_limit=self.config.app_in_flight_limit
-            ),
+            shedder=Shedder(app_limit=self.config.app_in_flight_limit),
         )
         app.user_middleware.append(router)  # innermost of the user middleware: after RequestContext
         app.add_middleware(AccessLog)  # outermost

@@ -62,10 +62,8 @@ class GatewaySettings(BaseSettings):
     upstream_connections: int = Field(default=256, ge=1)
     # "lean": the gateway's HTTP/1.1 transport under ServiceClient; "httpx": httpx's own (httpcore).
     upstream_transport: Literal["lean", "httpx"] = "lean"
-    # Past capacity (decision 0036): card-network authorisations in flight are limited so that an
-    # admitted one is answered within about this (the limit adapts: services/gateway/shedding.py),
-    # and app requests in flight at most this many.
-    network_latency_target_ms: int = Field(default=80, ge=1)
+    # Past capacity (decision 0036): app requests in flight at most this many (authorisations have an
+    # adaptive limit: services/gateway/shedding.py).
     app_in_flight_limit: int = Field(default=256, ge=1)
     # How long an upstream's /openapi.json is reused; a failed fetch is retried after a few seconds.
     openapi_cache_seconds: float = Field(default=60.0, ge=0)

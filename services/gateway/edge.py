@@ -11,6 +11,7 @@ and must add microseconds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -247,13 +248,19 @@ class EdgeRouter:
         target = (raw_path + b"?" + query if query else raw_path).decode("latin-1")
         forwarded = request_headers(scope["headers"], route, caller, self.proxy.internal_token)
         method = scope["method"]
-        self.shedder.admit(route.priority)
-        status, began = 500, time.monotonic()
+        try:
+            self.shedder.admit(route.priority)
+        except BankError:
+            await asyncio.sleep(self.shedder.refusal_pause)
+            raise
+        status = 500
         try:
             resp = await self.proxy.forward(route, method, target, forwarded, body)
             status = resp.status_code
         finally:
-            self.shedder.done(route.priority, status, time.monotonic() - began)
+            self.shedder.done(route.priority, status)
+        if status == 429:  # refused upstream: paced as our own refusals are
+            await asyncio.sleep(self.shedder.refusal_pause)
         await send(
             {
                 "type": "http.response.start",

@@ -2,13 +2,18 @@
 clock is a parameter.
 
 Card-network authorisations in flight through the gateway are held under a limit that adapts as
-TCP's congestion window does (additive increase, multiplicative decrease), steered by latency as
-Netflix's and Envoy's adaptive concurrency limits are: an answer slower than `target` seconds, or a
-refusal from cards (its queue stands: a 429), shrinks the limit by a tenth, at most once per
-`decrease_every`; every timely answer grows it by about one per limit's worth of answers. By
-Little's law the limit is then about throughput x target, so an admitted authorisation waits about
-`target` at most. Past the limit an authorisation is refused here at once, at the cost of reading its
-headers, instead of queueing inside the bank until it is answered too late (decision 0036).
+TCP's congestion window does (additive increase, multiplicative decrease): a refusal from cards (its
+queue stands: a 429) shrinks the limit by a tenth, at most once per `decrease_every`; every other
+answer grows it by about one per limit's worth of answers. So the limit settles where cards' queue
+just stops standing, and past it an authorisation is refused here, at the cost of reading its
+headers, instead of crossing to cards to be refused there (decision 0036). Latency alone does not
+move it: on a shared host latency also rises for reasons no admission can fix, and cutting the
+limit then only refuses payments.
+
+A refusal is answered after `refusal_pause` (50 ms), holding nothing upstream: a client that sends
+again as soon as it is refused (a closed loop that ignores Retry-After) can then cost the gateway at
+most one refusal per pause per connection, instead of a storm of instant refusals that starves
+the requests admitted.
 
 App traffic is refused first: while authorisations are being refused (in the last `app_quiet`
 seconds) or app requests in flight reach `app_limit`, an app request gets a 503. Critical messages
@@ -39,10 +44,10 @@ class Shedder:
         self,
         *,
         initial: float = 256,
-        minimum: float = 8,
+        minimum: float = 32,
         maximum: float = 4096,
         app_limit: int = 256,
-        target: float = 0.08,
+        refusal_pause: float = 0.05,
         decrease_every: float = 0.1,
         app_quiet: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
@@ -50,7 +55,7 @@ class Shedder:
         self.limit = initial
         self.minimum, self.maximum = minimum, maximum
         self.app_limit = app_limit
-        self.target = target
+        self.refusal_pause = refusal_pause
         self.decrease_every = decrease_every
         self.app_quiet = app_quiet
         self._clock = clock
@@ -72,16 +77,15 @@ class Shedder:
         self.in_flight[priority] += 1
         IN_FLIGHT.labels(priority).set(self.in_flight[priority])
 
-    def done(self, priority: str, status: int, seconds: float = 0.0) -> None:
-        """Give the place back; an authorisation's answer, and how long it took, adjust the limit."""
+    def done(self, priority: str, status: int) -> None:
+        """Give the place back; an authorisation's answer adjusts the limit."""
         self.in_flight[priority] -= 1
         IN_FLIGHT.labels(priority).set(self.in_flight[priority])
         if priority != "network":
             return
-        if status == 429 or (status < 500 and seconds > self.target):  # queueing inside: too many
+        if status == 429:  # cards refused it: its queue stands
             now = self._clock()
-            if status == 429:
-                self._last_network_shed = now
+            self._last_network_shed = now
             if now - self._last_decrease >= self.decrease_every:
                 self._last_decrease = now
                 self.limit = max(self.minimum, self.limit * 0.9)

@@ -35,12 +35,14 @@ lint: $(STAMP)
 
 ## bench: the card path through the gateway under wrk (a C load generator, bench/wrk/authorise.lua) with the
 ## bare baseline in the same run and their ratio, then the whole bank (pushes to every customer's device,
-## webhooks on one account in ten: sustained rate until everything caught up, open-loop latency), then
-## the standard set (simulator, baseline); results under bench/results/
+## webhooks on one account in ten: sustained rate until everything caught up, open-loop latency), the
+## step test past capacity (bench/openloop.c, compiled with cc: goodput and approved p99 at 0.5x-10x,
+## plotted), then the standard set (simulator, baseline); results under bench/results/
 bench: $(STAMP)
 	@command -v wrk >/dev/null || $(MAKE) system-deps
 	$(BIN)/python -m bench.cards --via-gateway --wrk --seconds 20 --cards 10000 --rates '' --profile-seconds 0
 	$(BIN)/python -m bench.whole_bank
+	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.standard
 
 ## soak: the bank test for 30 minutes (kills, a PostgreSQL restart, slow accounts), then the checker

@@ -490,20 +490,29 @@ async def settle(
 
 
 def risk_panel(snapshot: inv.RiskSnapshot, *, items: int = 5, every: float | None = None) -> Any:
-    """The ops page's money-at-risk panel as a Rich renderable (`bank check --watch`)."""
+    """The ops page's money-at-risk panel as a Rich renderable (`bank check --watch`): a table, which
+    (unlike a Panel) never crops itself to the terminal's height."""
     from datetime import datetime
 
     from rich import box
-    from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
 
     when = datetime.fromtimestamp(snapshot.at).strftime("%H:%M:%S")
     refresh = f", every {every:g} s" if every else ""
     if snapshot.error is not None:
-        return Panel(Text(snapshot.error, style="bold red"), title="Money at risk: UNKNOWN",
-                     subtitle=f"{when}{refresh}", border_style="red")  # fmt: skip
-    table = Table(box=box.SIMPLE_HEAD, expand=True)
+        table = Table(box=box.ROUNDED, expand=True, border_style="red", title="Money at risk: UNKNOWN",
+                      caption=f"{when}{refresh}")  # fmt: skip
+        table.add_column("error")
+        table.add_row(Text(snapshot.error, style="bold red"))
+        return table
+    at_risk = sum(c.at_risk for c in snapshot.checks)
+    headline = "every invariant holds" if snapshot.ok else f"{at_risk} at risk"
+    table = Table(
+        box=box.ROUNDED, expand=True, border_style="green" if snapshot.ok else "red",
+        title=Text(f"Money at risk: {headline}", style="bold green" if snapshot.ok else "bold red"),
+        caption=f"{when}, read in {snapshot.took_seconds * 1000:.0f} ms{refresh}",
+    )  # fmt: skip
     table.add_column("check")
     table.add_column("at risk", justify="right")
     table.add_column("being resolved", justify="right")
@@ -522,12 +531,7 @@ def risk_panel(snapshot: inv.RiskSnapshot, *, items: int = 5, every: float | Non
             Text(f"{c.title} ({c.rule})", style=style), Text(str(c.at_risk), style=style),
             str(c.resolving) if c.resolving else "", "\n".join(listed),
         )  # fmt: skip
-    at_risk = sum(c.at_risk for c in snapshot.checks)
-    title = "Money at risk: every invariant holds" if snapshot.ok else f"Money at risk: {at_risk} items"
-    return Panel(
-        table, title=title, border_style="green" if snapshot.ok else "red",
-        subtitle=f"{when}, read in {snapshot.took_seconds * 1000:.0f} ms{refresh}",
-    )  # fmt: skip
+    return table
 
 
 async def watch_risk(
@@ -544,7 +548,7 @@ async def watch_risk(
     conn: Any = None
     snapshot: inv.RiskSnapshot | None = None
     done = 0
-    with Live(console=console, auto_refresh=False) as live:
+    with Live(console=console, auto_refresh=False, vertical_overflow="visible") as live:
         try:
             while True:
                 try:

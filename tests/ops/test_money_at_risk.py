@@ -100,7 +100,7 @@ async def test_a_stranded_hold_turns_the_panel_red_then_green(
         ok = await watch_risk(
             settings.database_url, every=1, grace=0, rounds=1, console=Console(file=out, width=200)
         )
-        assert not ok and hold["id"] in out.getvalue() and "Money at risk: 1 items" in out.getvalue()
+        assert not ok and hold["id"] in out.getvalue() and "Money at risk: 1 at risk" in out.getvalue()
 
         # accounts' resolution asks cards, which closes the id (a voided authorisation); the hold goes.
         assert await bank.resolve_holds() == 1
@@ -164,3 +164,20 @@ def test_the_panel_renders_every_check() -> None:
     assert "every invariant holds" in text
     for check in inv.CHECKS:
         assert check.title in text
+
+
+def test_bank_check_watch_prints_the_panel(settings: BankSettings) -> None:
+    from typer.testing import CliRunner
+
+    from bank.cli import app
+
+    url = settings.database_url
+    result = CliRunner().invoke(
+        app,
+        ["check", "--database-url", url, "--watch", "--every", "1", "--rounds", "2"],
+        env={"COLUMNS": "220"},
+    )
+    assert result.exit_code in (0, 1), result.output
+    assert "Money at risk" in result.output
+    for check in inv.CHECKS:
+        assert check.title[:30] in result.output

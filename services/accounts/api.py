@@ -78,7 +78,7 @@ def public_router(db: Database, ledger: LedgerService) -> APIRouter:
 
 
 def pots_router(db: Database, ledger: LedgerService) -> APIRouter:
-    """Pots (Monzo's developer API) and payments between customers (decision 0033). Money moves are
+    """Pots (Monzo's developer API) and payments between customers (decision 0037). Money moves are
     idempotent on the client's `dedupe_id`: a repeat answers what the first did; the same id with
     another request is a 422."""
     api = APIRouter(tags=["pots and payments"])

@@ -67,7 +67,7 @@ class AccountPosted(_Money):
     kind: str  # force_debit | credit
 
 
-# Pots and payments between customers (decision 0033) ---------------------------------------------
+# Pots and payments between customers (decision 0037) ---------------------------------------------
 
 
 class PotCreated(EventData):

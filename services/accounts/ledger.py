@@ -130,7 +130,7 @@ def spend_day_start(now: datetime) -> datetime:
     return start.astimezone(UTC)
 
 
-# Pots and payments between customers (decision 0033) ---------------------------------------------
+# Pots and payments between customers (decision 0037) ---------------------------------------------
 
 POT_DEPOSIT = "pot_deposit"
 POT_WITHDRAWAL = "pot_withdrawal"

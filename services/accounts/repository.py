@@ -212,7 +212,7 @@ async def held_from_holds(session: AsyncSession) -> dict[str, int]:
     return {account_id: int(total) for account_id, total in rows}
 
 
-# Pots and payments between customers (decision 0033) ---------------------------------------------
+# Pots and payments between customers (decision 0037) ---------------------------------------------
 
 
 async def lock_accounts(session: AsyncSession, account_ids: Iterable[str]) -> dict[str, Account]:

@@ -439,7 +439,7 @@ class LedgerService:
         await session.flush()
         return entry_id
 
-    # Pots and payments between customers (decision 0033) --------------------------------------------
+    # Pots and payments between customers (decision 0037) --------------------------------------------
 
     async def owned_pot(self, session: AsyncSession, user_id: str, pot_id: str) -> Pot:
         """The caller's own pot, or a 404/403 that reveals nothing about anyone else's."""

@@ -237,7 +237,7 @@ class EdgeRouter:
         headers: dict[bytes, bytes],
         caller: Caller,
     ) -> None:
-        body = await read_body(receive, headers.get(b"content-length"), self.max_body_bytes)
+        body = await read_body(receive, headers.get(b"content-length"), route.max_body or self.max_body_bytes)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope.get("query_string", b"")
         if carries_nul(raw_path, query, body, headers.get(b"content-type")):

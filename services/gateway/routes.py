@@ -21,7 +21,10 @@ MAX_TIMEOUT = 60.0
 # Who is refused first when the bank is past capacity (decision 0036): app traffic, then card-network
 # authorisations; money-releasing and settling messages (reversals, advices, clearing) never.
 PRIORITIES = ("critical", "network", "app")
-_ROUTE_KEYS = frozenset({"prefix", "methods", "upstream", "auth", "timeout", "rate_limit", "priority"})
+MAX_BODY_CEILING = 64 * 1024 * 1024  # a route's own body limit (max_body) is at most this
+_ROUTE_KEYS = frozenset(
+    {"prefix", "methods", "upstream", "auth", "timeout", "rate_limit", "priority", "max_body"}
+)
 _DEFAULT_KEYS = frozenset({"timeout", "rate_limit", "priority"})
 
 
@@ -35,6 +38,7 @@ class Route:
     rate_limit: str  # a class of GatewaySettings.rate_limits, or UNLIMITED
     number: int = 0  # position in the file, 1-based, for messages
     priority: str = "app"  # one of PRIORITIES
+    max_body: int | None = None  # this route's request body limit in bytes (None: the gateway's own)
 
     @property
     def path(self) -> str:
@@ -203,11 +207,18 @@ def _parse_route(
     priority = entry.get("priority", defaults.get("priority", "app"))
     if priority not in PRIORITIES:
         bad(f"priority must be one of {', '.join(PRIORITIES)} (got {priority!r})")
+    max_body = entry.get("max_body")
+    if max_body is not None and (
+        isinstance(max_body, bool) or not isinstance(max_body, int) or not 0 < max_body <= MAX_BODY_CEILING
+    ):
+        bad(f"max_body must be a number of bytes in (0, {MAX_BODY_CEILING}] (got {max_body!r})")
     if len(problems) > before:
         return None
     assert isinstance(prefix, str) and isinstance(methods, list) and isinstance(upstream, str)
     assert isinstance(auth, str) and isinstance(rate_limit, str) and timeout is not None
-    return Route(prefix, frozenset(methods), upstream, auth, float(timeout), rate_limit, number, priority)
+    return Route(
+        prefix, frozenset(methods), upstream, auth, float(timeout), rate_limit, number, priority, max_body
+    )
 
 
 def _prefix_problem(prefix: Any) -> str | None:

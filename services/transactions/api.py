@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Form, Query, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
 
 from services.transactions import repository as repo
 from services.transactions import schemas
@@ -17,9 +18,12 @@ from services.transactions.config import TransactionsSettings
 from services.transactions.feed import FeedItem
 from services.transactions.publish import Announcer
 from services.transactions.render import transaction_json
+from services.transactions.service import Annotations, attachment_json, receipt_json
+from services.transactions.storage import MAX_BYTES, LocalStore, check_type
 from shared.auth import Identity, require_identity
 from shared.db import Database
 from shared.errors import bad_request, forbidden, not_found
+from shared.web import json_body_doc, read_body, read_model
 
 User = Annotated[Identity, Depends(require_identity)]
 Expand = Annotated[list[str], Query(alias="expand[]")]
@@ -132,5 +136,106 @@ def public_router(db: Database, announcer: Announcer, settings: TransactionsSett
             found = await repo.one_json(session, transaction_id, expand=expanded)
         assert found is not None
         return Response(found[1], media_type=JSON)
+
+    return api
+
+
+RECEIPT_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {"description": '{"receipt_id", "items_total", "total_matches_items"}', "content": {JSON: {}}}
+}
+
+
+def attachments_router(db: Database, annotations: Annotations) -> APIRouter:
+    """Attachments and receipts (Monzo's developer API; decision 0037), for the transaction's owner only."""
+    api = APIRouter(tags=["attachments and receipts"])
+
+    @api.post("/attachment/upload")
+    async def upload(
+        who: User,
+        file_name: Annotated[str, Form()],
+        file_type: Annotated[str, Form()],
+        content_length: Annotated[str, Form()],
+    ) -> dict[str, str]:
+        """Where to PUT a file (`upload_url`, signed, expiring; send the file's Content-Type) and what to
+        register it as (`file_url`). Images and PDFs, at most 10 MB."""
+        name = schemas.parse_file_name(file_name)
+        kind = check_type(file_type)
+        length = schemas.parse_content_length(content_length, MAX_BYTES)
+        async with db.transaction() as session:
+            return await annotations.start_upload(session, who.user_id, name, kind, length)
+
+    @api.post("/attachment/register")
+    async def register(
+        who: User,
+        external_id: Annotated[str, Form()],
+        file_url: Annotated[str, Form()],
+        file_type: Annotated[str, Form()],
+    ) -> dict[str, Any]:
+        """Attach an uploaded file to one of your transactions (`external_id`: the transaction's id)."""
+        kind = check_type(file_type)
+        async with db.transaction() as session:
+            attachment = await annotations.register(session, who.user_id, external_id, file_url, kind)
+            return {"attachment": attachment_json(attachment)}
+
+    @api.post("/attachment/deregister")
+    async def deregister(who: User, id: Annotated[str, Form()]) -> dict[str, Any]:
+        """Remove an attachment from its transaction."""
+        async with db.transaction() as session:
+            await annotations.deregister(session, who.user_id, id)
+        return {}
+
+    @api.get("/attachment/files/{key:path}", status_code=302, response_class=RedirectResponse)
+    async def read_file(who: User, key: str) -> RedirectResponse:
+        """A file you uploaded: a redirect to a signed download URL that expires."""
+        async with db.read() as session:
+            url = await annotations.download_url(session, who.user_id, key)
+        return RedirectResponse(url, status_code=302)
+
+    store = annotations.store
+    if isinstance(store, LocalStore):
+
+        @api.put("/attachment/blobs/{key:path}")
+        async def put_blob(
+            key: str, request: Request, expires: str | None = None, signature: str | None = None
+        ) -> dict[str, Any]:
+            """The embedded store's signed upload URL: the file's bytes, with its Content-Type."""
+            store.check("PUT", key, expires, signature)
+            data = await read_body(request, MAX_BYTES)
+            async with db.transaction() as session:
+                await annotations.receive_upload(session, key, request.headers.get("content-type", ""), data)
+            return {}
+
+        @api.get("/attachment/blobs/{key:path}", response_class=Response)
+        async def get_blob(key: str, expires: str | None = None, signature: str | None = None) -> Response:
+            """The embedded store's signed download URL."""
+            store.check("GET", key, expires, signature)
+            async with db.read() as session:
+                kind = await annotations.file_type(session, key)
+            data = await store.get(key)
+            if data is None:
+                raise not_found("file", "no such file")
+            return Response(data, media_type=kind, headers={"Cache-Control": "private, max-age=60"})
+
+    @api.put("/transaction-receipts", responses=RECEIPT_ANSWER, openapi_extra=json_body_doc("ReceiptIn"))
+    async def put_receipt(who: User, request: Request) -> JSONResponse:
+        """Add an itemised receipt to one of your transactions; the same `external_id` again replaces it.
+        Items that do not add up to the total are accepted and flagged (`total_matches_items`: false)."""
+        body = await read_model(request, schemas.ReceiptIn, max_bytes=256 * 1024)
+        async with db.transaction() as session:
+            answer = await annotations.put_receipt(session, who.user_id, body)
+        return JSONResponse(answer.to_json())
+
+    @api.get("/transaction-receipts")
+    async def get_receipt(who: User, external_id: Annotated[str, Query(max_length=255)]) -> dict[str, Any]:
+        async with db.read() as session:
+            return {
+                "receipt": receipt_json(await annotations.owned_receipt(session, who.user_id, external_id))
+            }
+
+    @api.delete("/transaction-receipts")
+    async def delete_receipt(who: User, external_id: Annotated[str, Query(max_length=255)]) -> dict[str, Any]:
+        async with db.transaction() as session:
+            await annotations.delete_receipt(session, who.user_id, external_id)
+        return {}
 
     return api

@@ -1,13 +1,19 @@
+from pathlib import Path
+
 from fastapi import FastAPI
 
 from services.transactions import observability  # noqa: F401  (registers the feed metrics)
-from services.transactions.api import public_router
+from services.transactions.api import attachments_router, public_router
 from services.transactions.config import TransactionsSettings
 from services.transactions.consumers import TOPICS, FeedProjector
 from services.transactions.publish import Announcer
+from services.transactions.schemas import ReceiptIn
+from services.transactions.service import Annotations
+from services.transactions.storage import LocalStore
 from shared.config import load
 from shared.remote_auth import accounts_token_verifier
 from shared.runtime import Runtime
+from shared.web import document_models
 
 
 def create_app(runtime: Runtime | None = None, settings: TransactionsSettings | None = None) -> FastAPI:
@@ -28,10 +34,15 @@ def create_app(runtime: Runtime | None = None, settings: TransactionsSettings | 
     async def close_clients() -> None:
         await token_client.aclose()
 
+    public_url = settings.storage_public_url or runtime.settings.gateway_url
+    folder = Path(settings.storage_folder or Path(runtime.settings.data_dir) / "attachments")
+    store = LocalStore(folder, public_url, settings.storage_secret, settings.storage_url_seconds)
+    annotations = Annotations(announcer, store, public_url)
     app = runtime.app(
-        routers=[public_router(runtime.db, announcer, settings)],
+        routers=[public_router(runtime.db, announcer, settings), attachments_router(runtime.db, annotations)],
         background=[revocations.run],
         on_shutdown=[close_clients],
     )
+    document_models(app, ReceiptIn)
     app.state.token_verifier = verifier
     return app

@@ -19,3 +19,10 @@ class TransactionsSettings(BaseSettings):
     # Card holders' access tokens: accounts' JWKS and revocation list.
     jwks_min_refresh_seconds: float = Field(default=5.0, ge=0)
     revocation_poll_seconds: float = Field(default=2.0, gt=0)
+    # Attachments (decision 0037): the embedded object store's folder (default: <BANK_DATA_DIR>/attachments),
+    # the public address its signed URLs are on (default: BANK_GATEWAY_URL), the key that signs them (set it
+    # in production: one value for every replica), and how long an upload or download URL lasts.
+    storage_folder: str | None = None
+    storage_public_url: str | None = None
+    storage_secret: str = Field(default="dev-storage-secret", min_length=1)
+    storage_url_seconds: float = Field(default=900.0, gt=0, le=7 * 24 * 3600)

@@ -3,7 +3,7 @@ and `TransactionRow`, a transaction row as the handlers read and write it (plain
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -98,6 +98,9 @@ class Transaction(Base):
     announced: Mapped[bool] = mapped_column(Boolean, default=False)  # transaction.created emitted
     # The Mondo JSON of this version, merchant as an id (render.transaction_json): what GET answers.
     body: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # What the customer attached (decision 0037): attachments' and receipts' JSON, as the body shows them.
+    attachments: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    receipts: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
 
 
 @dataclass(slots=True)
@@ -125,6 +128,8 @@ class TransactionRow:
     annotated: datetime | None
     version: int
     announced: bool
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+    receipts: list[dict[str, Any]] = field(default_factory=list)
 
 
 class SpendDay(Base):
@@ -136,3 +141,42 @@ class SpendDay(Base):
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     currency: Mapped[str] = mapped_column(String(3))
     amount: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Upload(Base):
+    """A file a customer was given an upload URL for (decision 0037); `uploaded` once its bytes arrived."""
+
+    __tablename__ = "uploads"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text)
+    file_name: Mapped[str] = mapped_column(Text)
+    file_type: Mapped[str] = mapped_column(Text)
+    content_length: Mapped[int] = mapped_column(BigInteger)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    uploaded: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text)
+    external_id: Mapped[str] = mapped_column(Text)  # the transaction's id
+    file_key: Mapped[str] = mapped_column(Text)
+    file_url: Mapped[str] = mapped_column(Text)
+    file_type: Mapped[str] = mapped_column(Text)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deregistered: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Receipt(Base):
+    __tablename__ = "receipts"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text)
+    external_id: Mapped[str] = mapped_column(Text)
+    transaction_id: Mapped[str] = mapped_column(Text)
+    doc: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -68,7 +68,7 @@ def transaction_json(tx: TransactionRow, item: FeedItem) -> dict[str, Any]:
         "notes": tx.notes,
         "metadata": {**item.metadata, **tx.metadata},
         "labels": None,
-        "attachments": None,
+        "attachments": list(tx.attachments) or None,
         "international": None,
         "category": tx.category,
         "categories": {tx.category: item.amount},
@@ -94,6 +94,7 @@ def transaction_json(tx: TransactionRow, item: FeedItem) -> dict[str, Any]:
         "parent_account_id": "",
         "account_balance": tx.account_balance or 0,
         "reversed": item.reversed,
+        "receipts": list(tx.receipts),
     }
     if item.declined:
         body["decline_reason"] = item.decline_reason or "OTHER"

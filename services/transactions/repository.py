@@ -26,7 +26,7 @@ S = "transactions"
 ROW_COLUMNS = (
     "id", "source_key", "account_id", "user_id", "created", "updated", "kind", "item", "merchant_id",
     "category", "balance_refs", "account_balance", "balance_matched", "spend_day", "spend_amount", "notes",
-    "metadata", "annotated", "version", "announced",
+    "metadata", "annotated", "version", "announced", "attachments", "receipts",
 )  # fmt: skip
 _COLUMNS = ", ".join(ROW_COLUMNS)
 _T_COLUMNS = ", ".join(f"t.{c}" for c in ROW_COLUMNS)
@@ -265,7 +265,7 @@ WITH m AS (
     VALUES (:id, :source_key, :account_id, :user_id, :created, :updated, :kind, CAST(:item AS jsonb),
             :merchant_id, :category, CAST(:balance_refs AS text[]), :account_balance, :balance_matched,
             :spend_day, :spend_amount, :notes, CAST(:metadata AS jsonb), :annotated, :version, :announced,
-            CAST(:body AS jsonb))
+            CAST(:attachments AS jsonb), CAST(:receipts AS jsonb), CAST(:body AS jsonb))
     ON CONFLICT (id) DO UPDATE SET
         {", ".join(f"{c} = excluded.{c}" for c in ROW_COLUMNS[1:])}, body = excluded.body
 )
@@ -293,6 +293,7 @@ async def save(
     params: dict[str, Any] = {c: getattr(tx, c) for c in ROW_COLUMNS}
     params.update(
         item=json.dumps(tx.item), metadata=json.dumps(tx.metadata), body=json.dumps(body), currency=currency,
+        attachments=json.dumps(tx.attachments), receipts=json.dumps(tx.receipts),
         spend_days=list(moves), spend_amounts=list(moves.values()),
     )  # fmt: skip
     m = merchant
@@ -584,7 +585,8 @@ WITH mv AS (
         AS v(id text, source_key text, account_id text, user_id text, created timestamptz,
              updated timestamptz, kind text, item jsonb, merchant_id text, category text, balance_refs text[],
              account_balance bigint, balance_matched boolean, spend_day date, spend_amount bigint, notes text,
-             metadata jsonb, annotated timestamptz, version integer, announced boolean, body jsonb)
+             metadata jsonb, annotated timestamptz, version integer, announced boolean, attachments jsonb,
+             receipts jsonb, body jsonb)
 ), t AS (
     INSERT INTO {S}.transactions ({_COLUMNS}, body)
     SELECT {_COLUMNS}, body FROM tv ORDER BY id

@@ -1,4 +1,5 @@
-"""Request parsing for the Mondo transactions API: strict, every bad value a typed 400."""
+"""Request parsing for the Mondo transactions API: strict, every bad value a typed 400. Also the receipt
+JSON and the attachment fields (decision 0037)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from shared.errors import bad_request
+from shared.money import MAX_AMOUNT
 
 _LIMIT = re.compile(r"^[0-9]{1,6}$")
 _TX_ID = re.compile(r"^tx_[0-9A-Za-z]{1,64}$")
@@ -95,3 +100,115 @@ def parse_metadata_form(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     if len(changes) > MAX_METADATA_KEYS:
         raise bad_request("bad_param.metadata", f"at most {MAX_METADATA_KEYS} keys at once", param="metadata")
     return changes
+
+
+# Receipts (decision 0037): Monzo's receipt JSON. Amounts are integer minor units (a float is a 400),
+# every list and string bounded.
+
+_Text = Annotated[str, Field(max_length=500)]
+_Short = Annotated[str, Field(max_length=100)]
+_Amount = Annotated[StrictInt, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
+_Quantity = Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)]
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ReceiptSubItem(_Part):
+    description: _Text
+    amount: _Amount
+    currency: str
+    quantity: _Quantity = 1
+    unit: _Short = ""
+    tax: _Amount = 0
+
+
+class ReceiptItem(ReceiptSubItem):
+    sub_items: list[ReceiptSubItem] = Field(default_factory=list, max_length=50)
+
+
+class ReceiptTax(_Part):
+    description: _Text
+    amount: _Amount
+    currency: str
+    tax_number: _Short = ""
+
+
+class ReceiptPayment(_Part):
+    type: _Short
+    amount: _Amount
+    currency: str
+    bin: _Short = ""
+    last_four: _Short = ""
+    auth_code: _Short = ""
+    aid: _Short = ""
+    merchant_id: _Short = ""
+    terminal_id: _Short = ""
+    name: _Short = ""
+    email: _Short = ""
+    gift_card_type: _Short = ""
+
+
+class ReceiptMerchant(_Part):
+    name: _Text = ""
+    online: bool = False
+    phone: _Short = ""
+    email: _Short = ""
+    store_name: _Text = ""
+    store_address: _Text = ""
+    store_postcode: _Short = ""
+
+
+class ReceiptIn(_Part):
+    """PUT /transaction-receipts."""
+
+    transaction_id: Annotated[str, Field(min_length=1, max_length=128)]
+    external_id: Annotated[str, Field(min_length=1, max_length=255)]
+    total: _Amount
+    currency: str
+    items: list[ReceiptItem] = Field(default_factory=list, max_length=200)
+    taxes: list[ReceiptTax] = Field(default_factory=list, max_length=50)
+    payments: list[ReceiptPayment] = Field(default_factory=list, max_length=50)
+    merchant: ReceiptMerchant | None = None
+
+    def currencies(self) -> list[tuple[str, str]]:
+        """(where, currency) of every money figure, for the caller to check."""
+        found = [("currency", self.currency)]
+        for i, item in enumerate(self.items):
+            found.append((f"items.{i}.currency", item.currency))
+            found += [(f"items.{i}.sub_items.{j}.currency", s.currency) for j, s in enumerate(item.sub_items)]
+        found += [(f"taxes.{i}.currency", t.currency) for i, t in enumerate(self.taxes)]
+        found += [(f"payments.{i}.currency", p.currency) for i, p in enumerate(self.payments)]
+        return found
+
+    @property
+    def items_total(self) -> int:
+        return sum(item.amount for item in self.items)
+
+
+# Attachments -----------------------------------------------------------------------------------------
+
+_FILE_NAME = re.compile(r"^[^\x00-\x1f\x7f/\\]{1,255}$")
+
+
+def parse_file_name(value: str) -> str:
+    if not _FILE_NAME.match(value) or not value.strip():
+        raise bad_request(
+            "bad_param.file_name", "file_name is 1-255 characters, no slashes or control characters",
+            param="file_name",
+        )  # fmt: skip
+    return value
+
+
+def parse_content_length(value: str, maximum: int) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", value):
+        raise bad_request(
+            "bad_param.content_length", "content_length is a number of bytes", param="content_length"
+        )
+    length = int(value)
+    if not 0 < length <= maximum:
+        raise bad_request(
+            "bad_param.content_length", f"a file is 1 to {maximum} bytes (10 MB)", param="content_length"
+        )
+    return length

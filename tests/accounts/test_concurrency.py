@@ -396,7 +396,7 @@ async def test_capture_racing_the_expiry_job_has_exactly_one_winner(
     assert await verify_ledger(db) == []
 
 
-# Payments between customers and pots (issue 23, decision 0033) ---------------------------------------
+# Payments between customers and pots (issue 23, decision 0037) ---------------------------------------
 
 
 async def test_100_concurrent_payments_of_70_from_700_move_exactly_10(

@@ -1,4 +1,4 @@
-"""Pots and payments between customers (issue 23, decision 0033), at the accounts service on a real
+"""Pots and payments between customers (issue 23, decision 0037), at the accounts service on a real
 socket and a real ledger: every call, every bad input (a typed 4xx with nothing changed), idempotency
 on dedupe_id, the events, and the ledger still sound after all of it."""
 

@@ -51,6 +51,14 @@ def test_the_shipped_table_is_valid_and_covers_the_public_api() -> None:
         ("GET", "/accounts"): ("accounts", "user"),
         ("GET", "/balance"): ("accounts", "user"),
         ("POST", "/topup"): ("accounts", "user"),
+        ("GET", "/pots"): ("accounts", "user"),
+        ("PUT", "/pots/pot_1/deposit"): ("accounts", "user"),
+        ("DELETE", "/pots/pot_1"): ("accounts", "user"),
+        ("POST", "/payments"): ("accounts", "user"),
+        ("POST", "/attachment/upload"): ("transactions", "user"),
+        ("GET", "/attachment/files/file_1/a.png"): ("transactions", "user"),
+        ("PUT", "/attachment/blobs/file_1/a.png"): ("transactions", "none"),
+        ("PUT", "/transaction-receipts"): ("transactions", "user"),
         ("GET", "/cards/card_1"): ("cards", "user"),
         ("GET", "/transactions/tx_1"): ("transactions", "user"),
         ("PATCH", "/transactions/tx_1"): ("transactions", "user"),
@@ -68,6 +76,14 @@ def test_the_shipped_table_is_valid_and_covers_the_public_api() -> None:
         assert (found.upstream, found.auth) == (upstream, auth), (method, path)
     for path in ("/internal/holds", "/oauth2/revocations", "/users/user_1", "/ping"):
         assert shipped.route_for("GET", path) is None, path
+    # Attachments are up to 10 MB: their upload route has a body limit of its own, no other route does.
+    blobs = shipped.route_for("PUT", "/attachment/blobs/file_1/a.png")
+    assert blobs is not None and blobs.max_body == 10 * 1024 * 1024
+    assert {r.prefix for r in shipped.routes if r.max_body} == {"/attachment/blobs"}
+    assert problems(route("/big", max_body="0") + route("/huge", max_body="true")) == [
+        "route #1 (/big): max_body must be a number of bytes in (0, 67108864] (got 0)",
+        "route #2 (/huge): max_body must be a number of bytes in (0, 67108864] (got True)",
+    ]
 
 
 def test_longest_prefix_on_whole_segments() -> None:

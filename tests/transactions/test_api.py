@@ -12,14 +12,14 @@ from tests.transactions.events import Authorisation, account_created, at, topup
 ACC, USER = "acc_ada", "user_ada"
 OTHER_ACC, OTHER = "acc_bob", "user_bob"
 
-# Today's full Monzo transaction object (docs.monzo.com), plus the bank's `reversed` flag.
+# Today's full Monzo transaction object (docs.monzo.com), plus the bank's `reversed` flag and `receipts`.
 TRANSACTION_KEYS = {
     "id", "created", "description", "amount", "fees", "currency", "merchant", "notes", "metadata", "labels",
     "attachments", "international", "category", "categories", "is_load", "settled", "local_amount",
     "local_currency", "updated", "account_id", "user_id", "counterparty", "scheme", "dedupe_id", "originator",
     "include_in_spending", "can_be_excluded_from_breakdown", "can_be_made_subscription", "can_split_the_bill",
     "can_add_to_tab", "can_match_transactions_in_categorization", "amount_is_pending", "atm_fees_detailed",
-    "parent_account_id", "account_balance", "reversed",
+    "parent_account_id", "account_balance", "reversed", "receipts",
 }  # fmt: skip
 MERCHANT_KEYS = {
     "id", "group_id", "created", "name", "logo", "emoji", "category", "online", "atm", "address", "updated",

@@ -40,7 +40,8 @@ def upgrade() -> None:
         "attachments",
         sa.Column("id", sa.Text, primary_key=True),
         sa.Column("user_id", sa.Text, nullable=False),
-        sa.Column("external_id", sa.Text, nullable=False),  # a transaction id (the feed is a projection: no FK)
+        # a transaction id: the feed is a projection, so no foreign key
+        sa.Column("external_id", sa.Text, nullable=False),
         sa.Column("file_key", sa.Text, sa.ForeignKey(f"{S}.uploads.key"), nullable=False),
         sa.Column("file_url", sa.Text, nullable=False),
         sa.Column("file_type", sa.Text, nullable=False),

@@ -147,8 +147,8 @@ class Annotations:
     ) -> Attachment:
         """Attach an uploaded file to one of the caller's transactions. Registering the same file on the
         same transaction again answers the same attachment."""
-        key = self._key_of(file_url)
         tx = await self.owned_transaction(session, user_id, external_id)
+        key = self._key_of(file_url)
         upload = await session.get(Upload, key)
         if upload is None or upload.user_id != user_id:
             raise not_found("file", "no file of yours at that file_url")

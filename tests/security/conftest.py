@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,11 +88,52 @@ async def _give_b_one_of_everything(bank: BankCluster, b: Person) -> None:
             b.ids["transaction"] = await eventually(transaction, 30, "B's card payment in the feed")
         except AssertionError:
             pass  # the feed service is not there (yet): the sweep uses made-up transaction ids
+        await _give_b_a_pot_an_attachment_and_a_receipt(c, b)
         if "webhook" in b.ids:
             r = await c.get(f"/webhooks/{b.ids['webhook']}/deliveries")
             items = r.json().get("deliveries", []) if r.status_code == 200 else []
             if items:
                 b.ids["delivery"] = items[0]["id"]
+
+
+async def _give_b_a_pot_an_attachment_and_a_receipt(c: httpx.AsyncClient, b: Person) -> None:
+    """Issue 23's kinds of id: a pot (with money in it), an attachment on B's transaction, a receipt."""
+    r = await c.post(
+        "/pots", data={"current_account_id": b.account_id, "name": "B's jar"},
+        headers={"Idempotency-Key": uuid.uuid4().hex},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    b.ids["pot"] = r.json()["id"]
+    r = await c.put(
+        f"/pots/{b.ids['pot']}/deposit",
+        data={"source_account_id": b.account_id, "amount": "100", "dedupe_id": uuid.uuid4().hex},
+    )
+    assert r.status_code == 200, r.text
+    if "transaction" not in b.ids:
+        return
+    png = b"\x89PNG\r\n\x1a\n" + b"b" * 100
+    r = await c.post(
+        "/attachment/upload",
+        data={"file_name": "b.png", "file_type": "image/png", "content_length": str(len(png))},
+    )
+    assert r.status_code == 200, r.text
+    urls = r.json()
+    r = await c.put(urls["upload_url"], content=png, headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    r = await c.post(
+        "/attachment/register",
+        data={"external_id": b.ids["transaction"], "file_url": urls["file_url"], "file_type": "image/png"},
+    )
+    assert r.status_code == 200, r.text
+    b.ids["attachment"] = r.json()["attachment"]["id"]
+    b.ids["file"] = urls["file_url"]
+    b.ids["receipt"] = f"b-receipt-{uuid.uuid4().hex[:8]}"
+    receipt = {
+        "transaction_id": b.ids["transaction"], "external_id": b.ids["receipt"], "total": 1915,
+        "currency": "GBP", "items": [{"description": "B's coffee", "amount": 1915, "currency": "GBP"}],
+    }  # fmt: skip
+    r = await c.put("/transaction-receipts", json=receipt)
+    assert r.status_code == 200, r.text
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")

@@ -188,11 +188,19 @@ KIND_BY_SEGMENT = {
     "feed": "feed_item",
     "deliveries": "delivery",
     "users": "user",
+    "pots": "pot",
+    "deregister": "attachment",  # POST /attachment/deregister (form `id`)
 }
+# Form and query names that name an account under another name (pots and payments).
+ACCOUNT_ALIASES = frozenset({"source_account_id", "destination_account_id", "current_account_id"})
 
 
 def id_kind(op: Operation, name: str) -> str:
     """What a path/query/form parameter names: `card_id` a card; `{id}` after /cards/ a card too."""
+    if name in ACCOUNT_ALIASES:
+        return "account"
+    if name == "external_id":  # a receipt's own id on /transaction-receipts, a transaction's elsewhere
+        return "receipt" if "receipts" in op.path else "transaction"
     if name.endswith("_id") and name != "client_id":
         return name.removesuffix("_id")
     if name == "id":
@@ -223,6 +231,11 @@ def plausible(name: str, schema: dict[str, Any]) -> str:
         "app_version": "1.0.0",
         "grant_type": "password",
         "client_id": APP_CLIENT,
+        "goal_amount": "5000",
+        "style": "beach_ball",
+        "file_type": "image/png",
+        "file_name": "receipt.png",
+        "content_length": "100",
     }
     if lowered in fixed:
         return fixed[lowered]

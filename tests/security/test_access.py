@@ -70,6 +70,67 @@ async def test_a_token_never_reaches_b_data_on_any_user_route(security_bank: Sec
             assert b.ids["device"] in {d["id"] for d in devices}
 
 
+async def test_a_token_never_reaches_b_files_receipts_or_pots(security_bank: SecurityBank) -> None:
+    """The IDOR matrix for what the sweep above cannot fill in (a file's URL, a JSON receipt), and B's pot
+    named in every pot and payment call (issue 23)."""
+    bank, a, b = security_bank, security_bank.a, security_bank.b
+    assert {"pot", "attachment", "file", "receipt"} <= set(b.ids), b.ids
+    pot = b.ids["pot"]
+    file_path = b.ids["file"].removeprefix(bank.url)
+    async with httpx.AsyncClient(base_url=bank.url, timeout=30, headers=a.auth) as c:
+        move = {"amount": "1", "dedupe_id": "idor"}
+        attempts = [
+            c.get(file_path),
+            c.put(
+                "/transaction-receipts",
+                json={
+                    "transaction_id": b.ids["transaction"],
+                    "external_id": "mallory",
+                    "total": 1,
+                    "currency": "GBP",
+                },
+            ),
+            c.get("/transaction-receipts", params={"external_id": b.ids["receipt"]}),
+            c.delete("/transaction-receipts", params={"external_id": b.ids["receipt"]}),
+            c.post("/attachment/deregister", data={"id": b.ids["attachment"]}),
+            c.post(
+                "/attachment/register",
+                data={
+                    "external_id": b.ids["transaction"],
+                    "file_url": b.ids["file"],
+                    "file_type": "image/png",
+                },
+            ),
+            c.put(f"/pots/{pot}/deposit", data={**move, "source_account_id": a.account_id}),
+            c.put(f"/pots/{pot}/withdraw", data={**move, "destination_account_id": a.account_id}),
+            c.delete(f"/pots/{pot}"),
+            c.get("/pots", params={"current_account_id": b.account_id}),
+            c.post(
+                "/payments",
+                data={
+                    "source_account_id": b.account_id,
+                    "amount": "1",
+                    "currency": "GBP",
+                    "recipient": a.email,
+                    "dedupe_id": "idor",
+                },
+            ),
+        ]
+        leaks = []
+        for attempt in attempts:
+            r = await attempt
+            if r.status_code not in (403, 404) or b.name in r.text or b.email in r.text:
+                leaks.append(f"{r.request.method} {r.request.url.path} -> {r.status_code} {r.text[:200]}")
+    assert not leaks, "\n".join(leaks)
+    async with httpx.AsyncClient(base_url=bank.url, timeout=30, headers=b.auth) as c:
+        r = await c.get("/transaction-receipts", params={"external_id": b.ids["receipt"]})
+        assert r.status_code == 200 and r.json()["receipt"]["total"] == 1915
+        shown = (await c.get(f"/transactions/{b.ids['transaction']}")).json()["transaction"]
+        assert [x["id"] for x in shown["attachments"]] == [b.ids["attachment"]]
+        pots = (await c.get("/pots", params={"current_account_id": b.account_id})).json()["pots"]
+        assert [(p["id"], p["balance"], p["deleted"]) for p in pots] == [(pot, 100, False)]
+
+
 async def test_every_user_route_refuses_no_token_and_garbage_tokens(security_bank: SecurityBank) -> None:
     bad = []
     async with httpx.AsyncClient(base_url=security_bank.url, timeout=30) as c:

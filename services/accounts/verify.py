@@ -1,4 +1,4 @@
-"""`bank ledger verify`: recompute every balance from the postings and compare."""
+"""`bank ledger verify`: recompute every balance (customers' and pots') from the postings and compare."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ async def verify_ledger(db: Database) -> list[str]:
     async with db.read() as session:
         from_postings = await repo.balances_from_postings(session)
         from_holds = await repo.held_from_holds(session)
-        for account in await session.scalars(select(Account).where(Account.kind == "customer")):
+        for account in await session.scalars(select(Account).where(Account.kind.in_(("customer", "pot")))):
             posted = from_postings.get(account.id, 0)
             if account.balance != posted:
                 problems.append(f"{account.id}: balance {account.balance} but postings sum to {posted}")

@@ -1,4 +1,10 @@
-"""Reads and writes of the notifications schema. Every function takes the caller's session; none commits."""
+"""Reads and writes of the notifications schema. Every function takes the caller's session; none commits.
+
+The send path's statements (`claim_due`, `record_outcomes`, `deactivate_devices`) are SQL with `$n`
+parameters that run in a plain asyncpg transaction (`Database.fast_transaction`, decision 0020) or in a
+session alike. The sender runs them in every batch: through a session a batch's fixed cost was about
+1.8 ms of CPU, on plain asyncpg about 0.7 ms (at 5 pushes a batch, 0.55 -> 0.33 ms per push).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Float,
-    Integer,
     Text,
     any_,
     bindparam,
@@ -20,13 +23,13 @@ from sqlalchemy import (
     literal_column,
     select,
     text,
-    update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifications.messages import Message
-from services.notifications.models import AccountOwner, Delivery, Device, FeedItem
+from services.notifications.models import AccountOwner, Device, FeedItem
+from shared.db import Executor, execute, fetch_all
 from shared.ids import new_id
 
 # -- devices ---------------------------------------------------------------------------------------------
@@ -82,24 +85,34 @@ async def delete_device(session: AsyncSession, device: Device) -> None:
     await session.delete(device)
 
 
-async def deactivate_device(session: AsyncSession, device_id: str, reason: str) -> None:
-    """Stop pushing to a dead token at once: the device and every send still queued for it."""
-    await session.execute(
-        update(Device)
-        .where(Device.id == device_id, Device.active)
-        .values(active=False, deactivated_at=func.now(), deactivation_reason=reason, updated=func.now())
+_DEACTIVATE = """
+    WITH dead AS (
+        SELECT * FROM unnest($1::text[], $2::text[]) AS t(device_id, reason)
+    ), devices AS (
+        UPDATE notifications.devices d
+        SET active = false, deactivated_at = now(), deactivation_reason = dead.reason, updated = now()
+        FROM dead WHERE d.id = dead.device_id AND d.active
     )
-    queued = (
-        select(Delivery.id)
-        .where(Delivery.device_id == device_id, Delivery.status == "pending")
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
+    UPDATE notifications.deliveries q
+    SET status = 'dropped', last_error = 'device deactivated: ' || dead.reason
+    FROM dead
+    WHERE q.device_id = dead.device_id AND q.id IN (
+        SELECT id FROM notifications.deliveries
+        WHERE device_id = ANY($1::text[]) AND status = 'pending'
+        FOR UPDATE SKIP LOCKED
     )
-    await session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(queued))
-        .values(status="dropped", last_error=f"device deactivated: {reason}")
-    )
+"""
+
+
+async def deactivate_devices(on: Executor, reasons: Mapping[str, str]) -> None:
+    """Stop pushing to dead tokens at once (device id -> the provider's reason): the devices and every
+    send still queued for them, in one statement."""
+    if reasons:
+        await execute(on, _DEACTIVATE, list(reasons), list(reasons.values()))
+
+
+async def deactivate_device(on: Executor, device_id: str, reason: str) -> None:
+    await deactivate_devices(on, {device_id: reason})
 
 
 # -- account owners --------------------------------------------------------------------------------------
@@ -243,7 +256,7 @@ async def enqueue(
     return sum((await store(session, notifications=[notification])).values())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Claimed:
     """A due delivery locked by the claiming transaction, with what sending it needs."""
 
@@ -260,37 +273,25 @@ class Claimed:
     active: bool
 
 
-_CLAIM = (
-    select(
-        Delivery.id,
-        Delivery.push_id,
-        Delivery.device_id,
-        Delivery.attempts,
-        Delivery.title,
-        Delivery.body,
-        Delivery.data,
-        Delivery.event_time,
-        Device.platform,
-        Device.token,
-        Device.active,
-    )
-    .join(Device, Device.id == Delivery.device_id)
-    # 'pending' is a literal, not a parameter: a cached generic plan can then use the partial index
-    # ix_deliveries_due (status = 'pending'); with `status = $1` it would scan the whole table.
-    .where(Delivery.status == literal_column("'pending'"), Delivery.next_attempt_at <= func.now())
-    .order_by(Delivery.next_attempt_at, Delivery.id)
-    .limit(bindparam("limit"))
-    .with_for_update(of=Delivery, skip_locked=True)
-)
+# 'pending' is a literal, not a parameter: a cached generic plan can then use the partial index
+# ix_deliveries_due (status = 'pending'); with `status = $1` it would scan the whole table.
+_CLAIM = """
+    SELECT q.id, q.push_id::text, q.device_id, q.attempts, q.title, q.body, q.data, q.event_time,
+           d.platform, d.token, d.active
+    FROM notifications.deliveries q JOIN notifications.devices d ON d.id = q.device_id
+    WHERE q.status = 'pending' AND q.next_attempt_at <= now()
+    ORDER BY q.next_attempt_at, q.id
+    LIMIT $1
+    FOR UPDATE OF q SKIP LOCKED
+"""
 
 
-async def claim_due(session: AsyncSession, limit: int) -> list[Claimed]:
+async def claim_due(on: Executor, limit: int) -> list[Claimed]:
     """Lock up to `limit` due pending deliveries, oldest first, skipping rows another worker holds."""
-    result = await (await session.connection()).execute(_CLAIM, {"limit": limit})
-    return [Claimed(*row) for row in result]
+    return [Claimed(*row) for row in await fetch_all(on, _CLAIM, limit)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What became of one claimed delivery. `attempts` None: no send was attempted (the attempt count and
     last answer stay as they were). `retry_in`: still pending, due again in that many seconds."""
@@ -304,8 +305,7 @@ class Outcome:
     retry_in: float | None = None
 
 
-_RECORD = text(
-    """
+_RECORD = """
     UPDATE notifications.deliveries q SET
         status = o.status,
         attempts = coalesce(o.attempts, q.attempts),
@@ -315,36 +315,26 @@ _RECORD = text(
         sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE q.sent_at END,
         next_attempt_at = CASE WHEN o.retry_in IS NULL THEN q.next_attempt_at
                                ELSE now() + make_interval(secs => o.retry_in) END
-    FROM unnest(:ids, :statuses, :attempts, :status_codes, :errors, :provider_ids, :retry_ins)
+    FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::float8[])
         AS o(id, status, attempts, status_code, error, provider_id, retry_in)
     WHERE q.id = o.id
-    """
-).bindparams(
-    bindparam("ids", type_=ARRAY(BigInteger)),
-    bindparam("statuses", type_=ARRAY(Text)),
-    bindparam("attempts", type_=ARRAY(Integer)),
-    bindparam("status_codes", type_=ARRAY(Integer)),
-    bindparam("errors", type_=ARRAY(Text)),
-    bindparam("provider_ids", type_=ARRAY(Text)),
-    bindparam("retry_ins", type_=ARRAY(Float)),
-)
+"""
 
 
-async def record_outcomes(session: AsyncSession, outcomes: list[Outcome]) -> None:
+async def record_outcomes(on: Executor, outcomes: list[Outcome]) -> None:
     """Write a batch's outcomes in one statement."""
     if not outcomes:
         return
-    await (await session.connection()).execute(
+    await execute(
+        on,
         _RECORD,
-        {
-            "ids": [o.id for o in outcomes],
-            "statuses": [o.status for o in outcomes],
-            "attempts": [o.attempts for o in outcomes],
-            "status_codes": [o.status_code for o in outcomes],
-            "errors": [o.error for o in outcomes],
-            "provider_ids": [o.provider_id for o in outcomes],
-            "retry_ins": [o.retry_in for o in outcomes],
-        },
+        [o.id for o in outcomes],
+        [o.status for o in outcomes],
+        [o.attempts for o in outcomes],
+        [o.status_code for o in outcomes],
+        [o.error for o in outcomes],
+        [o.provider_id for o in outcomes],
+        [o.retry_in for o in outcomes],
     )
 
 

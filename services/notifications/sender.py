@@ -7,7 +7,7 @@ written with one `UPDATE` and committed. So a row is in flight in at most one wo
 and a crash or restart mid-send rolls the claim back: the batch is sent again after the restart, with
 the same apns-id / collapse id, so the phone shows each push once even if the first attempt did reach
 the provider (decision 0012). A batch costs four database round trips (begin, claim, record, commit)
-however many pushes it holds.
+however many pushes it holds, on a plain asyncpg connection (`Database.fast_transaction`).
 
 Outcomes: sent; retry later (429, 5xx, network: exponential backoff from `retry_base_seconds`, or the
 provider's Retry-After, capped; `failed` after `max_attempts`); invalid token (the device is deactivated
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from services.notifications import repository
 from services.notifications.config import NotificationsSettings
@@ -31,6 +32,9 @@ from services.notifications.observability import PUSH_LATENCY, PUSHES
 from services.notifications.providers import Provider, Push, SendResult
 from shared.db import Database
 from shared.observability import DEVICES_DEACTIVATED
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Histogram
 
 log = logging.getLogger("services.notifications.sender")
 
@@ -41,6 +45,8 @@ class Sender:
         self.providers = providers
         self.settings = settings
         self._work = asyncio.Event()
+        self._pushes: dict[tuple[str, str], Counter] = {}  # the metrics' children, looked up once
+        self._latency: dict[str, Histogram] = {}
 
     def wake(self) -> None:
         """Deliveries were just committed: let an idle worker claim them now (an `after_commit` hook)."""
@@ -62,8 +68,8 @@ class Sender:
 
     async def send_batch(self) -> int:
         """Claim and send up to `send_batch_size` due deliveries; how many were claimed (0: none due)."""
-        async with self.db.transaction() as session:
-            rows = await repository.claim_due(session, self.settings.send_batch_size)
+        async with self.db.fast_transaction() as tx:
+            rows = await repository.claim_due(tx, self.settings.send_batch_size)
             if not rows:
                 return 0
             if len(rows) == self.settings.send_batch_size:
@@ -83,15 +89,14 @@ class Sender:
                 *(self._send(p, Push(r.push_id, r.token, r.title, r.body, dict(r.data))) for r, p in sends)
             )
             now = datetime.now(UTC)
-            dead: list[tuple[str, str]] = []
+            dead: dict[str, str] = {}
             for (row, _), result in zip(sends, results, strict=True):
                 outcomes.append(self._outcome(row, result, now))
                 if result.outcome == "invalid_token":
-                    dead.append((row.device_id, result.reason))
+                    dead[row.device_id] = result.reason
                     DEVICES_DEACTIVATED.labels(row.platform).inc()
-            await repository.record_outcomes(session, outcomes)
-            for device_id, reason in dead:
-                await repository.deactivate_device(session, device_id, reason)
+            await repository.record_outcomes(tx, outcomes)
+            await repository.deactivate_devices(tx, dead)
         return len(rows)
 
     def _outcome(self, row: repository.Claimed, result: SendResult, now: datetime) -> repository.Outcome:
@@ -99,7 +104,10 @@ class Sender:
         status, retry_in = result.outcome, None
         if result.outcome == "sent":
             if row.event_time is not None:
-                PUSH_LATENCY.labels(row.platform).observe((now - row.event_time).total_seconds())
+                latency = self._latency.get(row.platform) or self._latency.setdefault(
+                    row.platform, PUSH_LATENCY.labels(row.platform)
+                )
+                latency.observe((now - row.event_time).total_seconds())
         elif result.outcome == "invalid_token":
             log.info("device %s token rejected (%s): deactivated", row.device_id, result.reason)
         elif result.outcome == "retry" and attempts < self.settings.max_attempts:
@@ -110,7 +118,8 @@ class Sender:
                 "push %s to device %s failed for good after %d attempt(s): %s %s",
                 row.push_id, row.device_id, attempts, result.status, result.reason,
             )  # fmt: skip
-        PUSHES.labels(row.platform, status).inc()
+        key = (row.platform, status)
+        (self._pushes.get(key) or self._pushes.setdefault(key, PUSHES.labels(*key))).inc()
         return repository.Outcome(
             row.id,
             "pending" if status == "retry" else status,

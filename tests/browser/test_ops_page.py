@@ -178,6 +178,8 @@ def test_a_stranded_hold_turns_the_money_at_risk_panel_red_then_green(
     before recording the authorisation (decision 0031). The panel names the hold, then goes green
     when accounts' resolution releases it."""
     context, page = ops_page(ops_bank, browser)
+    for amount in (1915, 2360, 480, 120_000_000):  # some traffic for the picture (the last declined: 51)
+        ops_bank.authorise(amount=amount)
     page.wait_for_selector("#risk[data-state=ok]", timeout=WAIT_MS)
 
     nid = "STRAND" + uuid.uuid4().hex[:10].upper()

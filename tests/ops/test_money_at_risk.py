@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 import pytest_asyncio
 from prometheus_client import REGISTRY, generate_latest
+from sqlalchemy import text
 
 from bank.checker import check_bank, risk_panel, watch_risk
 from services.gateway.ops import invariants as inv
@@ -26,7 +27,7 @@ from services.gateway.ops.auditor import Auditor, OpsSettings
 from shared.config import BankSettings, to_libpq
 from shared.db import Database
 from tests.accounts.conftest import INTERNAL_TOKEN
-from tests.cards.conftest import Bank, authorisation, running_bank
+from tests.cards.conftest import Bank, authorisation, reversal, running_bank
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -181,3 +182,42 @@ def test_bank_check_watch_prints_the_panel(settings: BankSettings) -> None:
     assert "Money at risk" in result.output
     for check in inv.CHECKS:
         assert check.title[:30] in result.output
+
+
+async def test_each_check_finds_its_items(bank: Bank, conn: Any) -> None:
+    """An approval with no feed item (no transactions service runs here) is being resolved while young
+    and at risk after the grace; a partial reversal's re-hold is backed (not stray); a dead letter is at
+    risk until marked resolved."""
+    customer = await bank.customer(balance=10_000)
+    card = await bank.issue(customer)
+    first = authorisation(card, amount=3_000)
+    assert (await bank.authorise(first))["response_code"] == "00"
+    assert (await bank.reverse(reversal(first, replacement_amount=1_000)))["response_code"] == "00"
+    [auth] = await bank.rows(
+        "SELECT id, hold_id FROM cards.authorisations WHERE network_transaction_id = :n",
+        n=first["network_transaction_id"],
+    )
+    assert auth["hold_id"].endswith(":r1000")  # the re-hold, under its own id
+
+    young = await inv.read_snapshot(conn, grace=60)
+    assert young.check("stray_holds").total == 0  # the re-hold is the authorisation's
+    assert young.check("feed_misses").resolving == 1 and young.check("feed_misses").at_risk == 0
+    old = await inv.read_snapshot(conn, grace=0)
+    [missing] = old.check("feed_misses").items
+    assert missing["id"] == auth["id"] and missing["n"] == 0 and not old.ok
+    assert (await inv.read_snapshot(conn, grace=0, feed_hours=1e-6)).check("feed_misses").total == 0
+
+    async with bank.db.transaction() as session:
+        await session.execute(
+            text(
+                "INSERT INTO notifications.dead_letters (consumer, event_id, event_type, topic, partition, "
+                "\"offset\", payload, error, attempts) VALUES ('notifications.push', 'evt_1', "
+                "'transaction.created', 'transactions.feed', 0, 7, '\\x00', 'boom', 3)"
+            )
+        )
+    dead = (await inv.read_snapshot(conn, grace=60)).check("dead_letters")
+    assert dead.at_risk == 1 and dead.groups == {"notifications/notifications.push": 1}
+    assert dead.items[0]["event_id"] == "evt_1" and dead.items[0]["error"] == "boom"
+    async with bank.db.transaction() as session:
+        await session.execute(text("UPDATE notifications.dead_letters SET resolved_at = now()"))
+    assert (await inv.read_snapshot(conn, grace=60)).check("dead_letters").ok

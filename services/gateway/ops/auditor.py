@@ -59,6 +59,8 @@ class OpsSettings(BaseSettings):
     grace_seconds: float = Field(default=60.0, ge=0)
     # A hold past its expiry is at risk once overdue by this (accounts' expiry job runs every 60 s).
     expiry_grace_seconds: float = Field(default=120.0, ge=0)
+    # The feed check looks at the authorisations of the last this many hours (bank check: all of them).
+    feed_window_hours: float = Field(default=24.0, gt=0)
     # Items listed per check (ids and ages); the counts are always complete.
     items: int = Field(default=100, ge=1, le=1000)
     statement_timeout_ms: int = Field(default=5000, ge=100)
@@ -296,8 +298,9 @@ class Auditor:
     async def _read_risk(self, conn: Any) -> RiskSnapshot:
         s = self.settings
         snap = await read_snapshot(
-            conn, grace=s.grace_seconds, expiry_grace=s.expiry_grace_seconds, items=s.items
-        )
+            conn, grace=s.grace_seconds, expiry_grace=s.expiry_grace_seconds, items=s.items,
+            feed_hours=s.feed_window_hours,
+        )  # fmt: skip
         self._risk = snap
         if self.leader:
             EXPORTED.publish(snap, fresh_for=3 * s.refresh_seconds + 5)

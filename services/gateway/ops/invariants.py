@@ -40,8 +40,14 @@ SELECT h.id, h.network_txn_id, h.amount, h.currency, h.account_id,
        EXISTS (SELECT 1 FROM accounts.unconfirmed_holds u WHERE u.network_txn_id = h.network_txn_id)
            AS unconfirmed
 FROM accounts.holds h
-WHERE h.status = 'active' AND NOT EXISTS (
-    SELECT 1 FROM cards.authorisations a WHERE a.hold_id = h.network_txn_id AND a.status = 'approved')
+WHERE h.status = 'active' AND (
+    -- A scalar subquery, not NOT EXISTS: PostgreSQL would make that an anti-join that scans every
+    -- authorisation; this looks each active hold's up by cards' unique network id. A hold is placed
+    -- under its authorisation's id, a partial reversal's re-hold under `<id>:r<remaining>`.
+    SELECT a.id FROM cards.authorisations a
+    WHERE a.network_transaction_id IN (h.network_txn_id, regexp_replace(h.network_txn_id, ':r[0-9]+$', ''))
+      AND a.hold_id = h.network_txn_id AND a.status = 'approved'
+    LIMIT 1) IS NULL
 """
 # Active holds past their expiry (accounts' expiry job releases them every minute).
 OVERDUE_HOLDS = """
@@ -50,16 +56,39 @@ SELECT h.id, h.network_txn_id, h.amount, h.currency, h.account_id,
        extract(epoch FROM now() - h.expires_at)::float8 AS overdue_seconds
 FROM accounts.holds h WHERE h.status = 'active' AND h.expires_at <= now()
 """
-# Approved spending authorisations that do not have exactly one feed transaction (0: not yet, or
-# lost; 2+: twice).
-FEED_MISSES = f"""
+# Approved spending authorisations without exactly one feed transaction (0: not yet, or lost; 2+:
+# twice). `feed_misses(since)` looks only at authorisations whose id is at least `since` (ids are
+# time-ordered, shared/ids.py, so the primary key finds them): the panel checks the last day
+# (`id_floor`) every 10 s; `bank check` checks every one ("").
+_FEED_MISSES = f"""
 SELECT a.id, a.network_transaction_id AS nid, a.amount, a.currency, a.account_id, f.n,
        extract(epoch FROM now() - a.created)::float8 AS age_seconds
 FROM cards.authorisations a
 CROSS JOIN LATERAL (
     SELECT count(*) AS n FROM transactions.transactions t WHERE t.source_key = 'auth:' || a.id) f
-WHERE a.status <> 'declined' AND left(a.processing_code, 2) IN ({_SPENDING}) AND f.n <> 1
+WHERE a.id >= %SINCE% AND a.status <> 'declined' AND left(a.processing_code, 2) IN ({_SPENDING})
+  AND f.n <> 1
 """
+
+
+def feed_misses(since: str = "$4") -> str:
+    """FEED_MISSES from `since`: a SQL expression (a parameter, or a quoted literal)."""
+    return _FEED_MISSES.replace("%SINCE%", since)
+
+
+FEED_MISSES = feed_misses("''")  # every authorisation
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def id_floor(prefix: str, unix_seconds: float) -> str:
+    """The smallest id `shared.ids.new_id(prefix)` could have made at `unix_seconds`."""
+    value, chars = int(unix_seconds * 1000), []
+    for _ in range(10):
+        value, rem = divmod(value, 32)
+        chars.append(_CROCKFORD[rem])
+    return f"{prefix}_{''.join(reversed(chars))}" + "0" * 16
+
+
 # Events a consumer gave up on (after its retries) that nobody has marked resolved.
 DEAD_LETTERS = "\nUNION ALL\n".join(
     f"""SELECT '{schema}' AS service, d.consumer, d.id, d.event_id, d.event_type, d.topic, d.attempts,
@@ -93,7 +122,8 @@ CHECK_NAMES = tuple(c.name for c in CHECKS)
 
 def snapshot_sql() -> str:
     """One statement, parameters $1 grace seconds (stray holds, feed), $2 expiry grace seconds,
-    $3 items listed per check. Rows: (name, at_risk, resolving, total, groups json, items json)."""
+    $3 items listed per check, $4 the first authorisation id the feed check looks at (`id_floor`).
+    Rows: (name, at_risk, resolving, total, groups json, items json)."""
 
     def items(source: str, order: str) -> str:
         return (
@@ -104,7 +134,7 @@ def snapshot_sql() -> str:
     return f"""
 WITH stray AS MATERIALIZED ({STRAY_HOLDS}),
      overdue AS MATERIALIZED ({OVERDUE_HOLDS}),
-     unfed AS MATERIALIZED ({FEED_MISSES}),
+     unfed AS MATERIALIZED ({feed_misses("$4")}),
      dead AS MATERIALIZED ({DEAD_LETTERS}),
      ledger AS MATERIALIZED ({LEDGER_TOTALS})
 SELECT 'stray_holds' AS name, count(*) FILTER (WHERE age_seconds >= $1) AS at_risk,
@@ -233,13 +263,14 @@ def snapshot_from_rows(
 
 
 async def read_snapshot(
-    conn: Any, *, grace: float = 60.0, expiry_grace: float = 120.0, items: int = 100
+    conn: Any, *, grace: float = 60.0, expiry_grace: float = 120.0, items: int = 100, feed_hours: float = 24.0
 ) -> RiskSnapshot:
-    """Run the one statement on an asyncpg connection."""
+    """Run the one statement on an asyncpg connection; the feed check covers the last `feed_hours`."""
     import time
 
     began, at = time.perf_counter(), time.time()
-    rows = await conn.fetch(snapshot_sql(), float(grace), float(expiry_grace), int(items))
+    since = id_floor("auth", at - feed_hours * 3600)
+    rows = await conn.fetch(snapshot_sql(), float(grace), float(expiry_grace), int(items), since)
     return snapshot_from_rows(
         [dict(r) for r in rows],
         at=at,

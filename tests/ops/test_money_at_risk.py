@@ -221,3 +221,23 @@ async def test_each_check_finds_its_items(bank: Bank, conn: Any) -> None:
     async with bank.db.transaction() as session:
         await session.execute(text("UPDATE notifications.dead_letters SET resolved_at = now()"))
     assert (await inv.read_snapshot(conn, grace=60)).check("dead_letters").ok
+
+
+async def test_one_gateway_reads_and_exports_for_all_and_another_takes_over(
+    db: Database, settings: BankSettings
+) -> None:
+    """Two gateway replicas: only the advisory lock's holder runs the timer's statement; when its
+    connection goes, the other takes the lock at its next round."""
+    first = Auditor(settings.database_url, OpsSettings(refresh_seconds=0.1))
+    second = Auditor(settings.database_url, OpsSettings(refresh_seconds=0.1))
+    try:
+        await first.refresh_round()
+        await second.refresh_round()
+        assert first.leader and not second.leader
+        assert first._risk is not None and second._risk is None  # the other read nothing
+        await first.close()
+        await second.refresh_round()
+        assert second.leader and second._risk is not None
+    finally:
+        await first.close()
+        await second.close()

@@ -23,10 +23,12 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## system-deps: Debian packages the tests and benchmarks drive (compose validation, the ops page in a
-## real browser, wrk for `make bench`)
+## real browser, promtool for the alert rules, wrk for `make bench`)
 system-deps:
-	@command -v docker-compose >/dev/null && test -x /usr/bin/chromium && command -v wrk >/dev/null || \
-	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q docker-compose chromium chromium-driver wrk; }
+	@command -v docker-compose >/dev/null && test -x /usr/bin/chromium && command -v wrk >/dev/null \
+	  && command -v promtool >/dev/null || \
+	  { $(SUDO) apt-get update -q && \
+	    $(SUDO) apt-get install -y -q docker-compose chromium chromium-driver wrk prometheus; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import ipaddress
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,17 +24,24 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.notifications.providers import http2
 from services.notifications.providers.http2 import (
     ConnectError,
     ConnectionClosed,
+    HpackDecoder,
+    HpackError,
     Http2Client,
     Http2Error,
     RequestTimeout,
     StreamReset,
     field,
     fields,
+    huffman_decode,
 )
 
 Handler = Callable[["Peer", int, dict[bytes, bytes], bytes], Awaitable[None]]
@@ -183,6 +191,82 @@ async def clients() -> AsyncIterator[Callable[..., Http2Client]]:
 
 
 # -- HPACK ------------------------------------------------------------------------------------------------
+
+
+HEADER_NAMES = st.sampled_from(
+    [b":status", b"apns-id", b"retry-after", b"content-type", b"date", b"x-a", b"x-long-name"]
+)
+HEADER_LISTS = st.lists(st.tuples(HEADER_NAMES, st.binary(max_size=300)), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    blocks=st.lists(
+        st.tuples(HEADER_LISTS, st.booleans(), st.sampled_from([None, 0, 100, 256, 4096])), max_size=12
+    )
+)
+def test_the_decoder_follows_an_independent_encoder(
+    blocks: list[tuple[list[tuple[bytes, bytes]], bool, int | None]],
+) -> None:
+    """hpack's encoder indexes and evicts, Huffman-codes or not, and changes its table size."""
+    encoder, decoder = hpack.Encoder(), HpackDecoder()
+    for headers, huffman, table_size in blocks:
+        if table_size is not None:
+            encoder.header_table_size = table_size  # signalled at the start of the next block
+        block = encoder.encode(headers, huffman=huffman)
+        assert decoder.decode(block) == [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+
+
+@given(st.binary(max_size=200))
+def test_huffman_strings_decode_to_what_was_encoded(data: bytes) -> None:
+    assert huffman_decode(HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(data)) == data
+
+
+@pytest.mark.parametrize(
+    ("block", "error"),
+    [
+        (b"\x81\x1f", None),  # 'a' (00011) padded with ones: fine
+        (b"\x81\x18", "padding"),  # padded with zeros
+        (b"\x82\x1f\xff", "padding"),  # more than 7 bits of padding
+        (b"\x84\xff\xff\xff\xfc", "EOS"),  # the EOS code itself
+    ],
+)
+def test_huffman_padding_and_eos(block: bytes, error: str | None) -> None:
+    literal = b"\x00\x01x" + block  # literal without indexing, name "x", the Huffman value under test
+    if error is None:
+        assert HpackDecoder().decode(literal) == [("x", "a")]
+    else:
+        with pytest.raises(HpackError, match=error):
+            HpackDecoder().decode(literal)
+
+
+@pytest.mark.parametrize(
+    ("block", "error"),
+    [
+        (b"\x88\x3f\xe1\x1f", "size update after a field"),
+        (b"\x3f\xe2\x1f", "over our 4096"),  # 4097
+        (b"\x80", "no table entry 0"),
+        (b"\xbe", "no table entry 62"),  # the dynamic table is empty
+        (b"\x04\x05/ab", "truncated"),
+        (b"\x04", "truncated"),
+        (b"\xff\xff\xff\xff\xff\xff\x01", "too large"),
+    ],
+)
+def test_malformed_blocks_are_hpack_errors(block: bytes, error: str) -> None:
+    with pytest.raises(HpackError, match=error):
+        HpackDecoder().decode(block)
+
+
+def test_a_table_size_update_evicts_and_an_oversized_entry_empties_the_table() -> None:
+    decoder = HpackDecoder()
+    decoder.decode(b"\x40\x01a\x01b" + b"\x40\x01c\x01d")  # two entries of 34 bytes: c (62), a (63)
+    assert decoder.decode(b"\xbe\xbf") == [("c", "d"), ("a", "b")]
+    decoder.decode(b"\x3f\x05")  # size 31 + 5 = 36: only the newest fits
+    assert decoder.decode(b"\xbe") == [("c", "d")]
+    with pytest.raises(HpackError):
+        decoder.decode(b"\xbf")
+    decoder.decode(b"\x40\x01e\x04" + b"f" * 4)  # 37 bytes > 36: the table is emptied, nothing added
+    assert decoder.table == deque()
 
 
 def test_fields_decode_with_an_independent_hpack_decoder() -> None:

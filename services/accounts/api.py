@@ -215,6 +215,7 @@ class PlaceHold(BaseModel):
     amount: int = Field(gt=0, le=10**12)
     currency: str
     expires_at: datetime | None = None
+    traceparent: str | None = Field(default=None, max_length=55)  # the hold's own trace, in a batch
 
 
 class PlaceHolds(BaseModel):
@@ -238,7 +239,7 @@ class ForcePost(BaseModel):
 
 def _placement(body: PlaceHold) -> HoldPlacement:
     request = HoldRequest(body.account_id, body.network_txn_id, body.amount, parse_currency(body.currency))
-    return HoldPlacement(request, body.expires_at)
+    return HoldPlacement(request, body.expires_at, body.traceparent)
 
 
 def internal_router(db: Database, ledger: LedgerService) -> APIRouter:

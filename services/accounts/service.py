@@ -88,6 +88,7 @@ class HoldResult:
 class HoldPlacement:
     request: HoldRequest
     expires_at: datetime | None = None
+    traceparent: str | None = None  # the authorisation's trace, which the hold's event continues
 
 
 def _repeat(hold: Hold, request: HoldRequest, account: Funds | Money | Account) -> HoldResult | BankError:
@@ -239,7 +240,7 @@ class LedgerService:
                     account_id=hold.account_id, amount=-hold.amount, currency=hold.currency,
                     balance=decision.balance, available=decision.available, hold_id=hold.id,
                     network_txn_id=hold.network_txn_id,
-                )))  # fmt: skip
+                ), traceparent=placements[i].traceparent))  # fmt: skip
         await self.outbox.emit_many(session, events)
         for i, placement in enumerate(placements):  # repeats of a placement earlier in this batch
             if answers[i] is None:

@@ -61,6 +61,7 @@ class HoldAsk:
     amount: int
     currency: str
     expires_at: datetime
+    traceparent: str | None = None  # the authorisation's request, which the hold's event continues
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +160,7 @@ class AccountsClient:
         or `AccountsRefused` for one accounts would not place (an unknown account)."""
         body = {"holds": [
             {"account_id": a.account_id, "network_txn_id": a.hold_id, "amount": a.amount,
-             "currency": a.currency, "expires_at": a.expires_at.isoformat()}
+             "currency": a.currency, "expires_at": a.expires_at.isoformat(), "traceparent": a.traceparent}
             for a in asks
         ]}  # fmt: skip
         with within(self.deadline):

@@ -69,8 +69,9 @@ from services.cards.observability import (
 )
 from services.cards.schemas import controls_of, expiry_of
 from services.cards.vault import Expiry, Vault
+from shared import tracing
 from shared.batching import NaturalBatcher
-from shared.context import current_traceparent, remaining_seconds
+from shared.context import TraceContext, current_traceparent, remaining_seconds
 from shared.db import Database, Executor, Tx
 from shared.errors import BankError
 from shared.events.outbox import Outbox, Outgoing
@@ -204,6 +205,18 @@ class Authoriser:
         return answer
 
     async def _authorise_batch(self, messages: list[Message]) -> list[dict[str, Any] | Exception]:
+        """One batch, traced under its first message's request (each event continues its own)."""
+        span = tracing.start(
+            "authorise.batch", parent=TraceContext.parse(messages[0].traceparent),
+            attributes={"bank.batch_size": len(messages)},
+        )  # fmt: skip
+        try:
+            return await self._decide_batch(messages)
+        finally:
+            if span is not None:
+                span.end()
+
+    async def _decide_batch(self, messages: list[Message]) -> list[dict[str, Any] | Exception]:
         BATCH_SIZE.observe(len(messages))
         answers: list[dict[str, Any] | Exception | None] = [None] * len(messages)
         now_monotonic = time.monotonic()
@@ -320,7 +333,7 @@ class Authoriser:
             )
         asks = [
             HoldAsk(d.card.account_id, d.message.request.network_transaction_id, d.message.request.amount,
-                    d.message.request.currency, d.expires_at)
+                    d.message.request.currency, d.expires_at, d.message.traceparent)
             for d in wanted if d.card is not None and d.expires_at is not None
         ]  # fmt: skip
         held: list[HoldAnswer | AccountsRefused | None]

@@ -158,14 +158,16 @@ def link_load(
         help="cards' network key, signed on with (default $CARDS_NETWORK_API_KEY or the dev key)",
     ),
     links: int = LINKS,
-    window: int = typer.Option(64, "--window", min=1, help="messages in flight per link (max rate)"),
+    windows: str = typer.Option(
+        "8,16,32", "--windows", help="messages in flight per link, one max-rate run each (the best counts)"
+    ),
     seconds: float = typer.Option(20.0, "--seconds", help="the max-rate run (0: none)"),
     rates: str = typer.Option("300", "--rates", help="comma-separated offered authorisations/s ('': none)"),
     rate_seconds: float = typer.Option(20.0, "--rate-seconds"),
     out: Path | None = typer.Option(None, "--out", help="write the figures as JSON here"),
 ) -> None:
     """The card path over the ISO 8583 link: the most authorisations per second it answers (closed
-    loop, --window in flight on each of --links), then open-loop latency at each of --rates (from
+    loop, each of --windows in flight on each of --links), then open-loop latency at each of --rates (from
     each message's due time). With --own-bank, also how long the rest of the bank (the feed,
     notifications, webhooks: every outbox and consumer) took to catch up after the max-rate run."""
     import json
@@ -177,7 +179,8 @@ def link_load(
     offered = [float(r) for r in rates.split(",") if r.strip()]
     doc = asyncio.run(run_link_load(
         population=population, own_bank=own_bank, customers=customers, address=iso8583_address,
-        network_key=network_key, links=links, window=window, seconds=seconds, rates=offered,
+        network_key=network_key, links=links, windows=[int(w) for w in windows.split(",") if w.strip()],
+        seconds=seconds, rates=offered,
         rate_seconds=rate_seconds, say=typer.echo,
     ))  # fmt: skip
     if out is not None:

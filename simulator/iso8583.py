@@ -478,6 +478,7 @@ class LinkLoad:
         self._seq = itertools.count(1)
         self._prefix = f"LL{random.randrange(10**6):06d}"
         self._templates = [self._template(pan, expiry, cvc) for pan, expiry, cvc in cards]
+        self._keeper: asyncio.Task[None] | None = None
 
     def _template(self, pan: str, expiry: str, cvc: str) -> tuple[bytes, dict[str, int]]:
         doc = financial_doc({
@@ -506,8 +507,23 @@ class LinkLoad:
             if (code := await asyncio.wait_for(future, 10)) != "00":
                 raise LinkDown(f"sign-on refused ({code})")
             self.links.append(link)
+        self._keeper = loop.create_task(self._echoes())
+
+    async def _echoes(self, every: float = 20.0) -> None:
+        """An 0800/301 on each link every `every` s: a link quiet between runs is not idle."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every)
+            for link in self.links:
+                if link.transport is not None and not link.transport.is_closing():
+                    stan = f"{next(self._seq) % 999_999 + 1:06d}"
+                    self.pending[stan.encode()] = loop.create_future()
+                    echo = {"t": "0800", "7": transmission_time(), "11": stan, "70": ECHO}
+                    link.transport.write(frame(echo))
 
     def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
         for link in self.links:
             if link.transport is not None:
                 link.transport.close()
@@ -523,8 +539,10 @@ class LinkLoad:
         message[at["D"] : at["D"] + 12] = b"%012d" % seq
         message[at["E"] : at["E"] + 20] = nid
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if link.transport is None or link.transport.is_closing():
+            future.set_result("link_closed")
+            return future
         self.pending[stan + nid] = future
-        assert link.transport is not None
         link.transport.write(message)
         return future
 

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.notifications.messages import (
     ELLIPSIS,
@@ -15,7 +17,7 @@ from services.notifications.messages import (
     transaction_message,
     webhook_disabled_message,
 )
-from services.notifications.providers import PAYLOAD_LIMIT, Push
+from services.notifications.providers import PAYLOAD_LIMIT, Push, apns, compact_json, fcm
 from services.notifications.providers.apns import fitted_payload
 from services.notifications.providers.fcm import fitted_body
 
@@ -221,3 +223,24 @@ def test_pot_moves() -> None:
     assert body("transaction.created", into) == "🍯 £25.00 moved into Holiday. Balance £75.00"
     out = event(kind="pot_transfer", amount=500, merchant=None, metadata={}, account_balance=8000)
     assert body("transaction.created", out) == "🍯 £5.00 moved out of your pot. Balance £80.00"
+
+
+DATA = st.dictionaries(
+    st.one_of(st.sampled_from(["aps", "push_id", "account_id", "url"]), st.text(max_size=10)),
+    st.one_of(st.text(max_size=20), st.integers()),
+    max_size=4,
+)
+
+
+@given(title=st.text(max_size=40), body=st.text(max_size=80), token=st.text(max_size=20), data=DATA)
+def test_provider_bodies_are_the_documents_as_compact_json(
+    title: str, body: str, token: str, data: dict[str, Any]
+) -> None:
+    """The adapters render with string templates; byte for byte what json.dumps makes of the documents
+    (including data that a template cannot take: non-string values, a key of the template's own)."""
+    push = Push("6f1d4c1e-0000-4000-8000-000000000001", token, title, body, data)
+    alert = {"title": title, "body": body} if title else {"body": body}
+    assert apns.payload(push, title, body) == compact_json(
+        {"aps": {"alert": alert, "sound": "default"}, **data}
+    )
+    assert fcm.render(push, title, body, 60) == compact_json(fcm.message(push, title, body, 60))

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from json.encoder import encode_basestring as json_string  # what json.dumps(ensure_ascii=False) uses
 from typing import Any, Literal, Protocol
 
 # Both providers refuse a payload over 4 KiB (APNs: the JSON body; FCM: the message).
@@ -48,6 +49,17 @@ class Provider(Protocol):
 
 def compact_json(doc: Any) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def plain_data(data: dict[str, str], *reserved: str) -> bool:
+    """Whether a push's data can be rendered by the adapters' string templates: string values only, and
+    none of the keys the template writes itself (else they render it with `compact_json`)."""
+    return all(type(v) is str for v in data.values()) and not any(k in data for k in reserved)
+
+
+def json_members(data: dict[str, str]) -> str:
+    """`,"k":"v"` for each item: the members of a JSON object, as compact_json writes them."""
+    return "".join([f",{json_string(k)}:{json_string(v)}" for k, v in data.items()])
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:

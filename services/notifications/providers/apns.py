@@ -31,6 +31,9 @@ from services.notifications.providers import (
     Push,
     SendResult,
     compact_json,
+    json_members,
+    json_string,
+    plain_data,
     retry_after_seconds,
 )
 from services.notifications.providers.http2 import Http2Client, Http2Error, Response, field, fields
@@ -78,12 +81,20 @@ class ProviderToken:
 
 
 def payload(push: Push, title: str, body: str) -> bytes:
-    alert = {"title": title, "body": body} if title else {"body": body}
-    return compact_json({"aps": {"alert": alert, "sound": "default"}, **push.data})
+    """`{"aps":{"alert":{"title":…,"body":…},"sound":"default"},…data}`, compact, UTF-8."""
+    if not plain_data(push.data, "aps"):
+        alert = {"title": title, "body": body} if title else {"body": body}
+        return compact_json({"aps": {"alert": alert, "sound": "default"}, **push.data})
+    alert_json = f'"title":{json_string(title)},"body":' if title else '"body":'
+    members = json_members(push.data)
+    return f'{{"aps":{{"alert":{{{alert_json}{json_string(body)}}},"sound":"default"}}{members}}}'.encode()
 
 
 def fitted_payload(push: Push) -> bytes:
     """The JSON body, its alert text shortened if needed so it never exceeds Apple's 4 KiB."""
+    whole = payload(push, push.title, push.body)
+    if len(whole) <= PAYLOAD_LIMIT:
+        return whole
     title, body = fit(push.title, push.body, lambda t, b: payload(push, t, b), PAYLOAD_LIMIT)
     return payload(push, title, body)
 

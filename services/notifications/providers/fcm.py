@@ -35,6 +35,9 @@ from services.notifications.providers import (
     Push,
     SendResult,
     compact_json,
+    json_members,
+    json_string,
+    plain_data,
     retry_after_seconds,
 )
 from services.notifications.providers.http2 import Http2Client, Http2Error, Response, field
@@ -153,14 +156,27 @@ def message(push: Push, title: str, body: str, ttl_seconds: int) -> dict[str, An
     }
 
 
+def render(push: Push, title: str, body: str, ttl_seconds: int) -> bytes:
+    """`message(…)` as compact JSON, UTF-8."""
+    if not plain_data(push.data, "push_id"):
+        return compact_json(message(push, title, body, ttl_seconds))
+    token, push_id = json_string(push.token), json_string(push.push_id)
+    return (
+        f'{{"message":{{"token":{token},"notification":{{"title":{json_string(title)},'
+        f'"body":{json_string(body)}}},"data":{{"push_id":{push_id}{json_members(push.data)}}},'
+        f'"android":{{"priority":"high","ttl":"{ttl_seconds}s","collapse_key":{push_id},'
+        f'"notification":{{"tag":{push_id}}}}},'
+        f'"apns":{{"headers":{{"apns-priority":"10","apns-collapse-id":{push_id}}}}}}}}}'
+    ).encode()
+
+
 def fitted_body(push: Push, ttl_seconds: int = 24 * 3600) -> bytes:
     """The request body, its notification text shortened if needed so it never exceeds 4 KiB."""
-
-    def render(t: str, b: str) -> bytes:
-        return compact_json(message(push, t, b, ttl_seconds))
-
-    title, body = fit(push.title, push.body, render, PAYLOAD_LIMIT)
-    return render(title, body)
+    whole = render(push, push.title, push.body, ttl_seconds)
+    if len(whole) <= PAYLOAD_LIMIT:
+        return whole
+    title, body = fit(push.title, push.body, lambda t, b: render(push, t, b, ttl_seconds), PAYLOAD_LIMIT)
+    return render(push, title, body, ttl_seconds)
 
 
 def _error(resp: Response) -> tuple[str, str]:

@@ -9,10 +9,14 @@ the same apns-id / collapse id, so the phone shows each push once even if the fi
 the provider (decision 0012). A batch costs four database round trips (begin, claim, record, commit)
 however many pushes it holds, on a plain asyncpg connection (`Database.fast_transaction`).
 
-Outcomes: sent; retry later (429, 5xx, network: exponential backoff from `retry_base_seconds`, or the
-provider's Retry-After, capped; `failed` after `max_attempts`); invalid token (the device is deactivated
-at once and everything still queued for it dropped; never retried); failed (a request the provider will
-never accept, or a bug in rendering it: logged, not retried).
+Outcomes: sent; retry later (429, 5xx, network, or a push the adapter could not render or classify, a
+bug, logged: exponential backoff from `retry_base_seconds`, or the provider's Retry-After, capped;
+`failed` after `max_attempts`); invalid token (the device is deactivated at once and everything still
+queued for it dropped; never retried); failed (a request the provider will never accept: logged, not
+retried).
+
+Each provider gets the batch's pushes for it at once (`send_many`): their streams are opened and
+written in one turn of the event loop, one write for all, with no task per push.
 
 Workers are woken in-process when a transaction that queued deliveries commits (`wake`); one idle worker
 takes each wake-up, and a worker that claimed a full batch wakes another to help. Other replicas, and
@@ -58,13 +62,14 @@ class Sender:
         delay = self.settings.retry_base_seconds * 2 ** max(0, attempts - 1)
         return min(delay, self.settings.retry_max_seconds)
 
-    async def _send(self, provider: Provider, push: Push) -> SendResult:
-        try:
-            return await provider.send(push)
-        except Exception as exc:  # must not hold up (or re-send) the rest of the batch
-            log.exception("push %s could not be sent; it will be tried again", push.push_id)
+    async def _send(self, provider: Provider, rows: list[repository.Claimed]) -> list[SendResult]:
+        pushes = [Push(r.push_id, r.token, r.title, r.body, dict(r.data)) for r in rows]
+        try:  # the adapter isolates a push it cannot render; anything else must not lose the batch
+            return await provider.send_many(pushes)
+        except Exception as exc:
+            log.exception("%d push(es) could not be sent; they will be tried again", len(pushes))
             # Retried with backoff, up to max_attempts: an unexpected error is not proof the push is bad.
-            return SendResult("retry", None, f"{type(exc).__name__}: {exc}")
+            return [SendResult("retry", None, f"{type(exc).__name__}: {exc}")] * len(pushes)
 
     async def send_batch(self) -> int:
         """Claim and send up to `send_batch_size` due deliveries; how many were claimed (0: none due)."""
@@ -75,26 +80,24 @@ class Sender:
             if len(rows) == self.settings.send_batch_size:
                 self.wake()  # maybe more are due: let another worker start on them meanwhile
             outcomes: list[repository.Outcome] = []
-            sends: list[tuple[repository.Claimed, Provider]] = []
+            sends: dict[str, list[repository.Claimed]] = {}  # platform -> its rows
             for row in rows:
-                provider = self.providers.get(row.platform)
                 if not row.active:
                     outcomes.append(repository.Outcome(row.id, "dropped", error="device deactivated"))
-                elif provider is None:
+                elif row.platform not in self.providers:
                     missing = f"no provider for {row.platform}"
                     outcomes.append(repository.Outcome(row.id, "failed", error=missing))
                 else:
-                    sends.append((row, provider))
-            results = await asyncio.gather(
-                *(self._send(p, Push(r.push_id, r.token, r.title, r.body, dict(r.data))) for r, p in sends)
-            )
+                    sends.setdefault(row.platform, []).append(row)
+            results = await asyncio.gather(*(self._send(self.providers[p], rs) for p, rs in sends.items()))
             now = datetime.now(UTC)
             dead: dict[str, str] = {}
-            for (row, _), result in zip(sends, results, strict=True):
-                outcomes.append(self._outcome(row, result, now))
-                if result.outcome == "invalid_token":
-                    dead[row.device_id] = result.reason
-                    DEVICES_DEACTIVATED.labels(row.platform).inc()
+            for group, group_results in zip(sends.values(), results, strict=True):
+                for row, result in zip(group, group_results, strict=True):
+                    outcomes.append(self._outcome(row, result, now))
+                    if result.outcome == "invalid_token":
+                        dead[row.device_id] = result.reason
+                        DEVICES_DEACTIVATED.labels(row.platform).inc()
             await repository.record_outcomes(tx, outcomes)
             await repository.deactivate_devices(tx, dead)
         return len(rows)

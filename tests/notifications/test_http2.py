@@ -314,6 +314,52 @@ async def test_many_requests_share_one_connection_within_the_servers_stream_limi
     assert len(server.peers) == 1 and most <= 3 and not server.errors
 
 
+async def test_a_batch_sends_what_it_can_at_once_and_the_rest_as_slots_free(serve: Any, clients: Any) -> None:
+    async def echo(peer: Peer, stream_id: int, headers: dict[bytes, bytes], body: bytes) -> None:
+        await asyncio.sleep(0.01)
+        await peer.respond(stream_id, 200, body=body)
+
+    server = await serve(echo, settings={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 3})
+    client = clients(server.url)
+    await client.request("/p")  # connected: the batch starts on the open connection
+    answers = await client.request_many([("/p", b"", b"%d" % i) for i in range(20)])
+    assert [a.content for a in answers if isinstance(a, http2.Response)] == [b"%d" % i for i in range(20)]
+    assert len(server.peers) == 1 and not server.errors
+
+
+async def test_a_cancelled_batch_resets_its_streams(serve: Any, clients: Any) -> None:
+    async def never(peer: Peer, stream_id: int, headers: dict[bytes, bytes], body: bytes) -> None:
+        pass
+
+    server = await serve(never)
+    client = clients(server.url)
+    first = asyncio.ensure_future(client.request("/p"))  # connects (the slow path)
+    await asyncio.sleep(0.1)
+    batch = asyncio.ensure_future(client.request_many([("/p", b"", b"x")] * 3))  # started at once
+    await asyncio.sleep(0.1)
+    first.cancel()
+    batch.cancel()
+    await asyncio.gather(first, batch, return_exceptions=True)
+    await asyncio.sleep(0.1)
+    resets = sorted(e.stream_id for e in server.events if isinstance(e, h2.events.StreamReset))
+    assert resets == [1, 3, 5, 7] and not server.errors
+
+
+async def test_each_stream_of_a_batch_has_the_deadline(serve: Any, clients: Any) -> None:
+    async def odd_only(peer: Peer, stream_id: int, headers: dict[bytes, bytes], body: bytes) -> None:
+        if body != b"silent":
+            await ok(peer, stream_id, headers, body)
+
+    server = await serve(odd_only)
+    client = clients(server.url, timeout=0.5)
+    await client.request("/p")
+    answers = await client.request_many([("/p", b"", b"a"), ("/p", b"", b"silent"), ("/p", b"", b"b")])
+    assert [type(a).__name__ for a in answers] == ["Response", "RequestTimeout", "Response"]
+    await asyncio.sleep(0.1)
+    assert [e.stream_id for e in server.events if isinstance(e, h2.events.StreamReset)] == [5]
+    assert (await client.request("/p")).status_code == 200
+
+
 async def test_request_bodies_wait_for_the_servers_flow_control_window(serve: Any, clients: Any) -> None:
     window = h2.settings.SettingCodes.INITIAL_WINDOW_SIZE
     server = await serve(settings={window: 100, h2.settings.SettingCodes.MAX_FRAME_SIZE: 16_384})

@@ -166,6 +166,16 @@ async def test_apns_unreachable_is_retried() -> None:
     assert result.outcome == "retry" and result.status is None
 
 
+async def test_a_push_that_cannot_be_rendered_fails_alone(
+    fake: FakeServer, apns: ApnsProvider, fcm: FcmProvider
+) -> None:
+    for provider, make in ((apns, push), (fcm, fcm_push)):
+        good, bad = make(), make(body="\ud800 a lone surrogate")  # not UTF-8: rendering raises
+        results = await provider.send_many([good, bad, good])
+        assert [r.outcome for r in results] == ["sent", "retry", "sent"]
+        assert results[1].reason.startswith("UnicodeEncodeError")
+
+
 async def test_apns_payload_never_exceeds_the_limit(fake: FakeServer, apns: ApnsProvider) -> None:
     p = push(body="☕ " * 10_000)
     assert (await apns.send(p)).outcome == "sent"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import quote
 
 import jwt
@@ -31,12 +31,13 @@ from services.notifications.providers import (
     Push,
     SendResult,
     compact_json,
+    exchange_all,
     json_members,
     json_string,
     plain_data,
     retry_after_seconds,
 )
-from services.notifications.providers.http2 import Http2Client, Http2Error, Response, field, fields
+from services.notifications.providers.http2 import Http2Client, Response, field, fields
 
 # Apple's reasons that mean this device token will never work again: deactivate, never retry.
 DEAD_TOKEN_REASONS = frozenset({"BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic", "ExpiredToken"})
@@ -136,22 +137,18 @@ class ApnsProvider:
         return self._authorization[1]
 
     async def send(self, push: Push) -> SendResult:
-        push_id = push.push_id.encode()
+        return (await self.send_many([push]))[0]
+
+    async def send_many(self, pushes: Sequence[Push]) -> list[SendResult]:
         expiration = int(time.time()) + self.expiration_seconds if self.expiration_seconds else 0
-        headers = (
-            self.authorization()
-            + self._fixed
-            + field(b"apns-expiration", str(expiration).encode())
-            + field(b"apns-id", push_id)
-            + field(b"apns-collapse-id", push_id)
-        )
-        try:
-            resp = await self.client.request(
-                f"/3/device/{quote(push.token, safe='')}", headers, fitted_payload(push)
-            )
-        except Http2Error as exc:
-            return SendResult("retry", None, f"{type(exc).__name__}: {exc}")
-        return self.classify(resp)
+        common = self.authorization() + self._fixed + field(b"apns-expiration", str(expiration).encode())
+
+        def request(push: Push) -> tuple[str, bytes, bytes]:
+            push_id = push.push_id.encode()
+            headers = common + field(b"apns-id", push_id) + field(b"apns-collapse-id", push_id)
+            return f"/3/device/{quote(push.token, safe='')}", headers, fitted_payload(push)
+
+        return await exchange_all(self.client, pushes, request, self.classify)
 
     def classify(self, resp: Response) -> SendResult:
         status = resp.status_code

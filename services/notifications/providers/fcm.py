@@ -20,7 +20,7 @@ import functools
 import json
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -35,12 +35,13 @@ from services.notifications.providers import (
     Push,
     SendResult,
     compact_json,
+    exchange_all,
     json_members,
     json_string,
     plain_data,
     retry_after_seconds,
 )
-from services.notifications.providers.http2 import Http2Client, Http2Error, Response, field
+from services.notifications.providers.http2 import Http2Client, Response, field
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -219,18 +220,21 @@ class FcmProvider:
             await self.tokens.aclose()
 
     async def send(self, push: Push) -> SendResult:
+        return (await self.send_many([push]))[0]
+
+    async def send_many(self, pushes: Sequence[Push]) -> list[SendResult]:
         try:
             bearer = await self.tokens.token()
         except (httpx.HTTPError, KeyError, ValueError) as exc:
-            return SendResult("retry", None, f"no OAuth2 token: {type(exc).__name__}: {exc}")
+            return [SendResult("retry", None, f"no OAuth2 token: {type(exc).__name__}: {exc}")] * len(pushes)
         if bearer != self._authorization[0]:
             self._authorization = (bearer, field(b"authorization", f"Bearer {bearer}".encode()))
         headers = self._authorization[1] + self._content_type
-        try:
-            resp = await self.client.request(self.path, headers, fitted_body(push, self.ttl_seconds))
-        except Http2Error as exc:
-            return SendResult("retry", None, f"{type(exc).__name__}: {exc}")
-        return self.classify(resp)
+
+        def request(push: Push) -> tuple[str, bytes, bytes]:
+            return self.path, headers, fitted_body(push, self.ttl_seconds)
+
+        return await exchange_all(self.client, pushes, request, self.classify)
 
     def classify(self, resp: Response) -> SendResult:
         status = resp.status_code

@@ -35,7 +35,7 @@ import asyncio
 import json
 import ssl
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -344,12 +344,15 @@ class Response:
 
 
 class _Stream:
-    __slots__ = ("body", "future", "headers", "id", "received", "send_window", "status")
+    __slots__ = ("body", "deadline", "future", "headers", "id", "received", "send_window", "status")
 
-    def __init__(self, stream_id: int, send_window: int, future: asyncio.Future[Response]) -> None:
+    def __init__(
+        self, stream_id: int, send_window: int, future: asyncio.Future[Response], deadline: float
+    ) -> None:
         self.id = stream_id
         self.send_window = send_window
         self.future = future
+        self.deadline = deadline  # loop time: no whole answer by then, the stream is cancelled
         self.status = 0
         self.headers: dict[str, str] = {}
         self.body = bytearray()
@@ -388,6 +391,7 @@ class _Connection(asyncio.Protocol):
         self.goaway = False
         self.changed = asyncio.Event()  # a stream slot, flow-control window or write buffer freed
         self.paused = False
+        self.timer: asyncio.TimerHandle | None = None  # at the earliest deadline of the open streams
 
     # -- state -------------------------------------------------------------------------------------------
 
@@ -632,7 +636,19 @@ class _Connection(asyncio.Protocol):
             self._write(self._frame(RST_STREAM, 0, stream_id, code.to_bytes(4)))
             self._finish(stream_id, error)
 
+    def _expire(self) -> None:
+        """Cancel the streams past their deadline (RST_STREAM), and wait for the next one."""
+        self.timer = None
+        now = self.loop.time()
+        for stream_id in [i for i, s in self.streams.items() if s.deadline <= now]:
+            self._reset(stream_id, CANCEL, RequestTimeout("no answer in time"))
+        if self.streams and self.failure is None:
+            self.timer = self.loop.call_at(min(s.deadline for s in self.streams.values()), self._expire)
+
     def _fail(self, error: Exception) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.failure is None:
             self.failure = error
         for stream_id in list(self.streams):
@@ -668,41 +684,76 @@ class _Connection(asyncio.Protocol):
             self.transport.write(bytes(self.outbox))
         self.outbox.clear()
 
-    async def exchange(self, path: bytes, header_fields: bytes, body: bytes) -> Response:
-        """Send one request on a new stream and wait for its whole answer."""
-        while self.usable and (len(self.streams) >= self.max_streams or self.paused):
-            await self._changed()
-        if not self.usable:
-            raise _Unusable
+    def start(self, path: bytes, header_fields: bytes, body: bytes, deadline: float) -> _Stream | None:
+        """Open a stream and send the whole request now if nothing has to wait (a free stream slot, the
+        body within the flow-control windows); else None, and nothing was sent."""
+        if (
+            len(self.streams) >= self.max_streams
+            or len(body) > self.send_window
+            or len(body) > self.initial_window
+            or self.paused
+            or not self.usable
+        ):
+            return None
+        stream = self._open(path, header_fields, body, deadline)
+        self._send_body(stream, body, 0)
+        return stream
+
+    def _open(self, path: bytes, header_fields: bytes, body: bytes, deadline: float) -> _Stream:
+        """A new stream, and its HEADERS."""
         stream_id, self.next_id = self.next_id, self.next_id + 2
-        stream = _Stream(stream_id, self.initial_window, self.loop.create_future())
+        stream = _Stream(stream_id, self.initial_window, self.loop.create_future(), deadline)
         self.streams[stream_id] = stream
+        if self.timer is None or deadline < self.timer.when():
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._expire)
         block = (
             self.request_head
             + field(b":path", path)
             + header_fields
             + field(b"content-length", str(len(body)).encode())
         )
+        self._send_headers(stream_id, block, end_stream=not body)
+        return stream
+
+    def _send_body(self, stream: _Stream, body: bytes, sent: int) -> int:
+        """DATA frames for the body from `sent` on, as far as the windows allow now; how far it got."""
+        while sent < len(body):
+            size = min(len(body) - sent, stream.send_window, self.send_window, self.max_frame)
+            if size <= 0:
+                break
+            stream.send_window -= size
+            self.send_window -= size
+            sent += size
+            last = END_STREAM if sent == len(body) else 0
+            self._write(
+                self._frame(DATA, last, stream.id, body[sent - size : sent] if size < len(body) else body)
+            )
+        return sent
+
+    async def exchange(self, path: bytes, header_fields: bytes, body: bytes, deadline: float) -> Response:
+        """Send one request on a new stream, waiting for a slot and the windows as needed, and wait for its
+        whole answer."""
+        while self.usable and (len(self.streams) >= self.max_streams or self.paused):
+            await self._changed()
+        if not self.usable:
+            raise _Unusable
+        stream = self._open(path, header_fields, body, deadline)
         try:
-            self._send_headers(stream_id, block, end_stream=not body)
-            sent = 0
-            while sent < len(body):
-                size = min(len(body) - sent, stream.send_window, self.send_window, self.max_frame)
-                if size <= 0:
-                    await self._changed()
-                    if stream.future.done():
-                        break  # answered (or failed) before the whole body went out
-                    continue
-                stream.send_window -= size
-                self.send_window -= size
-                sent += size
-                chunk = body[sent - size : sent]
-                self._write(self._frame(DATA, END_STREAM if sent == len(body) else 0, stream_id, chunk))
+            sent = self._send_body(stream, body, 0)
+            while sent < len(body) and not stream.future.done():  # else answered before the whole body
+                await self._changed()
+                if not stream.future.done():
+                    sent = self._send_body(stream, body, sent)
             return await stream.future
         except BaseException:  # cancelled or timed out: tell the server we no longer want it
-            if stream_id in self.streams and self.failure is None:
-                self._reset(stream_id, CANCEL, ConnectionClosed("cancelled"))
+            self.cancel(stream)
             raise
+
+    def cancel(self, stream: _Stream) -> None:
+        if stream.id in self.streams and self.failure is None:
+            self._reset(stream.id, CANCEL, ConnectionClosed("cancelled"))
 
     def _send_headers(self, stream_id: int, block: bytes, *, end_stream: bool) -> None:
         flags = END_STREAM if end_stream else 0
@@ -750,15 +801,47 @@ class Http2Client:
         """POST `body` to `path` with these HPACK-encoded header fields (`field`, `fields`); the answer.
 
         Raises Http2Error when there is none (it may or may not have reached the server)."""
-        raw_path = (self.prefix + path).encode()
+        [answer] = await self.request_many([(path, header_fields, body)])
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    async def request_many(
+        self, requests: Sequence[tuple[str, bytes, bytes]]
+    ) -> list[Response | BaseException]:
+        """Each (path, header fields, body) POSTed, concurrently; each one's answer, or the Http2Error
+        that left it without one. The requests that need not wait are all sent in this turn of the event
+        loop and cost no task each."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        connection = self._connection
+        waits: list[asyncio.Future[Response]] = []
+        started: list[tuple[_Connection, _Stream]] = []
+        for path, header_fields, body in requests:
+            raw_path = (self.prefix + path).encode()
+            stream = connection.start(raw_path, header_fields, body, deadline) if connection else None
+            if stream is not None:
+                assert connection is not None
+                started.append((connection, stream))
+                waits.append(stream.future)
+            else:  # connect, or wait for a stream slot or the windows
+                waits.append(asyncio.ensure_future(self._request(raw_path, header_fields, body, deadline)))
         try:
-            async with asyncio.timeout(self.timeout):
+            return await asyncio.gather(*waits, return_exceptions=True)
+        except BaseException:  # cancelled: the server need not answer (the slow ones cancel their own)
+            for on, stream in started:
+                on.cancel(stream)
+            raise
+
+    async def _request(self, raw_path: bytes, header_fields: bytes, body: bytes, deadline: float) -> Response:
+        try:
+            async with asyncio.timeout_at(deadline):
                 while True:
                     connection = self._connection
                     if connection is None or not connection.usable:
                         connection = await self._connect()
                     try:
-                        return await connection.exchange(raw_path, header_fields, body)
+                        return await connection.exchange(raw_path, header_fields, body, deadline)
                     except _Unusable:
                         continue  # nothing sent on it: take the next connection
         except TimeoutError as exc:

@@ -99,6 +99,8 @@ class FakeProvider:
         self.quiet = quiet
         self._seq = itertools.count(1)
         self.changed = asyncio.Event()
+        # Provider tokens already parsed: a client reuses one for up to an hour (Apple keeps them too).
+        self._provider_tokens: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     # -- scripting -----------------------------------------------------------------------------------
 
@@ -123,10 +125,10 @@ class FakeProvider:
         http_version = str(request.scope.get("http_version", ""))
         if http_version != "2":
             return self._apns_error(400, "BadRequestHTTPVersion", "")  # APNs speaks HTTP/2 only
-        error = self._apns_check(request, token, raw)
-        if error:
-            return self._apns_error(*error, token)
-        doc = json.loads(raw)
+        checked = self._apns_check(request, token, raw)
+        if isinstance(checked, tuple):
+            return self._apns_error(*checked, token)
+        doc = checked
         alert = (doc.get("aps") or {}).get("alert") or {}
         if isinstance(alert, str):
             alert = {"body": alert}
@@ -136,34 +138,47 @@ class FakeProvider:
         answer = self._next_answer(token)
         return await self._answer(record, answer, self._apns_response(answer, push_id))
 
-    def _apns_check(self, request: Request, token: str, raw: bytes) -> tuple[int, str] | None:
-        auth = request.headers.get("authorization", "")
+    def _provider_token(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The provider token's (header, claims), unverified; parsed once per token."""
+        parsed = self._provider_tokens.get(token)
+        if parsed is None:
+            parsed = jwt.get_unverified_header(token), jwt.decode(token, options={"verify_signature": False})
+            if len(self._provider_tokens) >= 1000:
+                self._provider_tokens.clear()
+            self._provider_tokens[token] = parsed
+        return parsed
+
+    def _apns_check(self, request: Request, token: str, raw: bytes) -> tuple[int, str] | dict[str, Any]:
+        """The error Apple would answer, as (status, reason); else the payload, parsed."""
+        headers = request.headers
+        auth = headers.get("authorization", "")
         if not auth.lower().startswith("bearer "):
             return 403, "MissingProviderToken"
         try:
-            header = jwt.get_unverified_header(auth[7:])
-            claims = jwt.decode(auth[7:], options={"verify_signature": False})
+            header, claims = self._provider_token(auth[7:])
         except jwt.PyJWTError:
             return 403, "InvalidProviderToken"
         if header.get("alg") != "ES256" or not header.get("kid") or not claims.get("iss"):
             return 403, "InvalidProviderToken"
         if time.time() - float(claims.get("iat", 0)) > 3600:
             return 403, "ExpiredProviderToken"
-        if not request.headers.get("apns-topic"):
+        if not headers.get("apns-topic"):
             return 400, "MissingTopic"
-        if request.headers.get("apns-push-type") not in ("alert", "background", "voip", "liveactivity"):
+        if headers.get("apns-push-type") not in ("alert", "background", "voip", "liveactivity"):
             return 400, "InvalidPushType"
         if len(raw) > PAYLOAD_LIMIT:
             return 413, "PayloadTooLarge"
         if not raw:
             return 400, "PayloadEmpty"
         try:
-            json.loads(raw)
+            doc = json.loads(raw)
         except ValueError:
+            return 400, "BadPayload"
+        if not isinstance(doc, dict):
             return 400, "BadPayload"
         if not HEX_TOKEN.match(token):
             return 400, "BadDeviceToken"
-        return None
+        return doc
 
     @staticmethod
     def _apns_error(status: int, reason: str, token: str, retry_after: float | None = None) -> Response:
@@ -360,6 +375,11 @@ def hypercorn_config(host: str, port: int) -> Any:
     # Hypercorn closes a connection after 1,000 requests by default; APNs keeps one open for as long
     # as it is used. The GOAWAY would fail every stream in flight on it (httpcore: WriteError).
     config.keep_alive_max_requests = 2**31
+    # As APNs: up to 1,000 streams at once on a connection (Hypercorn's default is 100), and no date or
+    # server header on its answers (each one more header to encode here and decode in the client).
+    config.h2_max_concurrent_streams = 1000
+    config.include_date_header = False
+    config.include_server_header = False
     return config
 
 
@@ -415,7 +435,12 @@ def main(argv: list[str] | None = None) -> None:
         log.info("fake APNs/FCM on http://%s:%d (pushes at /)", args.host, args.port)
         await serve(FakeProvider().app(), hypercorn_config(args.host, args.port), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
-    asyncio.run(run())
+    try:  # the services' event loop (uvicorn's where installed): less of the fake's CPU is the loop's
+        import uvloop
+    except ImportError:
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
 
 
 if __name__ == "__main__":

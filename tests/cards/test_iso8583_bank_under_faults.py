@@ -15,7 +15,8 @@ from bank.faults import dump, run_bank_test
 
 
 async def test_money_survives_kills_a_database_restart_and_a_slow_ledger_on_the_link(tmp_path: Path) -> None:
-    doc = await run_bank_test(tmp_path / "bank", seconds=60, rate=8, customers=12, kill_every=6, wire="iso8583")
+    folder = tmp_path / "bank"
+    doc = await run_bank_test(folder, seconds=60, rate=8, customers=12, kill_every=6, wire="iso8583")
     out = Path(os.environ.get("BANK_TEST_REPORTS", tempfile.gettempdir())) / "bank-test-iso8583.json"
     out.write_text(dump(doc))
     faults, checker = doc["faults"], doc["checker"]

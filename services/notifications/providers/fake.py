@@ -40,12 +40,15 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.notifications.providers import PAYLOAD_LIMIT
 
 log = logging.getLogger("services.notifications.fake")
 
 HEX_TOKEN = re.compile(r"^[0-9a-fA-F]{32,200}$")
+APNS_PATH = re.compile(r"^/3/device/([^/]+)$")  # as the Starlette routes below match them
+FCM_PATH = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
 FCM_STATUS = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -348,7 +351,27 @@ class FakeProvider:
         )
         return HTMLResponse(doc)
 
-    def app(self) -> Starlette:
+    def app(self) -> ASGIApp:
+        """The push endpoints straight to their handlers (the hot path: no routing table, no middleware),
+        everything else through Starlette (which also answers 405 to other methods on those paths)."""
+        starlette = self._starlette()
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["method"] == "POST":
+                path = scope["path"]
+                if match := APNS_PATH.match(path):
+                    handler, scope["path_params"] = self.apns, {"token": match[1]}
+                elif match := FCM_PATH.match(path):
+                    handler, scope["path_params"] = self.fcm, {"project": match[1]}
+                else:
+                    return await starlette(scope, receive, send)
+                response = await handler(Request(scope, receive))
+                return await response(scope, receive, send)
+            return await starlette(scope, receive, send)
+
+        return app
+
+    def _starlette(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/3/device/{token}", self.apns, methods=["POST"]),

@@ -39,12 +39,14 @@ lint: $(STAMP)
 ## bare baseline in the same run and their ratio, then the whole bank (pushes to every customer's device,
 ## webhooks on one account in ten: sustained rate until everything caught up, open-loop latency), the
 ## step test past capacity (bench/openloop.c, compiled with cc: goodput and approved p99 at 0.5x-10x,
-## plotted), then the standard set (simulator, baseline); results under bench/results/
+## plotted), the card path and the whole bank over the ISO 8583 link (bank sim link-load), then the
+## standard set (simulator, baseline); results under bench/results/
 bench: $(STAMP)
 	@command -v wrk >/dev/null || $(MAKE) system-deps
 	$(BIN)/python -m bench.cards --via-gateway --wrk --seconds 20 --cards 10000 --rates '' --profile-seconds 0
 	$(BIN)/python -m bench.whole_bank
 	$(BIN)/python -m bench.overload
+	$(BIN)/bank sim link-load --own-bank -n 500 --seconds 10 --windows 8,16,24 --rates 300 --rate-seconds 20
 	$(BIN)/python -m bench.standard
 
 ## soak: the bank test for 30 minutes (kills, a PostgreSQL restart, slow accounts), then the checker

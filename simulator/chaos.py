@@ -109,13 +109,15 @@ async def _cut_links(wire: Wire | None, seconds: float) -> list[int]:
         await asyncio.sleep(2.0)
 
 
-FLOOD_RATE = 1500.0  # authorisations/s offered by the `overload` flood
+FLOOD_RATE = 1500.0  # authorisations/s the `overload` flood offers by default
 FLOOD_TIMEOUT = 2.0  # the network's: an answer later than this is no answer
 
 
-async def _flood(cfg: RunConfig, customers: Sequence[Customer], seconds: float) -> dict[str, Any]:
-    """Authorisations of one penny, open loop at FLOOD_RATE for `seconds`, each sent once; then a
-    full reversal of each one approved. Answers counted by code (a refusal by its typed code)."""
+async def _flood(
+    cfg: RunConfig, customers: Sequence[Customer], seconds: float, rate: float = FLOOD_RATE
+) -> dict[str, Any]:
+    """Authorisations of one penny, open loop at `rate` for `seconds`, each sent once; then a full
+    reversal of each one approved. Answers counted by code (a refusal by its typed code)."""
     pool = Pool(cfg.base_url, {"x-network-key": cfg.network_key}, size=512)
     codes: Counter[str] = Counter()
     reversals: Counter[str] = Counter()
@@ -152,7 +154,7 @@ async def _flood(cfg: RunConfig, customers: Sequence[Customer], seconds: float) 
     began, sent, tasks = loop.time(), 0, []
     try:
         while (elapsed := loop.time() - began) < seconds:
-            due = int(elapsed * FLOOD_RATE) - sent
+            due = int(elapsed * rate) - sent
             for _ in range(due):
                 tasks.append(asyncio.create_task(authorise(sent)))
                 sent += 1
@@ -167,7 +169,7 @@ async def _flood(cfg: RunConfig, customers: Sequence[Customer], seconds: float) 
                 await asyncio.sleep(0.1)
     finally:
         pool.close()
-    return {"sent": sent, "offered_per_s": FLOOD_RATE, "codes": dict(codes), "approved": len(approved),
+    return {"sent": sent, "offered_per_s": rate, "codes": dict(codes), "approved": len(approved),
             "reversal_codes": dict(reversals)}  # fmt: skip
 
 
@@ -251,6 +253,7 @@ async def run_chaos(
     fault_seconds: float | None = None,
     folder: Path | None = None,
     say: Callable[[str], None] = print,
+    flood_rate: float = FLOOD_RATE,
 ) -> RunResult:
     """Start a bank, run `cfg` (normally `day`) with the fault injected, reconcile, verify the ledger."""
     if scenario not in SCENARIOS:
@@ -270,7 +273,7 @@ async def run_chaos(
             population = await population_for(run_cfg, say)
 
             async def flood(seconds: float) -> dict[str, Any]:
-                return await _flood(run_cfg, population.customers, seconds)
+                return await _flood(run_cfg, population.customers, seconds, flood_rate)
 
             during = fault(cluster, scenario, fault_at, seconds, wire, flood)
             result = await run_scenario(run_cfg, population, during=during, say=say, wire=wire)

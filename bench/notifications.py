@@ -23,6 +23,12 @@ With one device per customer an event is one push. `--spy DIR` samples the notif
 fake with py-spy over the open loop (`--format raw`, DIR/<process>-<transport>.spy.txt).
 
 Figures go to stdout and bench/results/notifications-<transport>.json. Nothing is asserted.
+
+    .venv/bin/python -m bench.notifications --sender-only [--batch 18] [--users 4000] [--rounds 3]
+
+The send path alone: `--users` due deliveries (one per device, APNs and FCM alternately) inserted with
+SQL, then drained by `Sender.send_batch` (batches of `--batch`, one at a time) in this process on
+uvloop, against the fake in its own process; CPU per push of this process and of the fake, per round.
 """
 
 from __future__ import annotations
@@ -376,6 +382,86 @@ def postgres(folder: Path) -> Iterator[EmbeddedPostgres]:
         server.stop("immediate")
 
 
+async def drain_once(url: str, fake_url: str, fake_pid: int, args: argparse.Namespace) -> list[str]:
+    from services.notifications.app import build_providers
+    from services.notifications.config import NotificationsSettings
+    from services.notifications.sender import Sender
+
+    settings = NotificationsSettings(
+        apns_url=fake_url, fcm_url=fake_url, fcm_token_uri=f"{fake_url}/token", send_batch_size=args.batch
+    )
+    db = Database(url, pool_size=2, application_name="bench-sender")
+    providers = build_providers(settings)
+    sender = Sender(db, providers, settings)
+    conn = await asyncpg.connect(to_libpq(url))
+    lines = []
+    try:
+        await seed(url, args.users, ["apns", "fcm"])
+        for round_ in range(args.rounds + 1):  # round 0 warms up (connections, tokens, statements)
+            await conn.execute(
+                """INSERT INTO notifications.deliveries
+                       (push_id, notification_key, device_id, user_id, kind, title, body, data, event_time)
+                   SELECT gen_random_uuid(), 'bench:' || $1::int || ':' || i, 'device_b' || i, 'user_b' || i,
+                          'card_payment', 'Payment',
+                          '☕ £19.15 at Brightbird Espresso. You''ve spent £43.55 today.',
+                          jsonb_build_object('transaction_id', 'tx_' || i, 'account_id', 'acc_b' || i), now()
+                   FROM generate_series(1, CASE WHEN $1::int = 0 THEN 100 ELSE $2::int END) i""",
+                round_,
+                args.users,
+            )  # fmt: skip
+            fake_before, cpu_before, wall_before = (
+                cpu_seconds(fake_pid),
+                time.process_time(),
+                time.monotonic(),
+            )
+            pushes = 0
+            while claimed := await sender.send_batch():
+                pushes += claimed
+            cpu, fake_cpu = time.process_time() - cpu_before, cpu_seconds(fake_pid) - fake_before
+            wall = time.monotonic() - wall_before
+            if round_:
+                lines.append(
+                    f"round {round_}: {pushes} pushes in batches of {args.batch}: sender"
+                    f" {cpu * 1000 / pushes:.3f} ms CPU per push,"
+                    f" fake provider {fake_cpu * 1000 / pushes:.3f}; {pushes / wall:.0f}/s"
+                )
+                print(lines[-1], file=sys.stderr)
+        statuses = await conn.fetch("SELECT status, count(*) FROM notifications.deliveries GROUP BY 1")
+        lines.append("deliveries: " + ", ".join(f"{r['status']} {r['count']}" for r in statuses))
+    finally:
+        await conn.close()
+        for provider in providers.values():
+            await provider.aclose()
+        await db.dispose()
+    return lines
+
+
+def sender_only(args: argparse.Namespace) -> int:
+    import uvloop
+
+    with tempfile.TemporaryDirectory(prefix="bench-sender-") as folder, postgres(Path(folder)) as pg:
+        url = pg.create_database("bench_sender")
+        upgrade(url)
+        port = free_port()
+        fake = start(
+            [sys.executable, "-m", "services.notifications.providers.fake", "--port", str(port)],
+            dict(os.environ),
+            Path(folder) / "fake.log",
+        )
+        try:
+
+            async def run() -> list[str]:
+                await wait_ready(f"http://127.0.0.1:{port}/healthz", fake, "the fake provider")
+                return await drain_once(url, f"http://127.0.0.1:{port}", fake.pid, args)
+
+            lines = uvloop.run(run())
+        finally:
+            fake.terminate()
+            fake.wait(20)
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -393,7 +479,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="sample the service and the fake with py-spy: DIR/<process>-<transport>.spy.txt",
     )
+    parser.add_argument("--sender-only", action="store_true", help="the send path alone (see above)")
+    parser.add_argument("--batch", type=int, default=18, help="--sender-only: pushes a batch")
+    parser.add_argument("--rounds", type=int, default=3, help="--sender-only: rounds of --users pushes")
     args = parser.parse_args(argv)
+    if args.sender_only:
+        return sender_only(args)
     RESULTS_DIR.mkdir(exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-notifications-") as folder, postgres(Path(folder)) as pg:

@@ -3,7 +3,7 @@
 APNs requires HTTP/2 and FCM serves it; both are used as one long-lived connection carrying every push as
 a stream of its own. httpx (httpcore, anyio, h2) cost about 1.4 ms of CPU per push, and the h2 library
 alone 0.2-0.6 ms (debug-log calls, header validation, the stream state machine, HPACK's dynamic table
-and Huffman coding, all in Python): more than the rest of the service together (decision 0033). This is
+and Huffman coding, all in Python): more than the rest of the service together (decision 0039). This is
 the client side of HTTP/2 (RFC 9113) that a push client needs, on an asyncio Protocol:
 
 * requests: HEADERS (+ CONTINUATION past the peer's frame size) and DATA within the peer's flow-control
@@ -21,6 +21,11 @@ the client side of HTTP/2 (RFC 9113) that a push client needs, on an asyncio Pro
   (6.2.2), names from the static table where it has them. That is valid for any decoder, keeps no
   encoder state, and is cheap on both sides; the price is header bytes (about 600 per push instead of
   about 200 with indexing), nothing next to one TLS record per push.
+* `request_many`: a batch's requests that need not wait (a free stream slot, the body within the
+  windows) are opened and written at once, and only their futures awaited: no task per request. The
+  others (connecting, waiting for a slot or a window) run as a coroutine each;
+* deadlines: one timer per connection, at the earliest deadline of its open streams, cancels the
+  overdue ones with RST_STREAM (no `asyncio.timeout` per request);
 * writes made in the same turn of the event loop (a batch's pushes, started together) go out in one
   `transport.write`.
 

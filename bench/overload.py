@@ -5,9 +5,10 @@
 
 1. The whole bank as bench.whole_bank starts it (every customer with a push device, a webhook on one
    account in ten, durable PostgreSQL, every service its own process).
-2. Capacity: the highest open-loop rate the bank sustains, probed with the same generator for
-   --probe-seconds a probe (x1.5 while sustained, then two bisections). Sustained: at least 98% of
-   what was offered approved, approved p99 <= 100 ms. (--capacity skips this and uses the figure given.)
+2. Capacity: the highest open-loop rate the bank keeps up with, probed with the same generator for
+   --probe-seconds a probe (x1.5 while it keeps up, then two bisections). Keeping up: at least 98% of
+   what was offered approved within a second (approved p99 <= 1 s): throughput, not the latency
+   floor, which each step reports. (--capacity skips this and uses the figure given.)
 3. For each step s, open-loop load at s x capacity for --seconds through the gateway with
    bench/openloop.c (compiled here with the machine's cc): request k is due at k / rate and its
    latency counts from then, so a slow bank cannot slow the generator down (no coordinated omission).
@@ -43,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 FLOORS = {2.0: 0.9, 5.0: 0.9, 10.0: 0.8}  # goodput as a share of capacity, at these steps
 P99_FLOOR_MS = 100.0
+KEEPING_UP_P99_MS = 1000.0
 
 
 def build_generator(folder: Path) -> Path:
@@ -124,14 +126,14 @@ async def step_test(args: argparse.Namespace) -> dict[str, Any]:
 async def measure_capacity(
     generator: Path, cluster: Any, cards: Path, seconds: float, connections: int
 ) -> tuple[float, list[dict[str, Any]]]:
-    """The highest open-loop rate sustained (>= 98% approved, approved p99 <= 100 ms), and the probes."""
+    """The highest open-loop rate kept up with (>= 98% approved, approved p99 <= 1 s), and the probes."""
     probes: list[dict[str, Any]] = []
 
     async def sustained(rate: float) -> bool:
         await settled(cluster.database_url)
         run = await open_loop(generator, cluster.base_url, cards, rate, seconds, connections)
         p99 = run["approved"].get("p99_ms") or 1e9
-        ok = run["approved_per_s"] >= 0.98 * rate and p99 <= P99_FLOOR_MS
+        ok = run["approved_per_s"] >= 0.98 * rate and p99 <= KEEPING_UP_P99_MS
         probes.append({"rate": round(rate), "approved_per_s": run["approved_per_s"], "p99_ms": p99, "ok": ok})
         print(f"  probe {rate:.0f}/s: approved {run['approved_per_s']}/s, p99 {p99} ms", file=sys.stderr)
         return ok

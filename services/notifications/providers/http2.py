@@ -393,7 +393,7 @@ class _Connection(asyncio.Protocol):
         self.flush_scheduled = False
         self.ready: asyncio.Future[None] = self.loop.create_future()  # the peer's first SETTINGS
         self.failure: Exception | None = None  # set when the connection is gone
-        self.goaway = False
+        self.draining = False  # takes no new stream (GOAWAY, or a stream timed out on it)
         self.changed = asyncio.Event()  # a stream slot, flow-control window or write buffer freed
         self.paused = False
         self.timer: asyncio.TimerHandle | None = None  # at the earliest deadline of the open streams
@@ -402,7 +402,7 @@ class _Connection(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return self.failure is None and not self.goaway and self.next_id <= MAX_STREAM_ID
+        return self.failure is None and not self.draining and self.next_id <= MAX_STREAM_ID
 
     def _wake(self) -> None:
         self.changed.set()
@@ -612,11 +612,11 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def _goaway(self, last_stream_id: int, code: int) -> None:
-        self.goaway = True
+        self.draining = True
         for stream_id in [s for s in self.streams if s > last_stream_id]:
             self._finish(stream_id, ConnectionClosed(f"GOAWAY (error code {code}): not processed"))
-        if not self.streams and self.transport is not None:
-            self.transport.close()
+        if not self.streams:
+            self._close_transport()
         self._wake()
 
     # -- streams ---------------------------------------------------------------------------------------
@@ -632,8 +632,8 @@ class _Connection(asyncio.Protocol):
                 stream.future.set_exception(Http2Error("the stream ended without a response"))
             else:
                 stream.future.set_result(Response(stream.status, stream.headers, bytes(stream.body)))
-        if self.goaway and not self.streams and self.transport is not None:
-            self.transport.close()
+        if self.draining and not self.streams:
+            self._close_transport()
         self._wake()
 
     def _reset(self, stream_id: int, code: int, error: Exception) -> None:
@@ -642,13 +642,27 @@ class _Connection(asyncio.Protocol):
             self._finish(stream_id, error)
 
     def _expire(self) -> None:
-        """Cancel the streams past their deadline (RST_STREAM), and wait for the next one."""
+        """Cancel the streams past their deadline (RST_STREAM), and wait for the next one. A connection
+        that let one time out may be dead without knowing it (a dropped NAT mapping, a stuck peer): it
+        takes no new stream, and closes when the ones on it are done."""
         self.timer = None
         now = self.loop.time()
-        for stream_id in [i for i, s in self.streams.items() if s.deadline <= now]:
+        expired = [i for i, s in self.streams.items() if s.deadline <= now]
+        for stream_id in expired:
             self._reset(stream_id, CANCEL, RequestTimeout("no answer in time"))
+        if expired:
+            self.draining = True  # new requests open a new connection
+            if not self.streams:
+                self._close_transport()
+            self._wake()
         if self.streams and self.failure is None:
             self.timer = self.loop.call_at(min(s.deadline for s in self.streams.values()), self._expire)
+
+    def _close_transport(self) -> None:
+        """Close, after what is queued to go out (a last RST_STREAM, WINDOW_UPDATE or SETTINGS ACK)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._flush()
+            self.transport.close()
 
     def _fail(self, error: Exception) -> None:
         if self.timer is not None:

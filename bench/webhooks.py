@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -47,11 +46,11 @@ from typing import Any, ClassVar
 
 import asyncpg
 import httpx
-import psutil
 
 from bank.infra.kafka import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
+from bench.notifications import cpu_seconds
 from services.webhooks.config import WebhooksSettings, decode_key
 from services.webhooks.signing import SecretBox, new_secret
 from shared.config import BankSettings, to_libpq
@@ -210,19 +209,6 @@ async def write_backlog(url: str, count: int, webhooks: int) -> list[str]:
     finally:
         await conn.close()
     return ids
-
-
-def cpu_seconds(pid: int, *, descendants: bool = False) -> float:
-    """User + system CPU seconds of a process; with `descendants`, also of its children, live and exited
-    (the postmaster: all of PostgreSQL)."""
-    total = 0.0
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(pid)
-        for proc in [root, *(root.children(recursive=True) if descendants else ())]:
-            with contextlib.suppress(psutil.Error):
-                t = proc.cpu_times()
-                total += t.user + t.system + (t.children_user + t.children_system if descendants else 0)
-    return total
 
 
 def percentile(ordered: list[float], q: float) -> float:

@@ -10,11 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
-from zoneinfo import ZoneInfo
 
-LONDON = ZoneInfo("Europe/London")
-SPEND_DAY_STARTS = time(4, 0)  # Mondo's "today" starts at 04:00 London time
+from shared.spend_day import spend_day_start as spend_day_start
 
 CARD_SCHEME = "int_card_scheme_settlement_gbp"
 TOPUP_FUNDING = "int_topup_funding_gbp"
@@ -119,15 +116,6 @@ def decide_holds(funds: Mapping[str, Funds], requests: Sequence[HoldRequest]) ->
 def capture_allowed(*, held: int, capture: int, over_capture_tolerance: int) -> bool:
     """Clearing may differ from the authorisation (tips, fuel): up to the network's tolerance above it."""
     return 0 < capture <= held + max(over_capture_tolerance, 0)
-
-
-def spend_day_start(now: datetime) -> datetime:
-    """The start of the current spending day: the latest 04:00 Europe/London at or before `now`."""
-    local = now.astimezone(LONDON)
-    start = datetime.combine(local.date(), SPEND_DAY_STARTS, tzinfo=LONDON)
-    if local < start:
-        start = datetime.combine(local.date() - timedelta(days=1), SPEND_DAY_STARTS, tzinfo=LONDON)
-    return start.astimezone(UTC)
 
 
 # Pots and payments between customers (decision 0037) ---------------------------------------------

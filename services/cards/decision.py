@@ -12,14 +12,11 @@ outcomes to ISO 8583 response codes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
-from zoneinfo import ZoneInfo
 
 from services.cards.vault import Expiry
-
-LONDON = ZoneInfo("Europe/London")
-SPEND_DAY_STARTS = time(4, 0)  # Mondo's "today" starts at 04:00 London time, as in accounts
+from shared.spend_day import spend_day_start as spend_day_start
 
 ATM_MCC = "6011"
 
@@ -202,15 +199,6 @@ def after_hold(status: str, decline_reason: str | None) -> Decision:
 def needs_daily_total(card: CardState | None, attempt: Attempt) -> bool:
     """Only a spending attempt on a card with a daily limit pays for summing today's spend."""
     return card is not None and card.controls.daily_limit is not None and attempt.transaction.spends
-
-
-def spend_day_start(now: datetime) -> datetime:
-    """The start of the current spending day: the latest 04:00 Europe/London at or before `now`."""
-    local = now.astimezone(LONDON)
-    start = datetime.combine(local.date(), SPEND_DAY_STARTS, tzinfo=LONDON)
-    if local < start:
-        start = datetime.combine(local.date() - timedelta(days=1), SPEND_DAY_STARTS, tzinfo=LONDON)
-    return start.astimezone(UTC)
 
 
 def is_long_stay(mcc: str) -> bool:

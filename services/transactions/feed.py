@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from services.transactions.events import (
     APPROVED,
@@ -33,9 +32,8 @@ from services.transactions.events import (
     PotMoved,
     TopupCompleted,
 )
+from shared.spend_day import spend_day as spend_day
 
-LONDON = ZoneInfo("Europe/London")
-DAY_START = timedelta(hours=4)  # the spending day runs 04:00 to 04:00, London time
 # Money-moving card transactions: purchases (00) and cash (01). Refund authorisations (20) move no
 # money (the credit arrives with its clearing, its own transaction); balance enquiries (30, 31) neither.
 SPENDING_CODES = ("00", "01")
@@ -237,12 +235,6 @@ def _key(card: CardEvent, kind: str) -> str:
 
 
 # -- spend today --------------------------------------------------------------------------------------
-
-
-def spend_day(moment: datetime) -> date:
-    """The local spending day of a moment: it starts at 04:00 Europe/London (GMT or BST)."""
-    local = moment.astimezone(LONDON).replace(tzinfo=None)
-    return (local - DAY_START).date()
 
 
 def spend_of(item: FeedItem) -> int:

@@ -3,16 +3,34 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+PIP_VERSION := 26.3
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench soak kafka-jars system-deps clean
+.PHONY: run test lint lock bench soak kafka-jars system-deps clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+# The exact versions CI tested (decision 0040): every package from requirements.lock, checked against
+# its hashes, then the project itself without resolving anything again. `make lock` rewrites the lock.
+LOCK   := requirements.lock
+
+$(STAMP): pyproject.toml $(LOCK)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "The bank needs Python 3.11 or newer; '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing)."; \
+	  echo "Run with another one, e.g.: make $(MAKECMDGOALS) PYTHON=python3.12"; exit 1; }
+	@test -x $(BIN)/python || { echo "creating $(VENV) with $$($(PYTHON) --version)"; \
+	  $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	    echo "$(PYTHON) -m venv failed: on Debian/Ubuntu, apt-get install python3-venv"; exit 1; }; }
+	@echo "installing the locked versions from $(LOCK) into $(VENV) (the first time takes a few minutes)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check 'pip==$(PIP_VERSION)'
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+## lock: resolve requirements.lock again after a change to pyproject.toml's dependencies (the pins
+## already there are kept where they still fit; `make lock UPGRADE=--upgrade` takes the newest)
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes \
+	  --custom-compile-command "make lock" --quiet $(UPGRADE) -o $(LOCK)
 
 ## run: start PostgreSQL (embedded unless DATABASE_URL is set), migrate, run every service
 run: $(STAMP)
@@ -30,10 +48,12 @@ system-deps:
 	  { $(SUDO) apt-get update -q && \
 	    $(SUDO) apt-get install -y -q docker-compose chromium chromium-driver wrk prometheus; }
 
+## lint: ruff, mypy, and the import contracts (pyproject.toml [tool.importlinter])
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## bench: the card path through the gateway under wrk (a C load generator, bench/wrk/authorise.lua) with the
 ## bare baseline in the same run and their ratio, then the whole bank (pushes to every customer's device,
@@ -57,4 +77,4 @@ kafka-jars: $(STAMP)
 	$(BIN)/python -c "from bank.infra.kafka import ensure_jars; print(ensure_jars(quiet=False))"
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache deploy/kafka/target
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache .import_linter_cache deploy/kafka/target

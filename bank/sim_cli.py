@@ -36,14 +36,19 @@ SIGNUP_URL = typer.Option(
 )  # fmt: skip
 
 
-def _database_url(explicit: str | None, ledger: bool) -> str | None:
+def _ledger_checks(explicit: str | None, ledger: bool) -> Any:
+    """`bank ledger verify` on the bank's database, for after a run (None: not checked)."""
     if not ledger:
         return None
-    if explicit:
-        return explicit
+    from bank.cluster import ledger_problems
     from shared.config import BankSettings, load
 
-    return load(BankSettings).database_url
+    url = explicit or load(BankSettings).database_url
+
+    async def checks() -> list[str]:
+        return await ledger_problems(url)
+
+    return checks
 
 
 @sim_app.command("seed")
@@ -98,10 +103,11 @@ def run(
     cfg = RunConfig(
         scenario=scenario, rate=rate, duration=duration or DEFAULT_DURATION[scenario], seed=seed_value,
         customers=customers, base_url=base_url, network_key=network_key, signup_url=signup_url,
-        population=population, results=results, live=live, database_url=_database_url(database_url, ledger),
-        settle_seconds=settle_seconds, wire=_wire(wire), iso8583_address=iso8583_address, links=links,
+        population=population, results=results, live=live, settle_seconds=settle_seconds, wire=_wire(wire),
+        iso8583_address=iso8583_address, links=links,
     )  # fmt: skip
-    result = asyncio.run(run_scenario(cfg, say=typer.echo))
+    checks = _ledger_checks(database_url, ledger)
+    result = asyncio.run(run_scenario(cfg, say=typer.echo, bank_checks=checks))
     _finish(result.report, result.differences, result.folder)
 
 
@@ -122,7 +128,7 @@ def chaos(
     """Start a bank of its own, run `day` with a failure injected, reconcile and verify the ledger.
 
     Exits 1 on any difference."""
-    from simulator.chaos import run_chaos
+    from bank.chaos import run_chaos
     from simulator.runner import RunConfig
 
     names = list(CHAOS_SCENARIOS) if scenario == "all" else [scenario]
@@ -172,7 +178,7 @@ def link_load(
     notifications, webhooks: every outbox and consumer) took to catch up after the max-rate run."""
     import json
 
-    from simulator.linkload import run_link_load
+    from bank.linkload import run_link_load
 
     if population is None and not own_bank:
         raise typer.BadParameter("give --population (a running bank's cards) or --own-bank")

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.standard [--customers 1000] [--rate 300] [--seconds 30]
                                        [--probe-seconds 10] [--with-existing]
 
-1. A bank of its own (simulator.cluster: durable PostgreSQL in a temporary folder, every service as
+1. A bank of its own (bank.cluster: durable PostgreSQL in a temporary folder, every service as
    its own process, pglog transport), a population seeded through the public API, then left to
    settle (the seeding's events consumed) before anything is measured.
 2. The simulator's `steady` at --rate authorisations/s for --seconds, through the gateway, open loop,
@@ -152,8 +152,8 @@ async def settled(database_url: str, limit: float = 180.0) -> float:
 
 
 async def standard(args: argparse.Namespace) -> dict[str, Any]:
+    from bank.cluster import BankCluster, ledger_problems
     from bench.baseline import BaselineServer, fake_customers, seed
-    from simulator.cluster import Cluster
     from simulator.population import seed_population
     from simulator.reconcile import balances, reconcile
     from simulator.runner import DEV_NETWORK_KEY
@@ -165,7 +165,7 @@ async def standard(args: argparse.Namespace) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="bench-standard-") as tmp:
         await asyncio.to_thread(Path(tmp).chmod, 0o755)  # the embedded PostgreSQL's user goes in there
-        async with Cluster(Path(tmp), durable=True) as cluster:
+        async with BankCluster.for_load(Path(tmp), durable=True) as cluster:
             began = time.monotonic()
             pop = await seed_population(
                 cluster.base_url, args.customers, 1, signup_url=cluster.url("accounts")
@@ -187,8 +187,8 @@ async def standard(args: argparse.Namespace) -> dict[str, Any]:
             result["cpu_ms_per_authorisation"] = {
                 name: round((cpu_after[name] - cpu_before.get(name, 0.0)) / n * 1000, 2) for name in cpu_after
             }
-            diffs = await reconcile(books, pop.customers, cluster.base_url, settle_seconds=30,
-                                    database_url=cluster.database_url)  # fmt: skip
+            diffs = await reconcile(books, pop.customers, cluster.base_url, settle_seconds=30)
+            diffs += await ledger_problems(cluster.database_url)
             bank["reconciliation_differences"] = len(diffs)
             result["bank_steady"] = bank
             print(f"bank at {args.rate}/s: {bank}", file=sys.stderr)

@@ -3,11 +3,11 @@
     .venv/bin/python -m bench.whole_bank [--customers 1000] [--seconds 20] [--rates 100,200,300]
                                          [--connections 50] [--threads 2]
 
-1. A whole bank (simulator.cluster: durable PostgreSQL in a temporary folder, every service as its own
+1. A whole bank (bank.cluster: durable PostgreSQL in a temporary folder, every service as its own
    process, pglog transport), notifications pointed at the local fake APNs/FCM
    (`python -m services.notifications.providers.fake`, its own process) and webhooks allowed to call a
    plain-http loopback receiver (`python -m bench.receiver`, its own process). The gateway's rate
-   limits are lifted (simulator.cluster's LIFTED_LIMITS). --customers are seeded through the public
+   limits are lifted (bank.cluster's LIFTED_LIMITS). --customers are seeded through the public
    API (simulator.population); each registers one device through the gateway (`POST /devices`, APNs
    and FCM alternately), and every 10th customer's account gets a webhook to the receiver
    (`POST /webhooks`). Then the bank is left to settle (no backlog anywhere).
@@ -449,7 +449,7 @@ class Bank:
 @contextlib.asynccontextmanager
 async def whole_bank_up(customers: int) -> AsyncIterator[Bank]:
     """Step 1 of the module's docstring: the bank, its devices and webhooks, settled."""
-    from simulator.cluster import Cluster
+    from bank.cluster import BankCluster
     from simulator.population import seed_population
 
     setup: dict[str, Any] = {}
@@ -467,7 +467,7 @@ async def whole_bank_up(customers: int) -> AsyncIterator[Bank]:
             [sys.executable, "-m", "bench.receiver", "--port", str(receiver_port)],
             folder / "receiver.log", receiver_port, "/count",
         )  # fmt: skip
-        # simulator.cluster passes this process's environment to every service (and lifts the gateway's
+        # bank.cluster passes this process's environment to every service (and lifts the gateway's
         # rate limits itself).
         os.environ.update(
             NOTIFICATIONS_APNS_URL=fake.url,
@@ -482,7 +482,7 @@ async def whole_bank_up(customers: int) -> AsyncIterator[Bank]:
         try:
             await fake.ready()
             await receiver.ready()
-            async with Cluster(folder, durable=True) as cluster:
+            async with BankCluster.for_load(folder, durable=True) as cluster:
                 began = time.monotonic()
                 pop = await seed_population(
                     cluster.base_url, customers, 1, signup_url=cluster.url("accounts")
@@ -594,7 +594,7 @@ def report(r: dict[str, Any]) -> str:
         f"Machine: {env.get('cpu', '?')}, {env['cpus']} CPUs, Python {env['python']}; load average before"
         f" {' '.join(str(x) for x in env['load_average'])}, after"
         f" {' '.join(str(x) for x in r['load_average_after'])}. Load generators on the same machine.",
-        f"Bank: simulator.cluster, durable PostgreSQL, pglog, every service its own process;"
+        f"Bank: bank.cluster, durable PostgreSQL, pglog, every service its own process;"
         f" {r['args']['customers']} customers (seeded in {r['seeding_s']} s),"
         f" devices {sub['devices']}, {sub['webhooks']} webhooks to a local receiver process;"
         f" settled {r['settled_after_seeding_s']} s after seeding.",

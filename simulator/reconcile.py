@@ -4,7 +4,8 @@
 `reconcile` compares the books' expected available balance per account with `/balance` after it. The
 bank settles some things a moment later (a compensation releasing the hold of an authorisation it
 answered 91, a reversal it took while accounts was away), so differences are re-checked for up to
-`settle_seconds` before they are reported. `ledger_problems` runs `bank ledger verify`'s checks.
+`settle_seconds` before they are reported. Only the public API is read: the bank's own checks (`bank
+ledger verify`, `bank check`) are the bank's tooling's to run.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ async def reconcile(
     base_url: str,
     *,
     settle_seconds: float = 30.0,
-    database_url: str | None = None,
 ) -> list[str]:
     """Every difference between the network's books and the bank, as a sentence; empty when clean."""
     differences = list(books.problems)
@@ -86,18 +86,5 @@ async def reconcile(
             f"{c.account_id} (card {c.pan[-4:]}, customer {i}): the network expects available "
             f"{expected[i]}, the bank says {actual[i]} (bank - network = {actual[i] - expected[i]:+d})"
         )
-    if database_url:
-        differences.extend(f"ledger: {p}" for p in await ledger_problems(database_url))
     return differences
 
-
-async def ledger_problems(database_url: str) -> list[str]:
-    """`bank ledger verify`: every balance recomputed from its postings, every entry sums to zero."""
-    from services.accounts.verify import verify_ledger
-    from shared.db import Database
-
-    db = Database(database_url, pool_size=1, application_name="bank-sim")
-    try:
-        return await verify_ledger(db)
-    finally:
-        await db.dispose()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from bank.cluster import LIFTED_LIMITS
 from shared.config import SERVICES
-from simulator.cluster import LIFTED_LIMITS
 from tests.conftest import free_port
 from tests.e2e.conftest import BankProcess
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.chaos import run_chaos
+from bank.chaos import run_chaos
 from simulator.loadgen import NO_ANSWER
 from simulator.runner import RunConfig
 

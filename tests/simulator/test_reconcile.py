@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from bank.cluster import ledger_problems
 from simulator.merchants import catalogue
 from simulator.reconcile import reconcile
 from simulator.runner import RunConfig, run_scenario
@@ -26,9 +27,9 @@ async def test_day_reconciles_and_an_injected_discrepancy_is_caught(
         gateway = bank_env["BANK_GATEWAY_URL"]
         database_url = f"postgresql://postgres@127.0.0.1:{bank_env['BANK_PG_PORT']}/bank"
         cfg = RunConfig(scenario="day", rate=10, duration=15, seed=11, customers=20, base_url=gateway,
-                        signup_url=bank_env["BANK_ACCOUNTS_URL"], live=False, database_url=database_url,
+                        signup_url=bank_env["BANK_ACCOUNTS_URL"], live=False,
                         results=tmp_path / "results")  # fmt: skip
-        result = await run_scenario(cfg)
+        result = await run_scenario(cfg, bank_checks=lambda: ledger_problems(database_url))
 
         assert result.differences == [], "\n".join(result.differences)
         codes = result.report["codes"]["authorisation"]

@@ -1,10 +1,11 @@
-"""`bank sim link-load`: the card path over the ISO 8583 link, measured (simulator.iso8583.LinkLoad).
+"""`bank sim link-load`: the card path over the ISO 8583 link, measured (the simulator's link load
+generator, simulator.iso8583.LinkLoad; the bank's processes, metrics and backlog read from here).
 
     .venv/bin/bank sim link-load --own-bank -n 1000 [--links 4] [--windows 8,16,32] [--seconds 20]
                                  [--rates 300] [--rate-seconds 20] [--out FILE]
     .venv/bin/bank sim link-load --population bench/results/population.json --iso8583-address HOST:PORT
 
-With `--own-bank`: a whole bank of its own (simulator.cluster: durable PostgreSQL in a temporary
+With `--own-bank`: a whole bank of its own (bank.cluster: durable PostgreSQL in a temporary
 folder, every service as its own process, pglog transport), --customers seeded through accounts'
 public API, the bank left to settle; then, first with the services the card path does not need
 stopped (the card path: accounts, cards, their relays, PostgreSQL, as bench.cards runs it), then with
@@ -35,6 +36,7 @@ from typing import Any
 
 import psutil
 
+from bank.faults import until_no_backlog
 from simulator.iso8583 import LinkLoad
 from simulator.population import Customer, Population, seed_population
 
@@ -131,8 +133,6 @@ class Phase:
     async def settle(self) -> None:
         await asyncio.sleep(2)
         if self.database_url:
-            from bank.faults import until_no_backlog
-
             await until_no_backlog(self.database_url, 300)
 
     async def _measured(self, name: str, run: Any, catch_up: bool = False) -> dict[str, Any]:
@@ -147,8 +147,6 @@ class Phase:
         figures["machine_cpu_busy_percent"] = round(busy, 1)
         figures |= metrics_delta(metrics_before, await cards_metrics(self.cards_url))
         if catch_up and self.database_url:
-            from bank.faults import until_no_backlog
-
             caught = time.monotonic()
             figures["backlog_left"] = await until_no_backlog(self.database_url, 300)
             waited = time.monotonic() - caught
@@ -234,12 +232,11 @@ async def run_link_load(
         pop = Population.load(population)
         return await measure(address, pop.customers, network_key, say=say, **options)
 
-    from bank.faults import until_no_backlog
-    from simulator.cluster import Cluster
+    from bank.cluster import BankCluster
 
     with tempfile.TemporaryDirectory(prefix="bank-linkload-") as tmp:
         os.chmod(tmp, 0o755)  # the embedded PostgreSQL's own user must be able to enter it
-        cluster = Cluster(Path(tmp), durable=True)
+        cluster = BankCluster.for_load(Path(tmp), durable=True)
         say(f"starting a bank in {tmp} (durable PostgreSQL, every service) ...")
         async with cluster:
             began = time.monotonic()
@@ -247,7 +244,7 @@ async def run_link_load(
             say(f"{customers} customers seeded in {time.monotonic() - began:.0f} s; settling ...")
             await until_no_backlog(cluster.database_url, 300)
             doc: dict[str, Any] = {
-                "bank": "own: simulator.cluster, durable PostgreSQL, pglog", "links": links,
+                "bank": "own: bank.cluster, durable PostgreSQL, pglog", "links": links,
                 "windows": windows, "cards": customers, "cpus": os.cpu_count(),
                 "load_average_before": os.getloadavg(),
             }  # fmt: skip

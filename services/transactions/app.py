@@ -1,5 +1,3 @@
-from pathlib import Path
-
 from fastapi import FastAPI
 
 from services.transactions import observability  # noqa: F401  (registers the feed metrics)
@@ -9,7 +7,7 @@ from services.transactions.consumers import TOPICS, FeedProjector
 from services.transactions.publish import Announcer
 from services.transactions.schemas import ReceiptIn
 from services.transactions.service import Annotations
-from services.transactions.storage import LocalStore
+from services.transactions.storage import open_store
 from shared.config import load
 from shared.remote_auth import accounts_token_verifier
 from shared.runtime import Runtime
@@ -35,13 +33,12 @@ def create_app(runtime: Runtime | None = None, settings: TransactionsSettings | 
         await token_client.aclose()
 
     public_url = settings.storage_public_url or runtime.settings.gateway_url
-    folder = Path(settings.storage_folder or Path(runtime.settings.data_dir) / "attachments")
-    store = LocalStore(folder, public_url, settings.storage_secret, settings.storage_url_seconds)
+    store = open_store(settings, runtime.settings.data_dir, public_url)
     annotations = Annotations(announcer, store, public_url)
     app = runtime.app(
         routers=[public_router(runtime.db, announcer, settings), attachments_router(runtime.db, annotations)],
         background=[revocations.run],
-        on_shutdown=[close_clients],
+        on_shutdown=[close_clients, store.aclose],
     )
     document_models(app, ReceiptIn)
     app.state.token_verifier = verifier

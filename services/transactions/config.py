@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,3 +28,28 @@ class TransactionsSettings(BaseSettings):
     storage_public_url: str | None = None
     storage_secret: str = Field(default="dev-storage-secret", min_length=1)
     storage_url_seconds: float = Field(default=900.0, gt=0, le=7 * 24 * 3600)
+    # Which object store (decision 0046): `local`, the embedded one above; `s3`, a bucket (path-style
+    # addresses on `storage_s3_endpoint`, e.g. https://s3.eu-west-2.amazonaws.com) behind presigned URLs
+    # that last `storage_url_seconds`, signed with this key pair (an IAM user's, allowed s3:PutObject and
+    # s3:GetObject on the bucket).
+    storage: Literal["local", "s3"] = "local"
+    storage_s3_endpoint: str | None = None
+    storage_s3_bucket: str | None = None
+    storage_s3_region: str = "us-east-1"
+    storage_s3_access_key: str | None = None
+    storage_s3_secret_key: str | None = None
+
+    @model_validator(mode="after")
+    def _s3_is_complete(self) -> TransactionsSettings:
+        if self.storage == "s3":
+            missing = [
+                f"TRANSACTIONS_STORAGE_S3_{name.upper()}"
+                for name in ("endpoint", "bucket", "access_key", "secret_key")
+                if not getattr(self, f"storage_s3_{name}")
+            ]
+            if missing:
+                raise ValueError(f"TRANSACTIONS_STORAGE=s3 needs {', '.join(missing)}")
+            endpoint = self.storage_s3_endpoint or ""
+            if not endpoint.startswith(("http://", "https://")):
+                raise ValueError("TRANSACTIONS_STORAGE_S3_ENDPOINT is http(s)://host[:port]")
+        return self

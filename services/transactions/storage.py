@@ -1,6 +1,7 @@
-"""Object storage for attachments (decision 0037): the interface the service uses, and the embedded
-store, which keeps files under the data folder and serves signed, expiring upload and download URLs
-through the gateway (`/attachment/blobs/<key>?expires=…&signature=…`).
+"""Object storage for attachments (decisions 0037, 0046): the interface the service uses, the store the
+settings pick (:func:`open_store`: the embedded one, or S3 in `s3.py`), and the embedded store, which
+keeps files under the data folder and serves signed, expiring upload and download URLs through the gateway
+(`/attachment/blobs/<key>?expires=…&signature=…`).
 
 A signature is an HMAC-SHA256, under the store's secret, of the method, the object's key and the
 expiry time: a URL cannot be turned into another object's, another method's or a later expiry's. What a
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
+from services.transactions.config import TransactionsSettings
 from shared.errors import BankError, bad_request, forbidden
 from shared.ids import new_id
 
@@ -65,6 +67,30 @@ class ObjectStore(Protocol):
     async def size(self, key: str) -> int | None:
         """The stored object's size in bytes, or None if nothing is stored under the key."""
         ...
+
+    async def aclose(self) -> None:
+        """Release what the store holds open (connections); called when the service stops."""
+        ...
+
+
+def open_store(settings: TransactionsSettings, data_dir: str, public_url: str) -> ObjectStore:
+    """The store `TRANSACTIONS_STORAGE` names: `local` (files under the data folder, URLs on the gateway
+    at `public_url`) or `s3` (presigned URLs on the bucket)."""
+    if settings.storage == "s3":
+        from services.transactions.s3 import S3Store
+
+        assert settings.storage_s3_endpoint and settings.storage_s3_bucket  # checked by the settings
+        assert settings.storage_s3_access_key and settings.storage_s3_secret_key
+        return S3Store(
+            settings.storage_s3_endpoint,
+            settings.storage_s3_bucket,
+            settings.storage_s3_region,
+            settings.storage_s3_access_key,
+            settings.storage_s3_secret_key,
+            settings.storage_url_seconds,
+        )
+    folder = Path(settings.storage_folder or Path(data_dir) / "attachments")
+    return LocalStore(folder, public_url, settings.storage_secret, settings.storage_url_seconds)
 
 
 class LocalStore:
@@ -125,3 +151,6 @@ class LocalStore:
     async def size(self, key: str) -> int | None:
         path = self._path(key)
         return await asyncio.to_thread(lambda: path.stat().st_size if path.is_file() else None)
+
+    async def aclose(self) -> None:
+        return None

@@ -9,6 +9,13 @@ replaces only that bottom layer: HTTP/1.1 with Content-Length or chunked bodies,
 with a bounded pool per origin, and failures raised as the httpx exceptions ServiceClient
 expects. It is ServiceClient's default; the gateway's `GATEWAY_UPSTREAM_TRANSPORT=httpx`
 switches its upstreams back to httpx's own.
+
+It is also the webhooks' client to the customers' receivers (services/webhooks/delivery.py), which
+sets what an untrusted peer needs: `addresses` (where a name may connect, vetted against SSRF
+before every new connection; TLS still names the host), `over_limit="truncate"` (keep the first
+`max_body_bytes` of an answer and drop the connection instead of failing), and `retry_stale` (a
+kept-alive connection the peer closed before answering is replaced once by a fresh one). It never
+follows a redirect: a 3xx is an answer like any other.
 """
 
 from __future__ import annotations
@@ -18,9 +25,9 @@ import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -43,7 +50,8 @@ class Origin:
     @property
     def host_header(self) -> bytes:
         default = 443 if self.scheme == b"https" else 80
-        return self.host if self.port == default else b"%s:%d" % (self.host, self.port)
+        host = b"[%s]" % self.host if b":" in self.host else self.host  # an IPv6 literal
+        return host if self.port == default else b"%s:%d" % (host, self.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +87,7 @@ class _Connection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     idle_since: float = 0.0
+    answered: bool = False  # the current exchange has read an answer's status line
 
     def usable(self, now: float, expiry: float) -> bool:
         return now - self.idle_since < expiry and not self.reader.at_eof() and not self.writer.is_closing()
@@ -91,6 +100,14 @@ class _Connection:
 class _Pool:
     slots: asyncio.Semaphore
     idle: list[_Connection] = field(default_factory=list)  # most recently used last
+    busy: int = 0  # exchanges in flight
+
+
+class _Stale(Exception):
+    """A kept-alive connection was closed by the peer before it answered anything."""
+
+
+Addresses = Callable[[Origin], Awaitable[Sequence[str]]]
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
@@ -101,15 +118,27 @@ class LeanTransport(httpx.AsyncBaseTransport):
         keepalive_expiry: float = 4.0,
         max_header_bytes: int = 64 * 1024,
         max_body_bytes: int = 64 * 1024 * 1024,
+        over_limit: Literal["refuse", "truncate"] = "refuse",
+        addresses: Addresses | None = None,
+        tls: ssl.SSLContext | None = None,
+        retry_stale: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`over_limit`: an answer longer than `max_body_bytes` fails (refuse) or is cut to it
+        (truncate, and its connection is dropped). `addresses`: the addresses to try, in order, for a
+        new connection to an origin (default: its host, resolved by the system); TLS is verified
+        against the origin's host whichever address is used. `tls`: the context for https
+        (default: the system's trust store). `retry_stale`: see the module's docstring."""
         self.max_connections = max_connections
         self.keepalive_expiry = keepalive_expiry
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
+        self.truncate = over_limit == "truncate"
+        self.retry_stale = retry_stale
+        self._addresses = addresses
         self._clock = clock
         self._pools: dict[Origin, _Pool] = {}
-        self._tls: ssl.SSLContext | None = None
+        self._tls: ssl.SSLContext | None = tls
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -178,33 +207,67 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 raise httpx.PoolTimeout("no free connection to the upstream", request=request) from None
         else:
             await pool.slots.acquire()
+        pool.busy += 1
         try:
-            conn = self._checkout(pool) or await self._connect(origin, connect_timeout, request)
-            reusable = False
+            conn = self._checkout(pool)
+            if conn is not None:
+                if not (self.retry_stale and isinstance(body, bytes)):
+                    return await self._on(pool, conn, method, head, body, read_timeout, request)
+                try:
+                    return await self._on(pool, conn, method, head, body, read_timeout, request, stale=True)
+                except _Stale:
+                    pass  # the peer closed it while idle: once more, on a fresh connection
+            conn = await self._connect(origin, connect_timeout, request)
+            return await self._on(pool, conn, method, head, body, read_timeout, request)
+        finally:
+            pool.busy -= 1
+            pool.slots.release()
+
+    async def _on(
+        self,
+        pool: _Pool,
+        conn: _Connection,
+        method: str,
+        head: bytes,
+        body: bytes | AsyncIterable[bytes],
+        read_timeout: float | None,
+        request: httpx.Request | None,
+        *,
+        stale: bool = False,
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes]:
+        """One exchange on `conn`; with `stale`, a peer's close before any answer raises _Stale."""
+        reusable = False
+        conn.answered = False
+        try:
             try:
                 async with asyncio.timeout(read_timeout):
                     await self._send(conn, head, body)
                     status, reason, headers, content, reusable = await self._receive(conn, method)
-            except TimeoutError:
-                raise httpx.ReadTimeout("the upstream did not answer in time", request=request) from None
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
-                raise httpx.RemoteProtocolError(
-                    f"the upstream closed the connection mid-exchange ({type(exc).__name__})", request=request
-                ) from None
-            except (asyncio.LimitOverrunError, ValueError) as exc:
-                raise httpx.RemoteProtocolError(
-                    f"malformed answer from the upstream: {exc}", request=request
-                ) from None
-            except OSError as exc:
-                raise httpx.ReadError(str(exc), request=request) from None
-            finally:
-                if reusable and not self._closed:
-                    conn.idle_since = self._clock()
-                    pool.idle.append(conn)
-                else:
-                    conn.close()
+                partial = isinstance(exc, asyncio.IncompleteReadError) and exc.partial
+                if stale and not conn.answered and not partial:
+                    raise _Stale from exc
+                raise
+        except _Stale:
+            raise
+        except TimeoutError:
+            raise httpx.ReadTimeout("the upstream did not answer in time", request=request) from None
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise httpx.RemoteProtocolError(
+                f"the upstream closed the connection mid-exchange ({type(exc).__name__})", request=request
+            ) from None
+        except (asyncio.LimitOverrunError, ValueError) as exc:
+            raise httpx.RemoteProtocolError(
+                f"malformed answer from the upstream: {exc}", request=request
+            ) from None
+        except OSError as exc:
+            raise httpx.ReadError(str(exc), request=request) from None
         finally:
-            pool.slots.release()
+            if reusable and not self._closed:
+                conn.idle_since = self._clock()
+                pool.idle.append(conn)
+            else:
+                conn.close()
         return status, reason, headers, content
 
     def _checkout(self, pool: _Pool) -> _Connection | None:
@@ -220,18 +283,32 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self, origin: Origin, timeout: float | None, request: httpx.Request | None
     ) -> _Connection:
         context = None
+        host = origin.host.decode("ascii")
         if origin.scheme == b"https":
             context = self._tls = self._tls or ssl.create_default_context()
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    origin.host.decode("ascii"), origin.port, ssl=context, limit=self.max_header_bytes
-                )
+                if self._addresses is None:
+                    reader, writer = await asyncio.open_connection(
+                        host, origin.port, ssl=context, limit=self.max_header_bytes
+                    )
+                    return _Connection(reader, writer)
+                failure: OSError = OSError(f"{host} has no address to connect to")
+                for address in await self._addresses(origin):
+                    try:
+                        reader, writer = await asyncio.open_connection(
+                            address, origin.port, ssl=context, limit=self.max_header_bytes,
+                            server_hostname=host if context else None,
+                        )  # fmt: skip
+                    except OSError as exc:
+                        failure = exc
+                        continue
+                    return _Connection(reader, writer)
+                raise failure
         except TimeoutError:
             raise httpx.ConnectTimeout("connecting to the upstream timed out", request=request) from None
         except OSError as exc:
             raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from None
-        return _Connection(reader, writer)
 
     async def _send(self, conn: _Connection, head: bytes, body: bytes | AsyncIterable[bytes]) -> None:
         writer = conn.writer
@@ -251,6 +328,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         reader = conn.reader
         while True:
             lines = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+            conn.answered = True
             version, _, rest = lines[0].partition(b" ")
             code, _, reason = rest.partition(b" ")
             status = int(code)
@@ -281,10 +359,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
         if method == "HEAD" or status in _NO_BODY_STATUSES or status < 200:
             return status, reason, headers, b"", keep_alive
         if chunked:
-            return status, reason, headers, await self._chunked(reader), keep_alive
+            content, whole = await self._chunked(reader)
+            return status, reason, headers, content, keep_alive and whole
         if length is not None:
             if length > self.max_body_bytes:
-                raise ValueError(f"a {length}-byte answer is over the limit")
+                if not self.truncate:
+                    raise ValueError(f"a {length}-byte answer is over the limit")
+                return status, reason, headers, await reader.readexactly(self.max_body_bytes), False
             return status, reason, headers, await reader.readexactly(length), keep_alive
         body = await reader.read(self.max_body_bytes + 1)  # neither: the body ends with the connection
         while len(body) <= self.max_body_bytes and not reader.at_eof():
@@ -293,10 +374,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 break
             body += more
         if len(body) > self.max_body_bytes:
-            raise ValueError("the answer is over the limit")
+            if not self.truncate:
+                raise ValueError("the answer is over the limit")
+            body = body[: self.max_body_bytes]
         return status, reason, headers, body, False
 
-    async def _chunked(self, reader: asyncio.StreamReader) -> bytes:
+    async def _chunked(self, reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+        """The body, and whether it was read whole (not cut at the limit)."""
         parts: list[bytes] = []
         total = 0
         while True:
@@ -304,14 +388,29 @@ class LeanTransport(httpx.AsyncBaseTransport):
             if size == 0:
                 while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, ignored
                     pass
-                return b"".join(parts)
+                return b"".join(parts), True
+            if total + size > self.max_body_bytes:
+                if not self.truncate:
+                    raise ValueError("the answer is over the limit")
+                parts.append(await reader.readexactly(self.max_body_bytes - total))
+                return b"".join(parts), False
             total += size
-            if total > self.max_body_bytes:
-                raise ValueError("the answer is over the limit")
             chunk = await reader.readexactly(size + 2)
             if chunk[-2:] != b"\r\n":
                 raise ValueError("bad chunk framing")
             parts.append(chunk[:-2])
+
+    def prune(self) -> None:
+        """Close the idle connections past their keep-alive expiry; forget origins with none left."""
+        now = self._clock()
+        for origin, pool in list(self._pools.items()):
+            keep = [conn for conn in pool.idle if conn.usable(now, self.keepalive_expiry)]
+            for conn in pool.idle:
+                if conn not in keep:
+                    conn.close()
+            pool.idle[:] = keep
+            if not keep and not pool.busy:
+                del self._pools[origin]
 
     async def aclose(self) -> None:
         self._closed = True

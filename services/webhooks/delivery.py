@@ -14,30 +14,28 @@ import asyncio
 import email.utils
 import logging
 import random
-import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import h11
 import httpx
 
 from services.webhooks import repository as repo
 from services.webhooks import signing, ssrf
 from services.webhooks.config import WebhooksSettings
 from services.webhooks.events import TOPIC, WebhookEndpointDisabled
-from services.webhooks.ssrf import Target, UrlRefused, parse_networks, parse_url
+from services.webhooks.ssrf import UrlRefused, parse_networks, parse_url
 from shared.db import Database
 from shared.events.outbox import Outbox
+from shared.lean_transport import Answer, LeanTransport, Origin
 from shared.observability import WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED
 
 log = logging.getLogger("services.webhooks.delivery")
 
 USER_AGENT = "mondo-bank-webhooks/1.0"
 BODY_KEPT = 1024  # of the response, in the attempt's history
-READ_SIZE = 65_536
 OPENED_KEPT = 10_000  # decrypted signing secrets kept in memory
 KEEPALIVE_EXPIRY = 4.0  # seconds idle; below the 5 s many servers (uvicorn, Node) keep a connection
 
@@ -108,30 +106,8 @@ def judge(outcome: Outcome, attempts_in_schedule: int, settings: WebhooksSetting
 # -- sending -------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Connection:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    http: h11.Connection
-    idle_since: float = 0.0
-
-    def usable(self, now: float, expiry: float) -> bool:
-        return (
-            now - self.idle_since < expiry
-            and not self.reader.at_eof()
-            and not self.writer.transport.is_closing()
-        )
-
-    def close(self) -> None:
-        self.writer.transport.abort()
-
-
-class _Stale(Exception):
-    """A kept-alive connection was closed by the receiver before it answered anything."""
-
-
 class Sender:
-    """HTTP/1.1 POSTs on kept-alive connections (h11 on asyncio streams).
+    """Signed POSTs to the receivers, on the bank's one HTTP/1.1 client (shared/lean_transport.py).
 
     Idle connections are pooled per (scheme, host, port). Every new TCP connection resolves the host,
     vets every address (ssrf.vetted_addresses) and connects to a vetted address; TLS SNI and `Host`
@@ -143,68 +119,26 @@ class Sender:
     def __init__(self, settings: WebhooksSettings) -> None:
         self.settings = settings
         self.allow = parse_networks(settings.allow_networks)
-        self.keepalive_expiry = KEEPALIVE_EXPIRY
-        self._ssl: ssl.SSLContext | None = None
-        self._idle: dict[Target, list[_Connection]] = {}
+        self.transport = LeanTransport(
+            max_connections=settings.workers,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+            max_body_bytes=settings.max_response_bytes,
+            over_limit="truncate",
+            addresses=self._vetted,
+            tls=httpx.create_ssl_context(),
+            retry_stale=True,
+        )
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            self._ssl = httpx.create_ssl_context()
-        return self._ssl
+    async def _vetted(self, origin: Origin) -> list[str]:
+        """Where a new connection to `origin` may go: every address its name resolves to, if all pass."""
+        return [str(ip) for ip in await ssrf.vetted_addresses(origin.host.decode(), origin.port, self.allow)]
 
     async def aclose(self) -> None:
-        for connections in self._idle.values():
-            for conn in connections:
-                conn.close()
-        self._idle.clear()
+        await self.transport.aclose()
 
     def prune(self) -> None:
         """Close idle connections past their keep-alive expiry."""
-        now = time.monotonic()
-        for target in list(self._idle):
-            keep = []
-            for conn in self._idle[target]:
-                if conn.usable(now, self.keepalive_expiry):
-                    keep.append(conn)
-                else:
-                    conn.close()
-            if keep:
-                self._idle[target] = keep
-            else:
-                del self._idle[target]
-
-    def _checkout(self, target: Target) -> _Connection | None:
-        idle = self._idle.get(target)
-        now = time.monotonic()
-        while idle:
-            conn = idle.pop()
-            if conn.usable(now, self.keepalive_expiry):
-                return conn
-            conn.close()
-        return None
-
-    def _checkin(self, target: Target, conn: _Connection) -> None:
-        conn.http.start_next_cycle()
-        conn.idle_since = time.monotonic()
-        self._idle.setdefault(target, []).append(conn)
-
-    async def _connect(self, target: Target) -> _Connection:
-        addresses = await ssrf.vetted_addresses(target.host, target.port, self.allow)
-        last: OSError | None = None
-        for ip in addresses:
-            try:
-                if target.scheme == "https":
-                    reader, writer = await asyncio.open_connection(
-                        str(ip), target.port, ssl=self._ssl_context(), server_hostname=target.host
-                    )
-                else:
-                    reader, writer = await asyncio.open_connection(str(ip), target.port)
-            except OSError as exc:
-                last = exc
-                continue
-            return _Connection(reader, writer, h11.Connection(h11.CLIENT))
-        assert last is not None
-        raise last
+        self.transport.prune()
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Outcome:
         started_at = datetime.now(UTC)
@@ -215,109 +149,41 @@ class Sender:
 
         try:
             target = parse_url(url, allow_http=self.settings.allow_http)
+            try:
+                host = target.host.encode("idna") if not target.host.isascii() else target.host.encode()
+            except UnicodeError as exc:
+                raise UrlRefused("bad_url", f"the host is not a valid name: {exc}") from None
             parts = urlsplit(url.strip())
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            request = h11.Request(
-                method="POST",
-                target=path,
-                headers=[
-                    ("host", _host_header(parts.netloc, target)),
-                    ("content-type", "application/json"),
-                    ("user-agent", USER_AGENT),
-                    ("accept-encoding", "identity"),
-                    ("content-length", str(len(body))),
-                    *headers.items(),
-                ],
-            )
+            fields = {
+                "content-type": "application/json",
+                "user-agent": USER_AGENT,
+                "accept-encoding": "identity",
+                **headers,
+            }
+            origin = Origin(target.scheme.encode(), host, target.port)
             async with asyncio.timeout(self.settings.timeout_seconds):
-                conn = self._checkout(target)
-                if conn is not None:
-                    try:
-                        return await self._exchange(target, conn, request, body, started_at, took)
-                    except _Stale:
-                        pass
-                conn = await self._connect(target)
-                return await self._exchange(target, conn, request, body, started_at, took, fresh=True)
+                answer = await self.transport.exchange("POST", origin, path, fields, body, None)
         except UrlRefused as exc:
             return Outcome(started_at, took(), error=f"refused.{exc.reason}: {exc.message}")
         except TimeoutError:
             return Outcome(
                 started_at, took(), error=f"timeout: no answer within {self.settings.timeout_seconds:g}s"
             )
-        except (OSError, EOFError, h11.ProtocolError, _Stale) as exc:
+        except (OSError, httpx.HTTPError) as exc:
             return Outcome(started_at, took(), error=f"connection: {type(exc).__name__}: {exc}"[:500])
-
-    async def _exchange(
-        self,
-        target: Target,
-        conn: _Connection,
-        request: h11.Request,
-        body: bytes,
-        started_at: datetime,
-        took: Any,
-        *,
-        fresh: bool = False,
-    ) -> Outcome:
-        limit = self.settings.max_response_bytes
-        http = conn.http
-        answered = False
-        try:
-            sent = [http.send(request), http.send(h11.Data(data=body)), http.send(h11.EndOfMessage())]
-            conn.writer.write(b"".join(part or b"" for part in sent))
-            await conn.writer.drain()
-            response: h11.Response | None = None
-            kept = bytearray()
-            while True:
-                event = http.next_event()
-                if event is h11.NEED_DATA:
-                    data = await conn.reader.read(READ_SIZE)
-                    if not data and not answered and not fresh:
-                        raise _Stale("the receiver closed the kept-alive connection")
-                    answered = answered or bool(data)
-                    http.receive_data(data)
-                    continue
-                if isinstance(event, h11.Response):
-                    response = event
-                elif isinstance(event, h11.Data):
-                    kept += event.data[: limit - len(kept)]
-                    if len(kept) >= limit:
-                        break  # at most `max_response_bytes` read; the connection is dropped
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    break
-            if response is None:
-                raise EOFError("the receiver closed the connection before answering")
-        except (ConnectionResetError, BrokenPipeError) as exc:
-            conn.close()
-            if not answered and not fresh:
-                raise _Stale(str(exc)) from exc
-            raise
-        except BaseException:
-            conn.close()
-            raise
-        if http.our_state is h11.DONE and http.their_state is h11.DONE:
-            self._checkin(target, conn)
-        else:
-            conn.close()
         return Outcome(
             started_at,
             took(),
-            status_code=response.status_code,
-            body=kept[:BODY_KEPT].decode("utf-8", "replace"),
-            retry_after=_header(response, b"retry-after"),
+            status_code=answer.status_code,
+            body=answer.content[:BODY_KEPT].decode("utf-8", "replace"),
+            retry_after=_header(answer, b"retry-after"),
         )
 
 
-def _host_header(netloc: str, target: Target) -> str:
-    """The URL's host[:port] as sent in `Host`: an internationalised name in its IDNA (ASCII) form."""
-    if netloc.isascii():
-        return netloc
-    host = target.host.encode("idna").decode("ascii")
-    return host if netloc.rsplit(":", 1)[-1] != str(target.port) else f"{host}:{target.port}"
-
-
-def _header(response: h11.Response, name: bytes) -> str | None:
-    for key, value in response.headers:
-        if key == name:
+def _header(answer: Answer, name: bytes) -> str | None:
+    for key, value in answer.headers:
+        if key.lower() == name:
             return value.decode("latin-1")
     return None
 

@@ -11,7 +11,7 @@ import pytest
 
 from shared.errors import BankError
 from shared.http import CircuitBreaker, ServiceClient
-from shared.lean_transport import Answer, LeanTransport
+from shared.lean_transport import Answer, LeanTransport, Origin
 from tests.conftest import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -283,3 +283,95 @@ async def test_exchange_on_httpx_own_transport_answers_alike(started: list[RawSe
         answer = await client.exchange("POST", "/x?y=1", body=b"hi")
     assert answer.status_code == 200 and answer.json() == {"ok": True} and (b"X-Up", b"1") in answer.headers
     assert server.requests[0].startswith(b"POST /x?y=1 HTTP/1.1\r\n") and server.requests[0].endswith(b"hi")
+
+
+# What webhook delivery sets for an untrusted receiver (services/webhooks/delivery.py) ---------------
+
+
+def test_an_ipv6_literal_is_bracketed_in_host() -> None:
+    assert Origin(b"http", b"::1", 8080).host_header == b"[::1]:8080"
+    assert Origin(b"https", b"::1", 443).host_header == b"[::1]"
+    assert Origin(b"http", b"example.com", 80).host_header == b"example.com"
+
+
+async def test_over_limit_answers_are_cut_to_the_limit_and_their_connection_dropped(
+    started: list[RawServer],
+) -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"400\r\n" + b"y" * 1024 + b"\r\n" * 2
+    )
+    answers = iter([ok(b"x" * 5000)(b""), chunked + b"0\r\n\r\n", ok(b"small")(b"")])
+    server = await serve(started, lambda _: next(answers))
+    transport = LeanTransport(max_body_bytes=100, over_limit="truncate")
+    origin = Origin.of(httpx.URL(server.url))
+    try:
+        first = await transport.exchange("POST", origin, "/", {}, b"{}", 2)
+        second = await transport.exchange("POST", origin, "/", {}, b"{}", 2)
+        third = await transport.exchange("POST", origin, "/", {}, b"{}", 2)
+    finally:
+        await transport.aclose()
+    assert (first.status_code, first.content) == (200, b"x" * 100)
+    assert second.content == b"y" * 100
+    assert third.content == b"small"
+    assert server.connections == 3  # a cut answer's connection is not used again
+    refusing = LeanTransport(max_body_bytes=100)
+    with pytest.raises(httpx.RemoteProtocolError):
+        await refusing.exchange("POST", origin, "/", {}, b"{}", 2)
+    await refusing.aclose()
+
+
+async def test_a_kept_alive_connection_closed_before_answering_is_replaced_once() -> None:
+    connections = 0
+
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answers one request per connection, then reads the next and closes without a word."""
+        nonlocal connections
+        connections += 1
+        for answered in (True, False):
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            if answered:
+                writer.write(ok()(b""))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
+    origin = Origin(b"http", b"127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        for retry_stale, expect in ((True, 200), (False, httpx.RemoteProtocolError)):
+            transport = LeanTransport(retry_stale=retry_stale)
+            await transport.exchange("POST", origin, "/", {}, b"{}", 2)
+            if expect == 200:
+                assert (await transport.exchange("POST", origin, "/", {}, b"{}", 2)).status_code == 200
+            else:
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await transport.exchange("POST", origin, "/", {}, b"{}", 2)
+            await transport.aclose()
+    finally:
+        server.close()
+    assert connections == 3
+
+
+async def test_new_connections_go_to_the_addresses_given_and_name_the_host(started: list[RawServer]) -> None:
+    server = await serve(started, ok())
+    port = int(server.url.rsplit(":", 1)[1])
+    asked: list[Origin] = []
+
+    async def addresses(origin: Origin) -> list[str]:
+        asked.append(origin)
+        if origin.host == b"refused.example":
+            raise LookupError("not there")
+        return ["127.0.0.2", "127.0.0.1"] if origin.port == port else []
+
+    transport = LeanTransport(addresses=addresses)
+    try:
+        named = Origin(b"http", b"receiver.example", port)
+        assert (await transport.exchange("POST", named, "/hook", {}, b"{}", 2)).status_code == 200
+        with pytest.raises(LookupError):
+            await transport.exchange("POST", Origin(b"http", b"refused.example", port), "/", {}, b"{}", 2)
+        with pytest.raises(httpx.ConnectError):
+            await transport.exchange("POST", Origin(b"http", b"none.example", port + 1), "/", {}, b"{}", 2)
+    finally:
+        await transport.aclose()
+    assert asked[0] == named
+    assert b"\r\nhost: receiver.example:%d\r\n" % port in server.requests[0]

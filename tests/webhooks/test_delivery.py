@@ -405,8 +405,8 @@ async def test_connections_are_kept_alive_and_a_closed_one_is_replaced(
     for n in range(1, 4):
         await hooks.producer.emit(ada)
         await eventually(lambda n=n: len(receiver.requests) == n, what=f"delivery {n}")
-    sender = hooks.service.app.state.deliverer.sender
-    idle = [c for target, kept in sender._idle.items() if target.port == receiver.port for c in kept]
+    pools = hooks.service.app.state.deliverer.sender.transport._pools
+    idle = [c for origin, pool in pools.items() if origin.port == receiver.port for c in pool.idle]
     assert len(idle) == 1  # one connection served the three deliveries
     idle[0].writer.transport.abort()  # as if the receiver had closed it
     await hooks.producer.emit(ada)

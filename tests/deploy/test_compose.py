@@ -5,11 +5,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tomllib
+from ipaddress import ip_address
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
+from services.cards.config import CardsSettings
 from shared.config import SERVICES
 from tests.deploy.conftest import REPO, SettingsClass, known_setting, read_env_file
 
@@ -57,15 +60,42 @@ def test_every_service_runs_from_the_one_image(compose: dict[str, Any]) -> None:
         assert service.get("env_file") == ["deploy/bank.env"], f"{name}: settings come from one env file"
 
 
-def test_only_the_gateway_is_published(compose: dict[str, Any]) -> None:
+def test_only_the_gateway_and_the_card_network_link_are_published(compose: dict[str, Any]) -> None:
     published = {
         name
         for name, service in compose["services"].items()
         if service.get("ports") and "monitoring" not in service.get("profiles", [])
     }
-    assert published == {"gateway"}
+    assert published == {"gateway", "cards"}
     for name in MONITORING:  # the monitoring UIs, when asked for, only on the host's loopback
         assert all(p.startswith("127.0.0.1:") for p in compose["services"][name].get("ports", []))
+
+
+def test_cards_publishes_its_iso8583_link_and_nothing_else(compose: dict[str, Any]) -> None:
+    """The card network's persistent TCP links (issue 20, docs/iso8583.md) reach cards on
+    CARDS_ISO8583_PORT; cards' HTTP port stays on the compose network, behind the gateway."""
+    env = read_env_file(REPO / "deploy" / "bank.env")
+    port = int(env.get("CARDS_ISO8583_PORT", CardsSettings.model_fields["iso8583_port"].default))
+    assert port == 8583
+    assert compose["services"]["cards"]["ports"] == [f"{port}:{port}"]
+    http_port = urlsplit(env["BANK_CARDS_URL"]).port
+    assert all(str(http_port) not in p for p in compose["services"]["cards"]["ports"])
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    assert str(port) in dockerfile.split("\nEXPOSE", 1)[1].splitlines()[0].split()
+
+
+def test_the_compose_link_admits_connections_through_dockers_bridge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link from the host to the published port arrives from Docker's bridge (172.17.0.1 by default),
+    not loopback: the allow list bank.env gives cards must take it, as cards itself parses it."""
+    env = read_env_file(REPO / "deploy" / "bank.env")
+    for name, value in env.items():
+        if name.startswith("CARDS_"):
+            monkeypatch.setenv(name, value)
+    settings = CardsSettings()
+    assert settings.iso8583_port == 8583
+    for address in ("172.17.0.1", "127.0.0.1", "192.168.65.1"):
+        assert any(ip_address(address) in net for net in settings.iso8583_allow_networks), address
+    assert not any(ip_address("8.8.8.8") in net for net in settings.iso8583_allow_networks)
 
 
 def test_env_file_names_match_the_settings_classes(classes: list[SettingsClass]) -> None:

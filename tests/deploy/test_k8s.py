@@ -10,12 +10,14 @@ check on purpose, and checked below for the fields the bank relies on.
 from __future__ import annotations
 
 import re
+from ipaddress import ip_address
 from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 
+from services.cards.config import CardsSettings
 from shared.config import SERVICES
 from tests.deploy.conftest import REPO, SettingsClass, code_topics, known_setting, read_env_file
 
@@ -27,6 +29,7 @@ CRD_KINDS = {
     ("postgresql.cnpg.io/v1", "Cluster"),
 }
 Docs = list[dict[str, Any]]
+LINK_SERVICE = "cards-iso8583"
 
 
 def of_kind(docs: Docs, kind: str) -> dict[str, dict[str, Any]]:
@@ -58,6 +61,7 @@ def test_manifests_match_the_kubernetes_schemas(rendered: dict[str, Docs], overl
 def test_every_service_has_its_resources(rendered: dict[str, Docs], overlay: str) -> None:
     docs = rendered[overlay]
     deployments, services = of_kind(docs, "Deployment"), of_kind(docs, "Service")
+    services.pop(LINK_SERVICE)  # cards' second Service: the card network's way in (below)
     hpas, pdbs = of_kind(docs, "HorizontalPodAutoscaler"), of_kind(docs, "PodDisruptionBudget")
     assert set(deployments) == set(services) == set(hpas) == set(pdbs) == set(SERVICES)
     settings = config(docs)
@@ -81,6 +85,40 @@ def test_every_service_has_its_resources(rendered: dict[str, Docs], overlay: str
         assert hpas[name]["spec"]["minReplicas"] >= 2 and pdbs[name]["spec"]["minAvailable"] >= 1
     (job,) = of_kind(docs, "Job").values()
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["bank", "migrate"]
+
+
+@pytest.mark.parametrize("overlay", ["base", "production"])
+def test_the_card_network_reaches_cards_iso8583_link(
+    rendered: dict[str, Docs], overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20: cards listens for the network's ISO 8583 links on CARDS_ISO8583_PORT; the pod declares the
+    port, the cards Service carries it, a LoadBalancer Service that keeps the source address (cards checks
+    it against CARDS_ISO8583_ALLOW_NETWORKS) lets the network in, and the allow list parses as cards reads
+    it."""
+    docs = rendered[overlay]
+    settings = config(docs)
+    for name, value in settings.items():
+        if name.startswith("CARDS_"):
+            monkeypatch.setenv(name, value)
+    cards_settings = CardsSettings()
+    port = cards_settings.iso8583_port
+    assert port == 8583
+    (container,) = of_kind(docs, "Deployment")["cards"]["spec"]["template"]["spec"]["containers"]
+    declared = {p["name"]: p for p in container["ports"]}
+    assert declared["iso8583"] == {"name": "iso8583", "containerPort": port, "protocol": "TCP"}
+    services = of_kind(docs, "Service")
+    internal = {p["name"]: p for p in services["cards"]["spec"]["ports"]}
+    assert (internal["iso8583"]["port"], internal["iso8583"]["targetPort"]) == (port, "iso8583")
+    link = services[LINK_SERVICE]["spec"]
+    assert link["type"] == "LoadBalancer" and link["externalTrafficPolicy"] == "Local"
+    assert link["selector"] == {"app.kubernetes.io/name": "cards"}
+    assert [(p["port"], p["targetPort"], p["protocol"]) for p in link["ports"]] == [(port, "iso8583", "TCP")]
+    assert all(
+        s["spec"].get("type", "ClusterIP") == "ClusterIP" for n, s in services.items() if n != LINK_SERVICE
+    )
+    networks = cards_settings.iso8583_allow_networks
+    assert networks and all(net.is_private for net in networks), "the link's allow list is a private range"
+    assert any(ip_address("10.1.2.3") in net for net in networks)
 
 
 def test_settings_names_match_the_code(rendered: dict[str, Docs], classes: list[SettingsClass]) -> None:
@@ -161,7 +199,17 @@ def test_network_policies_let_through_only_the_calls_the_bank_makes(rendered: di
                     out.add(peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name"))
         return out
 
-    ingress = {s: peers(policies[f"{s}-ingress"]["spec"]["ingress"]) for s in SERVICES}
+    link_rules = [
+        rule for rule in policies["cards-ingress"]["spec"]["ingress"]
+        if rule.get("ports") == [{"protocol": "TCP", "port": 8583}]
+    ]  # fmt: skip
+    assert peers(link_rules) == {None}, (
+        "the card network's ISO 8583 links reach cards from their own addresses"
+    )
+    ingress = {
+        s: peers([r for r in policies[f"{s}-ingress"]["spec"]["ingress"] if r not in link_rules])
+        for s in SERVICES
+    }
     assert None in ingress["gateway"], "the gateway takes traffic from anywhere"
     for service in SERVICES:
         if service != "gateway":

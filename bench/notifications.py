@@ -57,6 +57,7 @@ from sqlalchemy import text
 from bank.infra.kafka import KafkaBroker, ensure_jars, free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
+from shared import topics
 from shared.config import BankSettings, to_libpq
 from shared.db import Database
 from shared.events import make_transport
@@ -236,7 +237,7 @@ async def run_one(
         # Warm-up: one push end to end (consumer group formed, connections open).
         account, data = event(10**9, args.users)
         async with db.transaction() as s:
-            await outbox.emit(s, "transactions.feed", account, data)
+            await outbox.emit(s, topics.TRANSACTIONS_FEED, account, data)
         async with httpx.AsyncClient(base_url=fake_url, timeout=10, trust_env=False) as client:
             deadline = time.monotonic() + 180
             while not (await client.get("/_fake/received")).json()["received"]:
@@ -268,7 +269,7 @@ async def run_one(
                 account, data = event(i, args.users)
                 scheduled[f"tx_bench_{i}"] = due
                 async with slots, db.transaction() as s:
-                    await outbox.emit(s, "transactions.feed", account, data)
+                    await outbox.emit(s, topics.TRANSACTIONS_FEED, account, data)
                 committed[f"tx_bench_{i}"] = time.time()
 
             print(f"[{transport}] {total} card payments at {args.rate}/s ...", file=sys.stderr)

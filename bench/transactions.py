@@ -54,6 +54,7 @@ from services.transactions.merchants import profile
 from services.transactions.models import Merchant, Owner, Transaction, TransactionRow
 from services.transactions.publish import Announcer
 from services.transactions.render import merchant_doc, transaction_json
+from shared import topics
 from shared.auth import SigningKey
 from shared.config import BankSettings
 from shared.db import Database
@@ -94,15 +95,15 @@ def payment_story(n: int) -> list[tuple[str, Envelope]]:
     settled = {**card, "presentment_id": f"P{n:09d}", "authorised_amount": card["amount"], "forced": False,
                "exceeds_tolerance": False}  # fmt: skip
     return [
-        ("accounts.ledger", envelope("accounts", "account.hold.placed", account, hold, at)),
-        ("cards.authorisations", envelope("cards", "card.authorisation.approved", account, approved, at)),
-        ("cards.authorisations", envelope("cards", "card.transaction.settled", account, settled, at)),
+        (topics.LEDGER, envelope("accounts", "account.hold.placed", account, hold, at)),
+        (topics.CARD_AUTHORISATIONS, envelope("cards", "card.authorisation.approved", account, approved, at)),
+        (topics.CARD_AUTHORISATIONS, envelope("cards", "card.transaction.settled", account, settled, at)),
     ]
 
 
 async def consume_benchmark(settings: BankSettings, payments: int) -> dict[str, Any]:
     owners = [
-        ("accounts.accounts", envelope("accounts", "account.created", f"acc_bench{i}",
+        (topics.ACCOUNTS, envelope("accounts", "account.created", f"acc_bench{i}",
                                        {"user_id": f"user_b{i}", "currency": "GBP"}, T0))
         for i in range(ACCOUNTS)
     ]  # fmt: skip

@@ -53,6 +53,7 @@ from bank.migrate import upgrade
 from bench.notifications import cpu_seconds
 from services.webhooks.config import WebhooksSettings, decode_key
 from services.webhooks.signing import SecretBox, new_secret
+from shared import topics
 from shared.config import BankSettings, to_libpq
 from shared.db import Database
 from shared.events import make_transport
@@ -265,7 +266,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async def write(batch: list[tuple[int, int]]) -> None:
             async with db.transaction() as session:
                 for i, account in batch:
-                    await outbox.emit(session, "transactions.feed", f"acc_w{account}", event(i, account))
+                    await outbox.emit(session, topics.TRANSACTIONS_FEED, f"acc_w{account}", event(i, account))
             now = clock()
             for i, _ in batch:
                 committed[f"tx_bench{i}"] = now

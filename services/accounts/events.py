@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from shared import topics
 from shared.events.envelope import EventData
 
-ACCOUNTS_TOPIC = "accounts.accounts"
-LEDGER_TOPIC = "accounts.ledger"
+ACCOUNTS_TOPIC = topics.ACCOUNTS
+LEDGER_TOPIC = topics.LEDGER
 
 
 class AccountCreated(EventData):

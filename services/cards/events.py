@@ -7,9 +7,10 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
+from shared import topics
 from shared.events.envelope import EventData
 
-AUTHORISATIONS_TOPIC = "cards.authorisations"
+AUTHORISATIONS_TOPIC = topics.CARD_AUTHORISATIONS
 
 
 class MerchantData(BaseModel):

@@ -23,13 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.notifications import messages, repository
 from services.notifications.observability import NOTIFICATIONS_QUEUED
 from services.notifications.sender import Sender
+from shared import topics
 from shared.db import after_commit
 from shared.events.consumer import Handler
 from shared.events.envelope import Envelope
 from shared.ids import new_id
 
-TRANSACTIONS_TOPIC = "transactions.feed"
-WEBHOOKS_TOPIC = "webhooks.endpoints"
+TRANSACTIONS_TOPIC = topics.TRANSACTIONS_FEED
+WEBHOOKS_TOPIC = topics.WEBHOOK_ENDPOINTS
 
 
 class TransactionEvent(BaseModel):

@@ -7,12 +7,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
+from shared import topics
 from shared.events.envelope import EventData
 
-FEED_TOPIC = "transactions.feed"
-ACCOUNTS_TOPIC = "accounts.accounts"
-LEDGER_TOPIC = "accounts.ledger"
-CARDS_TOPIC = "cards.authorisations"
+FEED_TOPIC = topics.TRANSACTIONS_FEED  # ours
+# What we read (their names from the one list; tests/contract/test_event_models.py checks our models).
+ACCOUNTS_TOPIC = topics.ACCOUNTS
+LEDGER_TOPIC = topics.LEDGER
+CARDS_TOPIC = topics.CARD_AUTHORISATIONS
 
 ACCOUNT_CREATED = "account.created"
 TOPUP_COMPLETED = "account.topup.completed"

@@ -6,10 +6,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from shared import topics
 from shared.events.envelope import EventData
 
-TOPIC = "webhooks.endpoints"
-FEED_TOPIC = "transactions.feed"
+TOPIC = topics.WEBHOOK_ENDPOINTS  # ours
+FEED_TOPIC = topics.TRANSACTIONS_FEED  # what we read
 DELIVERED_TYPES = ("transaction.created", "transaction.updated")
 
 

@@ -1,12 +1,14 @@
 """`bank clients create` (a third-party OAuth client) and `bank demo` (a customer to try the API as).
 
-Both talk to the bank's database directly (BANK_DATABASE_URL), as the
-accounts service would; neither needs the services to be running.
+Both talk to the bank's database directly (BANK_DATABASE_URL, else the embedded PostgreSQL of
+`bank up`), as the accounts service would; neither needs the services to be running. `bank demo`'s
+examples go through the gateway, as every client's calls do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shlex
 
@@ -60,14 +62,21 @@ async def _create_client(name: str, redirect_uris: list[str], confidential: bool
         await db.dispose()
 
 
-def demo() -> None:
+def demo(
+    export: bool = typer.Option(
+        False,
+        "--export",
+        help="print only `export TOKEN=… ACCOUNT=…` for `eval` (the rest goes to stderr)",
+    ),
+) -> None:
     """Create a demo customer with an account, and print how to call the API as them."""
     email = f"demo+{secrets.token_hex(4)}@example.com"
     password = secrets.token_urlsafe(12)
     settings = load(BankSettings)
     user_id, account_id, token = asyncio.run(_demo(settings, email, password))
-    accounts_url = settings.url_of("accounts")
-    auth = shlex.quote(f"Authorization: Bearer {token}")
+    api = settings.gateway_url
+    auth = '"Authorization: Bearer $TOKEN"'
+    exports = f"export TOKEN={shlex.quote(token)}\nexport ACCOUNT={shlex.quote(account_id)}\n"
     typer.echo(
         f"A demo customer:\n"
         f"  email         {email}\n"
@@ -75,10 +84,23 @@ def demo() -> None:
         f"  user_id       {user_id}\n"
         f"  account_id    {account_id}\n"
         f"  access_token  {token}\n\n"
-        f"Try it (the accounts service; the gateway does not route yet):\n"
-        f"  curl -s {accounts_url}/ping/whoami -H {auth}\n"
-        f"  curl -s {accounts_url}/accounts -H {auth}\n"
+        f'Try it through the gateway (`eval "$(bank demo --export)"` sets TOKEN and ACCOUNT for you):\n'
+        + ("" if export else "".join(f"  {line}\n" for line in exports.splitlines()))
+        + f"  curl -s -H {auth} {api}/ping/whoami\n"
+        f"  curl -s -H {auth} {api}/accounts\n"
+        f'  curl -s -H {auth} "{api}/balance?account_id=$ACCOUNT"\n',
+        err=export,
     )
+    if export:
+        typer.echo(exports, nl=False)
+
+
+def _database_url(settings: BankSettings) -> str:
+    """The bank's database: DATABASE_URL if set, else the embedded PostgreSQL `bank up` starts (on
+    BANK_PG_PORT, which the default URL does not follow)."""
+    if os.environ.get("DATABASE_URL") or os.environ.get("BANK_DATABASE_URL"):
+        return settings.database_url
+    return f"postgresql://postgres@127.0.0.1:{settings.pg_port}/bank"
 
 
 async def _demo(settings: BankSettings, email: str, password: str) -> tuple[str, str, str]:
@@ -88,7 +110,7 @@ async def _demo(settings: BankSettings, email: str, password: str) -> tuple[str,
     from shared.db import Database
     from shared.events.outbox import Outbox
 
-    db = Database(settings.database_url, pool_size=1, application_name="bank-cli")
+    db = Database(_database_url(settings), pool_size=1, application_name="bank-cli")
     try:
         accounts = load(AccountsSettings)
         identity = IdentityService(db, LedgerService(Outbox("accounts"), accounts), accounts)

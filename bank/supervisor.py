@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -92,6 +93,17 @@ class Restarts:
 
 
 FAKE_PUSH_PORT = 8010
+
+# Webhook receivers a development bank may call although they are loopback (the SSRF guard in
+# services/webhooks/ssrf.py refuses them otherwise): a receiver on the developer's own machine.
+DEV_WEBHOOK_NETWORKS = ["127.0.0.0/8", "::1/128"]
+
+
+def webhook_networks(env: dict[str, str]) -> str:
+    try:
+        return ", ".join(json.loads(env.get("WEBHOOKS_ALLOW_NETWORKS", "[]"))) or "none"
+    except (ValueError, TypeError):
+        return env.get("WEBHOOKS_ALLOW_NETWORKS", "")
 
 
 def _free_port(preferred: int) -> int:
@@ -210,8 +222,11 @@ def run_bank(settings: BankSettings, *, kafka_bootstrap: str | None = None) -> i
         env = dict(os.environ, BANK_DATABASE_URL=database_url, BANK_DATA_DIR=str(data_dir))
         if kafka_bootstrap:
             env.update(BANK_TRANSPORT="kafka", BANK_KAFKA_BOOTSTRAP=kafka_bootstrap)
-        # The embedded default is a development bank: webhooks may go to plain-http receivers.
+        # `bank up` runs a development bank: webhooks may go to plain-http receivers on this machine
+        # (production refuses both: https only, and loopback or private addresses only when
+        # WEBHOOKS_ALLOW_NETWORKS names them).
         env.setdefault("WEBHOOKS_ALLOW_HTTP", "true")
+        env.setdefault("WEBHOOKS_ALLOW_NETWORKS", json.dumps(DEV_WEBHOOK_NETWORKS))
         fake_push = start_fake_push(env)
         link = f"{env.get('CARDS_ISO8583_HOST') or settings.host}:{choose_iso8583_port(env)}"
         procs = start_services(settings, env)
@@ -229,6 +244,8 @@ def run_bank(settings: BankSettings, *, kafka_bootstrap: str | None = None) -> i
             + f"\n  card network ISO 8583 link: {link}"
             + f" (sign-on key: {load(CardsSettings).network_api_key}; docs/iso8583.md)"
             + "\n  a customer to try the API as: .venv/bin/bank demo"
+            + f"\n  webhooks   receivers may be plain http and on this machine ({webhook_networks(env)});"
+            + " a development bank: production refuses both"
             + (f"\n  pushes     {fake_push[1]} (the local fake APNs/FCM)" if fake_push else "")
             + "\nPress Ctrl-C to stop.",
             flush=True,

@@ -30,7 +30,7 @@ async def server(db: Database, ledger: LedgerService) -> AsyncIterator[IdentityS
 
 async def bank(database_url: str, *args: str) -> tuple[int, str, str]:
     """`bank <args>` for the commands bank/accounts_cli.py provides, against the test database."""
-    env = {**os.environ, "BANK_DATABASE_URL": database_url, "BANK_ACCOUNTS_URL": "http://127.0.0.1:18001"}
+    env = {**os.environ, "BANK_DATABASE_URL": database_url, "BANK_GATEWAY_URL": "http://127.0.0.1:18000"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bank.accounts_cli", *args,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -90,8 +90,8 @@ async def test_demo_prints_a_customer_whose_token_works(server: IdentityServer, 
     email, password, token = field(out, "email"), field(out, "password"), field(out, "access_token")
     assert re.fullmatch(r"demo\+[0-9a-f]{8}@example\.com", email)
     assert field(out, "account_id").startswith("acc_")
-    assert "curl -s http://127.0.0.1:18001/ping/whoami" in out
-    assert "http://127.0.0.1:18001/accounts" in out
+    assert 'curl -s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:18000/ping/whoami' in out
+    assert f"export TOKEN={token}" in out and "http://127.0.0.1:18000/accounts" in out
 
     me = await whoami(server.http, token)
     assert me.status_code == 200, me.text

@@ -32,7 +32,8 @@ from typing import Any
 
 import httpx
 
-from bank.infra.kafka import KafkaBroker, free_port
+from bank.infra.kafka import KafkaBroker
+from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from shared.config import SERVICES, to_libpq
 

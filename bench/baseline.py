@@ -112,7 +112,7 @@ class BaselineServer:
     """The baseline endpoint as its own process on a free port."""
 
     def __init__(self, database_url: str) -> None:
-        from bank.infra.kafka import free_port
+        from bank.infra.ports import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -64,7 +64,7 @@ import asyncpg
 import httpx
 import psutil
 
-from bank.infra.kafka import free_port
+from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
 from bench.lean_http import Connection as LeanConnection

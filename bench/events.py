@@ -54,7 +54,8 @@ import psutil
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bank.infra.kafka import LIB_DIR, KafkaBroker, ensure_jars, free_port
+from bank.infra.kafka import LIB_DIR, KafkaBroker, ensure_jars
+from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
 from shared.db import Database, after_commit

@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bank.infra.kafka import free_port
+from bank.infra.ports import free_port
 from shared.auth import SigningKey
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -46,7 +46,7 @@ import httpx
 import psutil
 from fastapi import FastAPI
 
-from bank.infra.kafka import free_port
+from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
 from bench.lean_http import Connection

@@ -54,7 +54,8 @@ import psutil
 from pydantic import SerializerFunctionWrapHandler, model_serializer
 from sqlalchemy import text
 
-from bank.infra.kafka import KafkaBroker, ensure_jars, free_port
+from bank.infra.kafka import KafkaBroker, ensure_jars
+from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
 from shared import topics

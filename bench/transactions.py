@@ -45,7 +45,8 @@ from typing import Any
 import httpx
 from sqlalchemy import func, insert, select, text
 
-from bank.infra.kafka import KafkaBroker, ensure_jars, free_port
+from bank.infra.kafka import KafkaBroker, ensure_jars
+from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
 from services.transactions.consumers import TOPICS, FeedProjector, transaction_id

@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 import asyncpg
 import httpx
 
-from bank.infra.kafka import free_port
+from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
 from bench.notifications import cpu_seconds

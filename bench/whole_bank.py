@@ -54,7 +54,7 @@ import httpx
 import psutil
 
 from bank.faults import BACKLOG_SQL
-from bank.infra.kafka import free_port
+from bank.infra.ports import free_port
 from bench.cards import (
     NETWORK_KEY,
     Card,

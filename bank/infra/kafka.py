@@ -25,23 +25,22 @@ import base64
 import contextlib
 import fcntl
 import hashlib
-import itertools
 import json
 import logging
 import os
-import random
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from bank.infra.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -118,41 +117,6 @@ def ensure_jars(quiet: bool = True) -> Path:
             raise RuntimeError(f"Maven succeeded but no kafka_2.13 jar is in {LIB_DIR}")
         _STAMP.write_text(_pom_digest() + "\n")
     return LIB_DIR
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now, below the kernel's ephemeral range: a port
-    from that range (what binding port 0 gives) can be taken as the source port of any outgoing
-    connection while its server is down for a restart, and the restart then fails to bind.
-
-    Ports are handed out by walking the range from a random start, so one process never gets the
-    same port twice: callers often take several before binding any (a bank's services and its
-    database), and free-right-now alone let two of them get one port (CI: PostgreSQL and
-    transactions both given 27398)."""
-    low = _ephemeral_low()
-    first = max(1024, low - 12000)
-    span = low - first
-    with _PORT_LOCK:
-        for _ in range(span):
-            port = first + next(_port_walk) % span
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free TCP port below the ephemeral range")
-
-
-_PORT_LOCK = threading.Lock()
-_port_walk = itertools.count(random.randrange(1 << 16))
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
 
 
 def _port_open(port: int, timeout: float = 0.5) -> bool:
@@ -587,6 +551,5 @@ __all__ = [
     "create_topic",
     "down",
     "ensure_jars",
-    "free_port",
     "up",
 ]

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import httpx
 
-from bank.infra.kafka import REPO_ROOT, _java, _port_open, _tail, free_port
+from bank.infra.kafka import REPO_ROOT, _java, _port_open, _tail
+from bank.infra.ports import free_port
 from services.transactions.s3 import SigV4Presigner
 
 log = logging.getLogger(__name__)

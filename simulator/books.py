@@ -6,9 +6,12 @@ reversals left standing (0410), stand-in approvals it advised (0130), and which 
 
     start - standing authorisations not yet cleared - advised stand-ins not yet cleared
           - settled presentments + settled refunds
+          - payments made + payments received - pot deposits + pot withdrawals
 
-and `reconcile` compares that with the bank's public `/balance`. Anything the network could not get
-acknowledged, or a repeat answered unlike its original, is a problem in itself.
+and `reconcile` compares that with the bank's public `/balance`. The last line is the customers' app's
+own record (the moves the bank answered as done, on their own tokens), as is each pot's balance:
+its balance at the start + deposits - withdrawals, compared with `GET /pots`. Anything that could
+not get an answer, or a repeat answered unlike its original, is a problem in itself.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ class Books:
     credits: Counter[int] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)  # clearing outcomes, for the report
+    moved: Counter[int] = field(default_factory=Counter)  # app moves per customer: + in, - out
+    pot_start: dict[int, int] = field(default_factory=dict)  # each pot's balance at the start, by card
+    potted: Counter[int] = field(default_factory=Counter)  # deposits - withdrawals, by card
+    app_moves: Counter[str] = field(default_factory=Counter)  # done moves and their amounts, for the report
 
     def authorised(self, nid: str, card: int, amount: int, code: str, authorisation_id: str | None) -> None:
         """The definitive answer to an authorisation (0110)."""
@@ -72,6 +79,26 @@ class Books:
         if auth is not None and auth.card == card:
             auth.settled, auth.standing, auth.posted = True, 0, 0
 
+    def paid(self, card: int, payee: int, amount: int) -> None:
+        """A payment the bank answered as made (201, or the stored answer to a resend)."""
+        self.moved[card] -= amount
+        self.moved[payee] += amount
+        self.app_moves["payments"] += 1
+        self.app_moves["paid"] += amount
+
+    def pot_moved(self, card: int, amount: int, *, deposit: bool) -> None:
+        """A pot deposit or withdrawal the bank answered as done."""
+        signed = amount if deposit else -amount
+        self.moved[card] -= signed
+        self.potted[card] += signed
+        name = "pot_deposits" if deposit else "pot_withdrawals"
+        self.app_moves[name] += 1
+        self.app_moves[f"{name}_amount"] += amount
+
+    def expected_pots(self) -> dict[int, int]:
+        """Each pot's balance as its owner's app has seen it, by card."""
+        return {card: start + self.potted[card] for card, start in self.pot_start.items()}
+
     def problem(self, text: str) -> None:
         self.problems.append(text)
 
@@ -84,5 +111,7 @@ class Books:
         for card, amount in self.debits.items():
             out[card] -= amount
         for card, amount in self.credits.items():
+            out[card] += amount
+        for card, amount in self.moved.items():
             out[card] += amount
         return out

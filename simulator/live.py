@@ -17,7 +17,7 @@ from simulator.scenarios import AUTHORISATION, KINDS
 CODE_NAMES = {
     "00": "approved", "05": "do not honour", "14": "invalid card", "51": "insufficient funds",
     "54": "expired", "57": "not permitted", "61": "exceeds limit", "91": "issuer unavailable",
-    "94": "duplicate", "settled": "settled", "rejected": "rejected", "retry": "retry",
+    "94": "duplicate", "settled": "settled", "rejected": "rejected", "retry": "retry", "ok": "done",
 }  # fmt: skip
 
 

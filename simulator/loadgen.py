@@ -16,6 +16,9 @@ The network behaves as a card scheme does:
 HTTP goes over a small HTTP/1.1 keep-alive pool on asyncio streams: httpx costs about a millisecond of
 CPU per request, which on a 2-core machine would be taken from the bank being measured.
 
+The customers' app calls in a schedule (payments, pot moves) go through `simulator.app.App`, on the
+customers' own tokens, resent with the same dedupe_id until answered.
+
 The wire is JSON over HTTP (`JsonWire`, the gateway's /network routes) or ISO 8583 over persistent
 links (`simulator.iso8583.LinkWire`, `--wire iso8583`). On the links, an authorisation left unanswered
 by a cut link is first repeated (0101) on another link, as networks do, and reversed only if no
@@ -32,7 +35,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from hdrh.histogram import HdrHistogram
@@ -40,7 +43,21 @@ from hdrh.histogram import HdrHistogram
 from simulator.books import Books
 from simulator.merchants import Merchant, catalogue
 from simulator.population import Customer
-from simulator.scenarios import ADVICE, AUTHORISATION, CLEARING, REPEAT, REVERSAL, Message
+from simulator.scenarios import (
+    ADVICE,
+    APP_KINDS,
+    AUTHORISATION,
+    CLEARING,
+    PAYMENT,
+    POT_DEPOSIT,
+    POT_WITHDRAWAL,
+    REPEAT,
+    REVERSAL,
+    Message,
+)
+
+if TYPE_CHECKING:
+    from simulator.app import App
 
 MAX_LATENCY_US = 3_600_000_000
 PATHS = {
@@ -87,30 +104,44 @@ class Pool:
         self.host, self.port = parts.hostname, parts.port or 80
         self.prefix = parts.path.rstrip("/")
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self._head = f"Host: {self.host}:{self.port}\r\nContent-Type: application/json\r\n{extra}"
+        self._host = f"Host: {self.host}:{self.port}\r\n{extra}"
+        self._head = f"{self._host}Content-Type: application/json\r\n"
         self.idle: list[_Conn] = []
         self.slots = asyncio.Semaphore(size)
         self.opened = 0
         self.stale = 0  # idle connections the server had closed, found on reuse
 
     async def post(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+        """A JSON body POSTed with the pool's headers."""
+        return await self._request(f"POST {self.prefix}{path} HTTP/1.1\r\n{self._head}", body, timeout)
+
+    async def request(
+        self, method: str, path: str, body: bytes, timeout: float, *, headers: dict[str, str],
+        content_type: str = "application/x-www-form-urlencoded",
+    ) -> tuple[int, bytes]:  # fmt: skip
+        """Any request, with these headers beside the pool's (a customer's token, a form body)."""
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        start = f"{method} {self.prefix}{path} HTTP/1.1\r\n{self._host}{extra}"
+        return await self._request(f"{start}Content-Type: {content_type}\r\n", body, timeout)
+
+    async def _request(self, head: str, body: bytes, timeout: float) -> tuple[int, bytes]:
         async with self.slots, asyncio.timeout(timeout):
             conn = self.idle.pop() if self.idle else None
             try:
-                return await self._exchange_on(conn, path, body)
+                return await self._exchange_on(conn, head, body)
             except _StaleConnection:
                 # The server closed the idle connection as we reused it (its keep-alive timeout): it
                 # saw nothing, so the message goes again on a fresh connection, as any HTTP client does.
                 self.stale += 1
-                return await self._exchange_on(None, path, body)
+                return await self._exchange_on(None, head, body)
 
-    async def _exchange_on(self, conn: _Conn | None, path: str, body: bytes) -> tuple[int, bytes]:
+    async def _exchange_on(self, conn: _Conn | None, head: str, body: bytes) -> tuple[int, bytes]:
         reused = conn is not None
         try:
             if conn is None:
                 conn = _Conn(*await asyncio.open_connection(self.host, self.port))
                 self.opened += 1
-            status, payload, keep = await self._exchange(conn, path, body)
+            status, payload, keep = await self._exchange(conn, head, body)
         except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
             if conn is not None:
                 conn.close()
@@ -127,9 +158,9 @@ class Pool:
             conn.close()
         return status, payload
 
-    async def _exchange(self, conn: _Conn, path: str, body: bytes) -> tuple[int, bytes, bool]:
-        head = f"POST {self.prefix}{path} HTTP/1.1\r\n{self._head}Content-Length: {len(body)}\r\n\r\n"
-        conn.writer.write(head.encode() + body)
+    async def _exchange(self, conn: _Conn, head: str, body: bytes) -> tuple[int, bytes, bool]:
+        """`head`: the request line and headers but Content-Length."""
+        conn.writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
         status_line = await conn.reader.readuntil(b"\r\n")
         length, keep, chunked = 0, True, False
         while (line := await conn.reader.readuntil(b"\r\n")) != b"\r\n":
@@ -270,7 +301,8 @@ def _code_of(status: int, payload: bytes, field_name: str = "response_code") -> 
 
 
 class Network:
-    """Plays a schedule against the bank, keeping `books` from its answers."""
+    """Plays a schedule against the bank, keeping `books` from its answers (the app's calls through
+    `app`)."""
 
     def __init__(
         self,
@@ -282,8 +314,10 @@ class Network:
         timeout: float = 10.0,
         forward_seconds: float = 90.0,
         merchants: Sequence[Merchant] | None = None,
+        app: App | None = None,
     ) -> None:
         self.wire: Wire = JsonWire(pool) if isinstance(pool, Pool) else pool
+        self.app = app
         self.customers, self.books, self.stats = customers, books, stats
         # ISO 8583 links: an authorisation a cut left unanswered is repeated (0101), see _authorise.
         self.repeats = getattr(self.wire, "repeats_unanswered", False)
@@ -354,12 +388,18 @@ class Network:
                 await self._advise(m, due)
             elif m.kind == REVERSAL:
                 await self._reverse(m, due)
+            elif m.kind in APP_KINDS:
+                await self._app_call(m, due)
             else:
                 await self._clear(m, due)
         except Exception as exc:  # a bug here must not stop the run; it is a problem in the report
-            self.books.problem(f"{m.kind} {m.nid or m.presentment_id}: the simulator failed: {exc!r}")
-            if m.kind in (AUTHORISATION, ADVICE) and m.nid and not self._decided(m.nid).done():
-                self._decided(m.nid).set_result(False)
+            name = m.nid or m.presentment_id or m.dedupe_id
+            self.books.problem(f"{m.kind} {name}: the simulator failed: {exc!r}")
+            waited_for = (
+                m.dedupe_id if m.kind == POT_DEPOSIT else m.nid if m.kind in (AUTHORISATION, ADVICE) else None
+            )
+            if waited_for and not self._decided(waited_for).done():
+                self._decided(waited_for).set_result(False)
 
     async def _authorise(self, m: Message, due: float) -> None:
         nid = m.nid or ""
@@ -462,6 +502,25 @@ class Network:
             self.books.cleared(m.card, m.nid, m.amount, status, doc.get("outcome"))
         else:
             self.books.problem(f"presentment {m.presentment_id}: never settled (last answer {status})")
+
+    async def _app_call(self, m: Message, due: float) -> None:
+        """A customer's payment or pot move, from their app (a withdrawal once its deposit is done)."""
+        if self.app is None:
+            raise RuntimeError("an app call in the schedule, and no app to make it")
+        if m.kind == POT_WITHDRAWAL and not await self._approved(m.needs):
+            return
+        code, _ = await self.app.call(m, self.stats)
+        self.stats.record(m.kind, int(m.at), asyncio.get_running_loop().time() - due, code)
+        done = code == self.app.OK
+        if done and m.kind == PAYMENT:
+            assert m.counterparty is not None
+            self.books.paid(m.card, m.counterparty, m.amount)
+        elif done:
+            self.books.pot_moved(m.card, m.amount, deposit=m.kind == POT_DEPOSIT)
+        elif self.app.unanswered(code):
+            self.books.problem(f"{m.kind} {m.dedupe_id}: never answered (last answer {code})")
+        if m.kind == POT_DEPOSIT:
+            self._decided(m.dedupe_id or "").set_result(done)
 
     async def _first_then_forward(
         self, m: Message, due: float, body: dict[str, Any], field_name: str, final: set[str]

@@ -49,6 +49,7 @@ class Customer:
     cvc: str = ""
     expiry: str = ""  # YYMM, as the network sends it
     token: str = field(default="", repr=False)
+    pot_id: str = ""  # the pot the app moves money into and out of (created before a run that needs it)
 
 
 @dataclass

@@ -124,7 +124,7 @@ def markdown(report: dict[str, Any]) -> str:
     for kind, codes in report["codes"].items():
         lines.append(f"| {kind} | {', '.join(f'{c}: {n}' for c, n in sorted(codes.items()))} |")
     lines += ["", f"Errors: {report['errors'] or 'none'}.", ""]
-    for key in ("chaos", "clearing_outcomes"):
+    for key in ("chaos", "clearing_outcomes", "app_moves"):
         if key in report:
             lines += [f"{key.replace('_', ' ').capitalize()}: `{json.dumps(report[key])}`", ""]
     rec = report["reconciliation"]

@@ -1,5 +1,5 @@
-"""One simulator run end to end: population, opening books, schedule, open-loop load, reconciliation,
-report."""
+"""One simulator run end to end: population, opening books (and the pots the app will use), schedule,
+open-loop load (the network's messages and the customers' app calls), reconciliation, report."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from simulator import report as reporting
+from simulator.app import App
 from simulator.books import Books
 from simulator.live import live_view
 from simulator.loadgen import JsonWire, Network, Pool, Stats, Wire
 from simulator.population import Population, seed_population
 from simulator.reconcile import balances, reconcile
-from simulator.scenarios import generate, summary
+from simulator.scenarios import POT_DEPOSIT, POT_WITHDRAWAL, generate, summary
 
 DEV_NETWORK_KEY = "dev-network-key"
 
@@ -111,8 +112,11 @@ async def run_scenario(
                         prefix=cfg.prefix)  # fmt: skip
     say(f"{cfg.scenario}: {len(schedule)} messages planned {summary(schedule)}")
     stats = Stats()
+    app = App(cfg.base_url, customers, timeout=cfg.timeout)
+    if pots := {m.card for m in schedule if m.kind in (POT_DEPOSIT, POT_WITHDRAWAL)}:
+        books.pot_start = await app.prepare_pots(pots)
     wire = wire or await open_wire(cfg)
-    network = Network(wire, customers, books, stats, timeout=cfg.timeout)
+    network = Network(wire, customers, books, stats, timeout=cfg.timeout, app=app)
     chaos: dict[str, Any] | None = None
     try:
         async with live_view(stats, f"bank sim {cfg.scenario}", len(schedule), enabled=cfg.live):
@@ -128,6 +132,7 @@ async def run_scenario(
                 chaos = await side[0] if side else None
     finally:
         await wire.aclose()
+        await app.aclose()
     say(f"{cfg.scenario}: sent {stats.offered} in {stats.elapsed:.1f}s; reconciling")
     differences = await reconcile(books, customers, cfg.base_url, settle_seconds=cfg.settle_seconds)
     if bank_checks is not None:
@@ -136,7 +141,8 @@ async def run_scenario(
     run = {k: (str(v) if isinstance(v, Path) else v) for k, v in run.items()}
     run["ledger_checked"] = bank_checks is not None
     run["customers"] = len(customers)
-    extra: dict[str, Any] = {"planned": summary(schedule), "clearing_outcomes": dict(books.outcomes)}
+    extra: dict[str, Any] = {"planned": summary(schedule), "clearing_outcomes": dict(books.outcomes),
+                             "app_moves": dict(books.app_moves)}  # fmt: skip
     if chaos is not None:
         extra["chaos"] = chaos
     if cfg.wire == "iso8583" and (links := getattr(wire, "links", None)) is not None:

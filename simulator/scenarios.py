@@ -11,14 +11,20 @@ schedule, so a run can be repeated and the generation is unit-testable.
             before clearing, online orders some refunded, ATM withdrawals, deliberate insufficient-
             funds declines, cancelled orders (full reversal), retransmitted duplicates (0101), offline
             force-posts (a presentment with no authorisation), stand-in advices (0120) then cleared,
-            balance inquiries.
+            balance inquiries; and, from the customers' app rather than the network, payments to
+            another customer (`POST /payments`) and money put into a pot and some of it taken out
+            again (`PUT /pots/{id}/deposit|withdraw`).
 * `soak`:   the `day` mix at a constant Poisson rate R, long (default 10 minutes).
 
 `budgets[i]` is what card i can spend at the start. The generator never plans more spending on a card
 than its budget (counting tips and every planned clearing as if approved), so every approved
 authorisation can be captured and every force-post finds the money: a reconciliation difference is
 then the bank's, never a race the simulator set up. A card with no budget left gets a balance inquiry
-instead. Insufficient-funds declines ask for more than the card's whole budget.
+instead. Insufficient-funds declines ask for more than the card's whole budget. A payment or a pot
+deposit is planned against the payer's budget like a purchase; what a customer receives (a payment
+to them, a withdrawal from their pot) is never counted on, so every planned move can be afforded
+whatever order the bank sees them in, and a pot withdrawal takes out at most what its own deposit
+(which it waits for) put in.
 """
 
 from __future__ import annotations
@@ -50,7 +56,13 @@ REPEAT = "repeat"  # 0101, the same message again
 REVERSAL = "reversal"  # 0400
 ADVICE = "advice"  # 0120
 CLEARING = "clearing"  # 1240
-KINDS = (AUTHORISATION, REPEAT, REVERSAL, ADVICE, CLEARING)
+NETWORK_KINDS = (AUTHORISATION, REPEAT, REVERSAL, ADVICE, CLEARING)
+# Kinds of call from the customers' app (their own access tokens, through the gateway).
+PAYMENT = "payment"  # POST /payments
+POT_DEPOSIT = "pot_deposit"  # PUT /pots/{id}/deposit
+POT_WITHDRAWAL = "pot_withdrawal"  # PUT /pots/{id}/withdraw
+APP_KINDS = (PAYMENT, POT_DEPOSIT, POT_WITHDRAWAL)
+KINDS = NETWORK_KINDS + APP_KINDS
 
 # The day mix: story -> weight.
 DAY_MIX: dict[str, int] = {
@@ -69,6 +81,8 @@ DAY_MIX: dict[str, int] = {
     "offline": 3,
     "advice": 2,
     "balance": 1,
+    "payment": 4,
+    "pot": 4,
 }
 STEADY_MIX: dict[str, int] = {"coffee": 30, "grocery": 20, "transport": 20, "restaurant": 15, "online": 15}
 # Amount ranges in minor units.
@@ -82,6 +96,8 @@ RANGES: dict[str, tuple[int, int]] = {
     "hotel": (15_000, 40_000),
     "offline": (300, 2_500),
     "advice": (500, 5_000),
+    "payment": (100, 5_000),
+    "pot": (500, 10_000),
 }
 FUEL_PREAUTH = 9_900
 NEW = "<new>"  # a network id (or presentment id) named after the message's own seq
@@ -96,8 +112,8 @@ class Message:
     seq: int  # unique within the schedule; orders messages due at the same time
     kind: str  # one of KINDS
     story: str  # what this is part of (DAY_MIX keys, "purchase", "refund")
-    card: int  # index into the population's cards
-    merchant: str  # merchant id
+    card: int  # index into the population's cards (app calls: the customer who makes them)
+    merchant: str  # merchant id ("" for app calls)
     amount: int
     processing_code: str = PURCHASE
     nid: str | None = None  # network transaction id (all but offline and refund presentments)
@@ -106,6 +122,8 @@ class Message:
     original_amount: int | None = None  # reversal: the authorisation's amount
     needs: str | None = None  # send only if this network id was approved
     card_not_present: bool = False  # send the CVC
+    counterparty: int | None = None  # payment: the customer paid (an index, as `card`)
+    dedupe_id: str | None = None  # app calls: the client's dedupe_id, the same on every resend
 
 
 @dataclass(frozen=True)
@@ -204,7 +222,7 @@ class _Planner:
     def add(self, at: float, **fields: object) -> Message:
         """A message due at `at`; a network id or presentment id of NEW is named after its seq."""
         seq = self.next_seq()
-        for key, suffix in (("nid", ""), ("presentment_id", "F")):
+        for key, suffix in (("nid", ""), ("presentment_id", "F"), ("dedupe_id", "D")):
             if fields.get(key) is NEW:
                 fields[key] = f"{self.prefix}{seq:07d}{suffix}"
         msg = Message(at=round(at, 6), seq=seq, **fields)  # type: ignore[arg-type]
@@ -339,6 +357,30 @@ class _Planner:
         advice = self.add(at, kind=ADVICE, story=story, card=card, merchant=m.id, amount=amount,
                           nid=NEW)  # fmt: skip
         self._clear(at, advice, amount)  # always cleared: the posting is then certain either way
+
+    def _payment(self, at: float, story: str, clear: bool) -> None:
+        amount = self.amount(story)
+        payer = self.card_for(amount) if len(self.left) > 1 else None
+        if payer is None:
+            self._balance(at, "balance", clear)
+            return
+        payee = (payer + self.rng.randrange(1, len(self.left))) % len(self.left)
+        self.add(at, kind=PAYMENT, story=story, card=payer, merchant="", amount=amount, counterparty=payee,
+                 dedupe_id=NEW)  # fmt: skip
+
+    def _pot(self, at: float, story: str, clear: bool) -> None:
+        amount = self.amount(story)
+        card = self.card_for(amount)
+        if card is None:
+            self._balance(at, "balance", clear)
+            return
+        deposit = self.add(at, kind=POT_DEPOSIT, story=story, card=card, merchant="", amount=amount,
+                           dedupe_id=NEW)  # fmt: skip
+        if self.rng.random() < 0.6:  # some of it taken out again later, once the deposit is in
+            back = self.rng.randint(1, amount)
+            when = self.later(at, 0.5, max(1.0, self.clear_lo))
+            self.add(when, kind=POT_WITHDRAWAL, story=story, card=card, merchant="", amount=back,
+                     dedupe_id=NEW, needs=deposit.dedupe_id)  # fmt: skip
 
     def _balance(self, at: float, story: str, clear: bool) -> None:
         card = self.rng.randrange(len(self.left))

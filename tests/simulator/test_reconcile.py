@@ -1,5 +1,6 @@
-"""A short `day` against a real bank (`bank up`) reconciles clean; a discrepancy made behind the
-network's back is reported, naming the account."""
+"""A short `day` against a real bank (`bank up`), the customers' payments and pot moves included,
+reconciles clean; a discrepancy made behind the network's (or the app's) back is reported, naming
+the account (or the pot)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,14 @@ async def test_day_reconciles_and_an_injected_discrepancy_is_caught(
         codes = result.report["codes"]["authorisation"]
         assert sum(codes.values()) == result.report["planned"]["authorisation"]
         assert result.books.auths, "the network kept books"
+        for kind in ("payment", "pot_deposit", "pot_withdrawal"):
+            outcomes = result.report["codes"][kind]
+            assert outcomes.get("ok", 0) > 0 and set(outcomes) == {"ok"}, (kind, outcomes)
+            assert sum(outcomes.values()) == result.report["planned"][kind], (kind, outcomes)
+        moves = result.report["app_moves"]
+        assert moves["payments"] == result.report["codes"]["payment"]["ok"] and moves["paid"] > 0, moves
+        assert moves["pot_deposits"] > 0 and moves["pot_withdrawals"] > 0, moves
+        assert result.books.pot_start, "the pots' opening balances were read"
         for name in ("report.json", "summary.md", "latency.png"):
             assert (tmp_path / "results" / name).stat().st_size > 0
         assert json.loads((tmp_path / "results" / "report.json").read_text())["reconciliation"]["clean"]
@@ -62,6 +71,21 @@ async def test_day_reconciles_and_an_injected_discrepancy_is_caught(
         differences = await reconcile(result.books, result.population.customers, gateway, settle_seconds=1)
         assert len(differences) == 2
         assert any(result.population.customers[1].account_id in d and "-500" in d for d in differences)
+
+        # Behind the app's back: the owner of a pot moves money into it with another client.
+        card = next(c for c in result.books.pot_start if c not in (0, 1))  # 0 and 1 differ already
+        owner = result.population.customers[card]
+        async with httpx.AsyncClient(timeout=15) as client:
+            r = await client.put(f"{gateway}/pots/{owner.pot_id}/deposit",
+                                 data={"source_account_id": owner.account_id, "amount": "77",
+                                       "dedupe_id": "behind-the-apps-back"},
+                                 headers={"Authorization": f"Bearer {owner.token}"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        differences = await reconcile(result.books, result.population.customers, gateway, settle_seconds=1)
+        assert any(owner.pot_id in d and "+77" in d for d in differences), differences
+        assert any(owner.account_id in d and "-77" in d and "available" in d for d in differences), (
+            differences
+        )
     finally:
         bank.proc.send_signal(signal.SIGINT)
         assert bank.proc.wait(timeout=60) == 0, bank.output()

@@ -9,8 +9,12 @@ from hypothesis import strategies as st
 
 from simulator.scenarios import (
     ADVICE,
+    APP_KINDS,
     AUTHORISATION,
     CLEARING,
+    PAYMENT,
+    POT_DEPOSIT,
+    POT_WITHDRAWAL,
     REPEAT,
     REVERSAL,
     SCENARIOS,
@@ -49,6 +53,7 @@ def test_schedules_are_coherent(name: str, r: float, d: float, s: int, b: list[i
     assert len({m.seq for m in schedule}) == len(schedule)
     first_at: dict[str, float] = {}
     planned: dict[int, int] = defaultdict(int)
+    deposits: dict[str, tuple[int, int]] = {}  # dedupe id -> (card, amount)
     for m in schedule:
         assert 0 <= m.at
         assert 0 <= m.card < len(b)
@@ -64,8 +69,18 @@ def test_schedules_are_coherent(name: str, r: float, d: float, s: int, b: list[i
             assert m.presentment_id and m.amount > 0
         if m.kind == REVERSAL and m.replacement is not None:
             assert 0 < m.replacement < (m.original_amount or 0)
-        if m.story != "insufficient" and m.kind in (AUTHORISATION, ADVICE):
+        if m.story != "insufficient" and m.kind in (AUTHORISATION, ADVICE, PAYMENT, POT_DEPOSIT):
             planned[m.card] += m.amount
+        if m.kind in APP_KINDS:
+            assert m.dedupe_id and m.dedupe_id not in first_at and m.amount > 0, "one dedupe_id per call"
+            first_at[m.dedupe_id] = m.at
+        if m.kind == PAYMENT:
+            assert m.counterparty is not None and m.counterparty != m.card and 0 <= m.counterparty < len(b)
+        if m.kind == POT_DEPOSIT:
+            deposits[m.dedupe_id or ""] = (m.card, m.amount)
+        if m.kind == POT_WITHDRAWAL:
+            card, amount = deposits[m.needs or ""]
+            assert card == m.card and m.amount <= amount, "takes out at most what its own deposit put in"
     presentments = [m.presentment_id for m in schedule if m.kind == CLEARING]
     assert len(presentments) == len(set(presentments))
     for card, amount in planned.items():
@@ -84,10 +99,10 @@ def test_the_day_mix_has_every_story() -> None:
     schedule = generate("day", rate=50, duration=60, seed=1, budgets=[500_000] * 200, prefix="T")
     stories = {m.story for m in schedule}
     for story in ("coffee", "restaurant", "fuel", "hotel", "online", "refund", "atm", "insufficient",
-                  "cancelled", "duplicate", "offline", "advice"):  # fmt: skip
+                  "cancelled", "duplicate", "offline", "advice", "payment", "pot"):  # fmt: skip
         assert story in stories
     kinds = {m.kind for m in schedule}
-    assert kinds == {AUTHORISATION, REPEAT, REVERSAL, ADVICE, CLEARING}
+    assert kinds == {AUTHORISATION, REPEAT, REVERSAL, ADVICE, CLEARING, PAYMENT, POT_DEPOSIT, POT_WITHDRAWAL}
 
 
 def test_burst_steps_to_five_times_the_rate() -> None:

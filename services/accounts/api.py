@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Header, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
 from services.accounts import repository as repo
 from services.accounts import schemas
@@ -206,38 +204,7 @@ def pots_router(db: Database, ledger: LedgerService) -> APIRouter:
     return api
 
 
-MAX_HOLDS_PER_BATCH = 1000
-
-
-class PlaceHold(BaseModel):
-    account_id: str
-    network_txn_id: str = Field(min_length=1, max_length=128)
-    amount: int = Field(gt=0, le=10**12)
-    currency: str
-    expires_at: datetime | None = None
-    traceparent: str | None = Field(default=None, max_length=55)  # the hold's own trace, in a batch
-
-
-class PlaceHolds(BaseModel):
-    """A batch of card authorisations' holds, decided in this order (decision 0030)."""
-
-    holds: list[PlaceHold] = Field(min_length=1, max_length=MAX_HOLDS_PER_BATCH)
-
-
-class Capture(BaseModel):
-    amount: int = Field(gt=0, le=10**12)
-    over_capture_tolerance: int = Field(default=0, ge=0, le=10**12)
-
-
-class ForcePost(BaseModel):
-    account_id: str
-    network_txn_id: str = Field(min_length=1, max_length=128)
-    amount: int = Field(gt=0, le=10**12)
-    currency: str
-    kind: str = Field(pattern="^(debit|credit)$")
-
-
-def _placement(body: PlaceHold) -> HoldPlacement:
+def _placement(body: schemas.PlaceHold) -> HoldPlacement:
     request = HoldRequest(body.account_id, body.network_txn_id, body.amount, parse_currency(body.currency))
     return HoldPlacement(request, body.expires_at, body.traceparent)
 
@@ -252,7 +219,7 @@ def internal_router(db: Database, ledger: LedgerService) -> APIRouter:
     async def place_holds(request: Request) -> JSONResponse:
         """Provisional holds for a batch of card authorisations, one answer each, in order: `status`
         (active | declined) and `decline_reason`, or `error` (a typed code) for a bad one."""
-        body = await read_model(request, PlaceHolds, max_bytes=MAX_HOLDS_PER_BATCH * 1024)
+        body = await read_model(request, schemas.PlaceHolds, max_bytes=schemas.MAX_HOLDS_PER_BATCH * 1024)
         async with db.fast_transaction() as tx:
             answers = await ledger.place_holds(tx, [_placement(h) for h in body.holds], provisional=True)
         return JSONResponse({"holds": [schemas.batch_hold_json(a) for a in answers]})
@@ -260,7 +227,7 @@ def internal_router(db: Database, ledger: LedgerService) -> APIRouter:
     @api.post("/holds", response_model=dict[str, Any], openapi_extra=json_body_doc("PlaceHold"))
     async def place_hold(request: Request) -> JSONResponse:
         """One hold, placed for good at once (a partial reversal's replacement hold)."""
-        body = await read_model(request, PlaceHold)
+        body = await read_model(request, schemas.PlaceHold)
         async with db.fast_transaction() as tx:
             (answer,) = await ledger.place_holds(tx, [_placement(body)], provisional=False)
         if isinstance(answer, BankError):
@@ -268,7 +235,7 @@ def internal_router(db: Database, ledger: LedgerService) -> APIRouter:
         return JSONResponse(schemas.hold_json(answer.hold, answer.account))
 
     @api.post("/holds/{network_txn_id}/capture")
-    async def capture(network_txn_id: str, body: Capture) -> dict[str, Any]:
+    async def capture(network_txn_id: str, body: schemas.Capture) -> dict[str, Any]:
         async with db.transaction() as session:
             result = await ledger.capture_hold(
                 session, network_txn_id=network_txn_id, amount=body.amount,
@@ -283,7 +250,7 @@ def internal_router(db: Database, ledger: LedgerService) -> APIRouter:
         return schemas.hold_json(result.hold, result.account)
 
     @api.post("/postings")
-    async def force_post(body: ForcePost) -> dict[str, Any]:
+    async def force_post(body: schemas.ForcePost) -> dict[str, Any]:
         async with db.transaction() as session:
             result = await ledger.force_post(
                 session, account_id=body.account_id, network_txn_id=body.network_txn_id,

@@ -1,6 +1,7 @@
 from fastapi import FastAPI
 
-from services.accounts.api import PlaceHold, PlaceHolds, internal_router, pots_router, public_router
+from services.accounts import schemas
+from services.accounts.api import internal_router, pots_router, public_router
 from services.accounts.cards_client import CardsClient
 from services.accounts.config import AccountsSettings
 from services.accounts.identity import IdentityService, identity_routers
@@ -37,7 +38,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         ],
         direct_routes=[("POST", "/internal/holds/batch"), ("POST", "/internal/holds")],
     )
-    document_models(app, PlaceHold, PlaceHolds)
+    document_models(app, schemas.PlaceHold, schemas.PlaceHolds)
     app.state.token_verifier = identity.verifier()
     app.state.internal_token = runtime.settings.internal_token
     return app

@@ -1,10 +1,13 @@
-"""Response shapes: the Mondo/Monzo developer API's JSON (docs.monzo.com), plus internal ones."""
+"""Request and response shapes: the Mondo/Monzo developer API's JSON (docs.monzo.com), the form
+values' parsers, and the internal card money path's JSON bodies (PlaceHold, Capture, ForcePost)."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel, Field
 
 from services.accounts.models import Account, Hold, Payment, Pot, User
 from shared.errors import BankError, bad_request
@@ -159,3 +162,36 @@ def parse_style(value: str | None) -> str:
 
 def parse_dedupe_id(value: str) -> str:
     return parse_text(value, "dedupe_id", maximum=MAX_DEDUPE_ID)
+
+
+# Request bodies of the internal card money path (JSON, from cards).
+
+MAX_HOLDS_PER_BATCH = 1000
+
+
+class PlaceHold(BaseModel):
+    account_id: str
+    network_txn_id: str = Field(min_length=1, max_length=128)
+    amount: int = Field(gt=0, le=10**12)
+    currency: str
+    expires_at: datetime | None = None
+    traceparent: str | None = Field(default=None, max_length=55)  # the hold's own trace, in a batch
+
+
+class PlaceHolds(BaseModel):
+    """A batch of card authorisations' holds, decided in this order (decision 0030)."""
+
+    holds: list[PlaceHold] = Field(min_length=1, max_length=MAX_HOLDS_PER_BATCH)
+
+
+class Capture(BaseModel):
+    amount: int = Field(gt=0, le=10**12)
+    over_capture_tolerance: int = Field(default=0, ge=0, le=10**12)
+
+
+class ForcePost(BaseModel):
+    account_id: str
+    network_txn_id: str = Field(min_length=1, max_length=128)
+    amount: int = Field(gt=0, le=10**12)
+    currency: str
+    kind: str = Field(pattern="^(debit|credit)$")

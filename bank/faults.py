@@ -257,7 +257,10 @@ async def run_bank_test(
     wire: str = "json",
 ) -> dict[str, Any]:
     """Start a bank, run the simulator's `day` traffic for `seconds` while FaultRunner breaks things,
-    quiesce, run the checker. Returns the report: operations, faults, invariant violations.
+    quiesce, run the checker. Returns the report: operations, faults, invariant violations. The
+    traffic is the card network's messages and the customers' app calls (payments between them, pot
+    deposits and withdrawals, resent with their dedupe_id when unanswered); the checker's
+    `transfers_conserve` and `transfers_in_feed` judge the money those moved.
     `wire`: the network's messages as JSON through the gateway, or "iso8583" over links to cards
     (a kill of cards cuts them with messages in flight; the network repeats what went unanswered)."""
     from bank.checker import Customer, settle
@@ -331,6 +334,9 @@ async def run_bank_test(
                     "messages_sent": result.stats.offered,
                     "answers": result.report.get("codes", {}),
                     "planned": result.report.get("planned", {}),
+                    # the customers' payments and pot moves the bank answered as done (their outcomes
+                    # are in `answers` under payment, pot_deposit and pot_withdrawal)
+                    "app_moves": result.report.get("app_moves", {}),
                     "customers": customers,
                     "webhooks": len(subscribed),
                     "webhook_requests_received": len(receiver.received),

@@ -1,8 +1,11 @@
 """The bank test (in the spirit of Jepsen's bank workload): the simulator's `day` traffic through the
-gateway (authorisations, repeats, reversals, advices, clearings, force-posts) while services are
-killed with SIGKILL and restarted every few seconds, PostgreSQL is restarted, accounts is slowed by a
+gateway (authorisations, repeats, reversals, advices, clearings, force-posts, and the customers'
+payments to each other and pot deposits and withdrawals from their app) while services are killed
+with SIGKILL and restarted every few seconds, PostgreSQL is restarted, accounts is slowed by a
 delaying proxy (and, on Kafka, the broker is stopped and started); then the bank is left to settle and
-`bank.checker` must find no violation of any invariant.
+`bank.checker` must find no violation of any invariant: money conserved across every payment and pot
+move (`transfers_conserve`), each in the feed, and every move done exactly once for the one the
+customer's app was answered (resends of an unanswered call carry the same dedupe_id).
 
 The short runs here are part of `make test`; `make soak` runs the same for 30 minutes
 (`python -m bank.faults --seconds 1800`).
@@ -48,8 +51,17 @@ def _assert_sound(doc: dict[str, Any], *, kinds: set[str]) -> None:
         "holds_accounted",
         "no_stray_holds",
         "api_balance",
+        "transfers_conserve",
+        "transfers_in_feed",
     ):
         assert always in checker["checked"], checker["checked"]
+    answers, moves = doc["operations"]["answers"], doc["operations"]["app_moves"]
+    for kind in ("payment", "pot_deposit", "pot_withdrawal"):
+        assert answers.get(kind, {}).get("ok", 0) > 0, (kind, answers.get(kind))
+    # Every payment and pot move the bank made is one the app was answered as done, and only once.
+    done = moves["payments"] + moves["pot_deposits"] + moves["pot_withdrawals"]
+    assert checker["figures"]["transfers"] == done, (checker["figures"]["transfers"], moves)
+    assert doc["simulator_reconciliation_differences"] == [], doc["simulator_reconciliation_differences"]
 
 
 async def test_money_survives_kills_a_database_restart_and_a_slow_ledger(tmp_path: Path) -> None:

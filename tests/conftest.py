@@ -18,7 +18,8 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
-from bank.infra.kafka import KafkaBroker, ensure_jars, free_port
+from bank.infra.kafka import KafkaBroker, ensure_jars
+from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
 from shared.config import BankSettings

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 import pytest_asyncio
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI
 
@@ -21,7 +19,7 @@ from shared.db import Database
 from shared.events.outbox import Outbox
 from shared.ids import new_id
 from shared.web import create_app
-from tests.conftest import free_port
+from tests.support.serving import Served
 
 INTERNAL_TOKEN = "test-internal-token"
 
@@ -85,16 +83,8 @@ def build_app(db: Database, ledger: LedgerService, key: SigningKey) -> FastAPI:
 @pytest_asyncio.fixture(loop_scope="session")
 async def accounts_server(db: Database, ledger: LedgerService) -> AsyncIterator[AccountsServer]:
     key = SigningKey.generate()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(build_app(db, ledger, key), host="127.0.0.1", port=port, log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield AccountsServer(f"http://127.0.0.1:{port}", key, {INTERNAL_TOKEN_HEADER: INTERNAL_TOKEN})
-    server.should_exit = True
-    await task
+    async with Served(build_app(db, ledger, key), log_level="warning") as served:
+        yield AccountsServer(served.url, key, {INTERNAL_TOKEN_HEADER: INTERNAL_TOKEN})
 
 
 @pytest_asyncio.fixture(loop_scope="session")

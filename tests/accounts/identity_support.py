@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -12,14 +11,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import uvicorn
 
 from services.accounts.config import AccountsSettings
 from services.accounts.identity import IdentityService, identity_routers
 from services.accounts.service import LedgerService
 from shared.db import Database
 from shared.web import create_app
-from tests.conftest import free_port
+from tests.support.serving import Served
 
 APP = "oauthclient_mondo_app"  # the first-party client the migration seeds
 CALLBACK = "https://thirdparty.example/callback"
@@ -42,18 +40,11 @@ async def running_identity(
     await identity.start()
     app = create_app("accounts", routers=identity_routers(identity))
     app.state.token_verifier = identity.verifier()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            yield IdentityServer(url, identity, http)
-    finally:
-        server.should_exit = True
-        await task
+    async with (
+        Served(app, log_level="warning") as served,
+        httpx.AsyncClient(base_url=served.url, timeout=30) as http,
+    ):
+        yield IdentityServer(served.url, identity, http)
 
 
 @dataclass(frozen=True)

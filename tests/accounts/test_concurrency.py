@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest_asyncio
-import uvicorn
 from sqlalchemy import text
 
 from services.accounts import repository as repo
@@ -36,7 +35,7 @@ from tests.accounts.conftest import (
     create_customer,
     new_ledger,
 )
-from tests.conftest import free_port
+from tests.support.serving import Served
 
 WIDE_POOL = 60  # 60 + 60 overflow: 100 transactions at once, each with its own connection
 
@@ -56,23 +55,11 @@ async def wide_db(database_url: str) -> AsyncIterator[Database]:
 async def wide_server(wide_db: Database) -> AsyncIterator[AccountsServer]:
     """The accounts API on a real socket, like `accounts_server`, but on the wide pool."""
     key = SigningKey.generate()
-    port = free_port()
     ledger = new_ledger(AccountsSettings(topup_max=10**9))
-    config = uvicorn.Config(
-        build_app(wide_db, ledger, key),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        timeout_keep_alive=600,  # idle keep-alive connections must outlive the gaps between tests
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield AccountsServer(f"http://127.0.0.1:{port}", key, {INTERNAL_TOKEN_HEADER: INTERNAL_TOKEN})
-    server.should_exit = True
-    await task
+    app = build_app(wide_db, ledger, key)
+    # Idle keep-alive connections must outlive the gaps between tests.
+    async with Served(app, log_level="warning", access_log=False, timeout_keep_alive=600) as served:
+        yield AccountsServer(served.url, key, {INTERNAL_TOKEN_HEADER: INTERNAL_TOKEN})
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")

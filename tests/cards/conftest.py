@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 
+from bank.infra.ports import free_port
 from services.accounts.cards_client import CardsClient
 from services.accounts.config import AccountsSettings
 from services.accounts.jobs import resolve_unconfirmed_holds
@@ -32,7 +33,6 @@ from shared.config import BankSettings
 from shared.db import Database
 from shared.runtime import Runtime
 from tests.accounts.conftest import INTERNAL_TOKEN, Customer, build_app, create_customer, new_ledger
-from tests.conftest import free_port
 
 NETWORK_KEY = "test-network-key"
 # Generous: a loaded 2-core machine must not turn approvals into 91s. The deadline has its own tests.

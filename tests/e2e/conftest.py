@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bank.infra.ports import free_port
 from shared.config import SERVICES
-from tests.conftest import free_port
 
 
 class BankProcess:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from bank.infra.ports import free_port
 from tests.e2e.conftest import BankProcess
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -47,10 +47,10 @@ import pytest
 from kafka import KafkaAdminClient, TopicPartition
 
 from bank.infra.kafka import KafkaBroker
+from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
 from shared.config import SERVICES, BankSettings, to_libpq
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.kafka
 T = TypeVar("T")

@@ -24,13 +24,13 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from bank.infra.ports import free_port
 from services.gateway.app import create_app as create_gateway_app
 from services.gateway.config import GatewaySettings, RateLimit
 from services.gateway.routes import RouteTable, parse_table
 from shared.auth import SigningKey
 from shared.config import SERVICES, BankSettings
 from shared.web import create_app
-from tests.conftest import free_port
 
 INTERNAL_TOKEN = "test-internal-token"
 NETWORK_KEY = "test-network-key"

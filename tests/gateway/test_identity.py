@@ -11,8 +11,8 @@ from typing import Any
 
 import jwt
 
+from bank.infra.ports import free_port
 from shared.auth import SigningKey
-from tests.conftest import free_port
 from tests.gateway.conftest import (
     INTERNAL_TOKEN,
     NETWORK_KEY,

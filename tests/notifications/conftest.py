@@ -23,6 +23,7 @@ from fastapi import APIRouter, FastAPI
 from pydantic import SerializerFunctionWrapHandler, model_serializer
 from sqlalchemy import text
 
+from bank.infra.ports import free_port
 from services.notifications.app import create_app
 from services.notifications.config import NotificationsSettings
 from services.notifications.providers.fake import FakeServer
@@ -38,7 +39,6 @@ from shared.events.transports.base import OutgoingRecord, Transport
 from shared.ids import new_id
 from shared.runtime import Runtime
 from shared.web import create_app as create_web_app
-from tests.conftest import free_port
 
 INTERNAL_TOKEN = "test-internal-token"
 TRANSACTIONS_TOPIC = "transactions.feed"

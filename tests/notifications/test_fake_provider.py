@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest_asyncio
 
+from bank.infra.ports import free_port
 from services.notifications.config import dev_apns_key
 from services.notifications.providers.apns import ProviderToken
 from services.notifications.providers.fake import FakeServer
-from tests.conftest import free_port
 
 TOKEN = "ab" * 32
 

@@ -545,7 +545,7 @@ async def test_a_server_breaking_the_protocol_gets_goaway_and_the_request_fails(
 
 
 async def test_nobody_listening_is_a_connect_error(clients: Any) -> None:
-    from tests.conftest import free_port
+    from bank.infra.ports import free_port
 
     with pytest.raises(ConnectError):
         await clients(f"http://127.0.0.1:{free_port()}").request("/p")

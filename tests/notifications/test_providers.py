@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 
+from bank.infra.ports import free_port
 from services.notifications.config import NotificationsSettings, dev_apns_key
 from services.notifications.providers import PAYLOAD_LIMIT, Push, SendResult, retry_after_seconds
 from services.notifications.providers.apns import ApnsProvider, ProviderToken
@@ -23,7 +24,6 @@ from services.notifications.providers.fcm import (
 )
 from services.notifications.providers.http2 import field, fields
 from services.notifications.sender import Sender
-from tests.conftest import free_port
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -17,7 +17,7 @@ from shared.direct import _target
 from shared.errors import BankError
 from shared.observability import HTTP_REQUESTS
 from shared.web import create_app, read_model
-from tests.shared.test_web import serve
+from tests.support.serving import Served
 
 
 class Payment(BaseModel):
@@ -55,10 +55,8 @@ watched: set[int] = set()  # the routers of this module's apps: others in the pr
 async def base_url(count_routed: Any) -> AsyncIterator[str]:
     app = create_app("direct-test", routers=[router], direct_routes=[("POST", "/pay")])
     watched.add(id(app.router))
-    server, task, url = await serve(app)
-    yield url
-    server.should_exit = True
-    await task
+    async with Served(app) as served:
+        yield served.url
 
 
 @pytest.fixture(scope="session")

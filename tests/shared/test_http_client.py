@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 import uuid
 from collections import Counter
@@ -13,14 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from bank.infra.ports import free_port
 from shared.context import DEADLINE_HEADER, TRACEPARENT_HEADER, TraceContext, set_deadline, set_trace
 from shared.errors import BankError
 from shared.http import CircuitBreaker, ServiceClient, raise_for_upstream_error
-from tests.conftest import free_port
+from tests.support.serving import served_in_thread
 
 # ---------------------------------------------------------------- the upstream under test
 
@@ -78,21 +76,8 @@ async def error(code: str, status: int) -> JSONResponse:
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    give_up = time.monotonic() + 10
-    while not server.started:  # sync fixture in the main thread: blocking sleep is fine here
-        assert thread.is_alive() and time.monotonic() < give_up, "uvicorn did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with served_in_thread(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1) as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
+from bank.infra.ports import free_port
 from shared.errors import BankError
 from shared.http import CircuitBreaker, ServiceClient
 from shared.lean_transport import Answer, LeanTransport, Origin
-from tests.conftest import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
+from bank.infra.ports import free_port
 from shared.auth import SigningKey
 from shared.errors import BankError
 from shared.http import ServiceClient
 from shared.remote_auth import KeySet, identity_client
-from tests.conftest import free_port
 
 
 async def _serve_jwks(port: int, key: SigningKey) -> asyncio.Server:

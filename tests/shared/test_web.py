@@ -10,16 +10,16 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 from fastapi import APIRouter, FastAPI, Form
 from sqlalchemy import text
 
+from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from shared.db import Database, fetch_value
 from shared.errors import BankError
 from shared.money import parse_amount
 from shared.web import create_app
-from tests.conftest import free_port
+from tests.support.serving import Served
 
 router = APIRouter()
 
@@ -39,21 +39,10 @@ async def topup(amount: str = Form(...), account_id: str = Form(...)) -> dict[st
     return {"amount": parse_amount(amount)}
 
 
-async def serve(app: object) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))  # type: ignore[arg-type]
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    return server, task, f"http://127.0.0.1:{port}"
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def base_url() -> AsyncIterator[str]:
-    server, task, url = await serve(create_app("test", routers=[router]))
-    yield url
-    server.should_exit = True
-    await task
+    async with Served(create_app("test", routers=[router])) as served:
+        yield served.url
 
 
 async def test_typed_errors_map_to_status_and_body(base_url: str) -> None:
@@ -113,13 +102,12 @@ async def served_on_a_database(
     pg = EmbeddedPostgres(tmp_path / "pg", free_port(), durable=False)
     pg.start()
     db = Database(pg.url, pool_size=pool_size)
-    server, task, url = await serve(app_for(db))
+    served = await Served(app_for(db)).start()
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=served.url, timeout=10) as client:
             yield client, pg
     finally:
-        server.should_exit = True
-        await task
+        await served.stop()
         await db.dispose()
         pg.stop("immediate")
 

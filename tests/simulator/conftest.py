@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bank.cluster import LIFTED_LIMITS
+from bank.infra.ports import free_port
 from shared.config import SERVICES
-from tests.conftest import free_port
 from tests.e2e.conftest import BankProcess
 
 __all__ = ["BankProcess"]

@@ -21,6 +21,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bank.infra.ports import free_port
 from services.transactions.app import create_app
 from services.transactions.config import TransactionsSettings
 from services.transactions.consumers import TOPICS, FeedProjector
@@ -33,7 +34,6 @@ from shared.events.envelope import Envelope
 from shared.events.outbox import Outbox
 from shared.events.transports.base import IncomingRecord, Transport
 from shared.runtime import Runtime
-from tests.conftest import free_port
 
 LOGOS = "https://logos.test/m"
 FEED_TABLES = (

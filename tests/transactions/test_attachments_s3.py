@@ -16,13 +16,13 @@ import pytest
 import pytest_asyncio
 from pydantic import ValidationError
 
+from bank.infra.ports import free_port
 from bank.infra.s3proxy import REGION, S3Proxy
 from services.transactions.config import TransactionsSettings
 from services.transactions.s3 import S3Store
 from services.transactions.storage import LocalStore, open_store
 from shared.auth import SigningKey
 from shared.config import BankSettings
-from tests.conftest import free_port
 from tests.transactions.conftest import Feed, start_service
 from tests.transactions.events import Authorisation, account_created, at, topup
 

@@ -23,6 +23,7 @@ import pytest_asyncio
 import uvicorn
 from sqlalchemy import text
 
+from bank.infra.ports import free_port
 from services.accounts.config import AccountsSettings
 from services.accounts.service import LedgerService
 from services.webhooks.app import create_app
@@ -38,7 +39,6 @@ from shared.events.transports.base import Transport
 from shared.runtime import Runtime
 from tests.accounts.conftest import INTERNAL_TOKEN, Customer, build_app, create_customer, new_ledger
 from tests.cards.conftest import Served, accounts_identity_router
-from tests.conftest import free_port
 
 FEED = "transactions.feed"
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
+from bank.infra.ports import free_port
 from shared.db import Database
-from tests.conftest import free_port
 from tests.webhooks.conftest import Hooks, Received, Receiver, Reply, eventually, running_webhooks
 
 

@@ -41,12 +41,12 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## system-deps: Debian packages the tests and benchmarks drive (compose validation, the ops page in a
-## real browser, promtool for the alert rules, wrk for `make bench`)
+## real browser, promtool for the alert rules, wrk for `make bench`, curl and jq for the README's examples)
 system-deps:
 	@command -v docker-compose >/dev/null && test -x /usr/bin/chromium && command -v wrk >/dev/null \
-	  && command -v promtool >/dev/null || \
+	  && command -v promtool >/dev/null && command -v curl >/dev/null && command -v jq >/dev/null || \
 	  { $(SUDO) apt-get update -q && \
-	    $(SUDO) apt-get install -y -q docker-compose chromium chromium-driver wrk prometheus; }
+	    $(SUDO) apt-get install -y -q docker-compose chromium chromium-driver wrk prometheus curl jq; }
 
 ## lint: ruff, mypy, and the import contracts (pyproject.toml [tool.importlinter])
 lint: $(STAMP)

@@ -54,7 +54,8 @@ def test_the_readme_blocks_are_found() -> None:
     assert any("make run" in body for body, reason in blocks if reason), "the two commands' block is gone"
     script = "\n".join(run)
     for needed in ("bank demo", "/topup", "/cards", "/network/authorisations", "/transactions",
-                   "/webhooks", "webhook_receiver.py", "/devices", "/_fake/received"):  # fmt: skip
+                   "/webhooks", "webhook_receiver.py", "/devices", "/_fake/received", "/pots",
+                   "/payments", "/attachment/register", "/transaction-receipts"):  # fmt: skip
         assert needed in script, f"no README example runs {needed}"
     assert "uuidgen" not in README.read_text()
 
@@ -107,6 +108,12 @@ def test_the_readme_examples_work_as_written(bank_env: dict[str, str], receiver_
         assert "BRIGHTBIRD" in ran.stdout or "Brightbird" in ran.stdout
         assert re.search(r'"body":\s*".*19\.15', ran.stdout), out  # the push at the fake provider
         assert '"status":"frozen"' in ran.stdout.replace(" ", ""), out
+        # Pots, a payment to another customer, an attachment and a receipt on the coffee.
+        compact = ran.stdout.replace(" ", "")
+        assert '"name":"Holiday"' in compact and '"balance":2500' in compact, out
+        assert '"reference":"pizza"' in compact, out
+        assert re.search(r'"file_type":\s*"image/png"', ran.stdout), out
+        assert '"receipt_id":"receipt_' in compact and '"total_matches_items":true' in compact, out
     finally:
         bank.proc.send_signal(signal.SIGINT)
         code = bank.proc.wait(timeout=60)

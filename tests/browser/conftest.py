@@ -128,6 +128,9 @@ def ops_bank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBank]:
         # (a stranded hold shows red for ~8 s, then goes).
         GATEWAY_OPS_REFRESH_SECONDS="1", GATEWAY_OPS_GRACE_SECONDS="4",
         ACCOUNTS_UNCONFIRMED_HOLD_SECONDS="12", ACCOUNTS_UNCONFIRMED_JOB_SECONDS="1",
+        # One app request in flight at most past the gateway (decision 0036's app limit): two at once make
+        # a shed the sheds panel must count (test_ops_page). The other tests send app requests one by one.
+        GATEWAY_APP_IN_FLIGHT_LIMIT="1",
         # The test's page and its own client poll /ops from one address: more room than a person needs.
         GATEWAY_RATE_LIMITS=json.dumps({
             "default": {"rate": 20, "burst": 100}, "auth": {"rate": 2, "burst": 20},

@@ -216,6 +216,88 @@ def test_a_stranded_hold_turns_the_money_at_risk_panel_red_then_green(
     context.close()
 
 
+def shed_row(page: Page, where: str, priority: str, reason: str) -> str:
+    return f"#sheds tr.shed[data-where={where}][data-priority={priority}][data-reason={reason}]"
+
+
+def gateway_app_sheds(ops_bank: RunningBank) -> tuple[int, int]:
+    """(recent, since process start) of the gateway's app/limit sheds, as the summary has them."""
+    rows = [
+        r for r in ops_bank.summary()["sheds"]["rows"]
+        if (r["where"], r["priority"], r["reason"]) == ("gateway", "app", "limit")
+    ]  # fmt: skip
+    return (rows[0]["recent"], rows[0]["since_start"]) if rows else (0, 0)
+
+
+def concurrent_app_requests(ops_bank: RunningBank, n: int) -> list[httpx.Response]:
+    """`n` app requests (accounts' public JWKS, through the gateway) sent at once."""
+    start = threading.Barrier(n)
+    answers: list[httpx.Response] = []
+
+    def one() -> None:
+        with httpx.Client(base_url=ops_bank.gateway, timeout=15) as http:
+            start.wait()
+            answers.append(http.get("/oauth2/jwks.json"))
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers
+
+
+def test_sheds_by_reason_and_consumer_lag_on_the_page(
+    ops_bank: RunningBank, browser: Browser, artefacts: Path
+) -> None:
+    """Issue 24: requests refused past capacity are counted by reason on the page (from the services'
+    shed counters), and every consumer's lag is shown. The bank's gateway admits one app request at a
+    time (conftest), so app requests sent at once are shed with `503 service_unavailable.overloaded`."""
+    context, page = ops_page(ops_bank, browser)
+    page.wait_for_selector("#svc-gateway[data-state=up]", timeout=WAIT_MS)
+    page.wait_for_selector("#sheds tr", timeout=WAIT_MS)
+    recent_before, since_before = gateway_app_sheds(ops_bank)  # also a scrape before the sheds
+
+    shed = 0
+    for _ in range(50):  # rounds of 12 at once until some were shed (the first round, in practice)
+        answers = concurrent_app_requests(ops_bank, 12)
+        refused = [r for r in answers if r.status_code == 503]
+        assert all(r.json()["code"] == "service_unavailable.overloaded" for r in refused)
+        assert all(r.status_code in (200, 429, 503) for r in answers)
+        shed += len(refused)
+        if shed:
+            break
+    assert shed > 0
+
+    row = shed_row(page, "gateway", "app", "limit")
+    page.wait_for_function(
+        f"(document.querySelector('{row} td.since') || {{}}).textContent === '{since_before + shed}'",
+        timeout=WAIT_MS,
+    )
+    assert int(page.inner_text(f"{row} td.recent")) == recent_before + shed
+    assert "refused past capacity" in page.inner_text("#sheds-note")
+
+    # Consumer lag: a row per consumer and topic, the same figures as the summary; after an
+    # authorisation's events are consumed, every lag on the page is back to 0.
+    ops_bank.authorise(amount=275)
+    page.wait_for_selector("#consumers tr.consumer", timeout=WAIT_MS)
+    listed = ops_bank.summary()["consumers"]
+    assert {"transactions", "webhooks", "notifications"} <= {c["service"] for c in listed}
+    consumers = {(c["consumer"], c["topic"]) for c in listed}
+    lags = "[...document.querySelectorAll('#consumers tr.consumer td.lag')]"
+    page.wait_for_function(
+        f"{lags}.length === {len(consumers)} && {lags}.every((td) => td.textContent === '0')",
+        timeout=WAIT_MS,
+    )
+    shown = {
+        (r.get_attribute("data-consumer"), r.get_attribute("data-topic"))
+        for r in page.query_selector_all("#consumers tr.consumer")
+    }
+    assert shown == consumers
+    page.screenshot(path=str(artefacts / "ops-sheds-and-lag.png"), full_page=True)
+    context.close()
+
+
 def database_totals(url: str) -> dict[str, Any]:
     """The business totals straight from the tables (written independently of ops/auditor.py)."""
     with psycopg.connect(url, autocommit=True) as conn:

@@ -6,15 +6,20 @@ trace search must name them as not answering rather than fail.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
+from services.gateway.shedding import Shedder
 from shared.config import SERVICES, BankSettings
+from shared.errors import BankError
 from tests.conftest import free_port
 
 TOKEN = "ops-test-token"
@@ -81,3 +86,38 @@ async def test_without_a_database_totals_and_money_at_risk_are_unknown_not_zero(
     assert items.status_code == 200 and items.json()["items"] == [] and items.json()["error"]
     unknown = await client.get("/ops/api/risk/no_such_check", headers=bearer)
     assert unknown.status_code == 404 and unknown.json()["code"] == "not_found.check"
+
+
+def gateway_app_sheds(summary: dict[str, Any]) -> int:
+    rows = [
+        r
+        for r in summary["sheds"]["rows"]
+        if (r["where"], r["priority"], r["reason"]) == ("gateway", "app", "limit")
+    ]
+    return int(rows[0]["since_start"]) if rows else 0
+
+
+async def test_sheds_by_reason_and_consumer_lag_are_in_the_figures(client: httpx.AsyncClient) -> None:
+    """Issue 24: the page's figures carry sheds by reason (the gateway's own counter, read from its
+    registry; cards is not running here, so it is named as not scraped) and consumer lag."""
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    page = (await client.get("/ops", headers={"Authorization": f"Bearer {TOKEN}"})).text
+    for element in ('id="sheds"', 'id="sheds-note"', 'id="consumers"'):
+        assert element in page
+    summary = (await client.get("/ops/api/summary", headers=bearer)).json()
+    assert summary["sheds"]["scraped"] == {"gateway": True, "cards": False}
+    assert isinstance(summary["consumers"], list)  # lag per consumer and topic (none run here)
+    before = gateway_app_sheds(summary)
+
+    shedder = Shedder(app_limit=1)  # a real admission: one app request in flight, three more refused
+    shedder.admit("app")
+    for _ in range(3):
+        with pytest.raises(BankError) as refused:
+            shedder.admit("app")
+        assert refused.value.code == "service_unavailable.overloaded"
+    for _ in range(200):  # the collector scrapes at most every 0.1 s: ask until it has
+        summary = (await client.get("/ops/api/summary", headers=bearer)).json()
+        if gateway_app_sheds(summary) != before:
+            break
+        await asyncio.sleep(0.05)
+    assert gateway_app_sheds(summary) == before + 3

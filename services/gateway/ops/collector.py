@@ -1,8 +1,16 @@
 """The figures of the ops page.
 
-Health, rates, latencies, backlogs and lag: every service's /readyz and /metrics, scraped by the
-gateway when someone looks (the page polls), at most once per `min_interval` seconds however many
-people look; the last few minutes of scrapes are kept to draw rates and windowed latency percentiles.
+Health, rates, latencies, backlogs, lag and sheds: every service's /readyz and /metrics, scraped by
+the gateway when someone looks (the page polls), at most once per `min_interval` seconds however many
+people look; the last few minutes of scrapes are kept to draw rates, windowed latency percentiles and
+the sheds of the last minutes.
+
+Sheds (decision 0036: requests refused past capacity, nothing decided or recorded) exist only as
+counters, the gateway's `gateway_shed_total{priority,reason}` and cards'
+`card_authorisations_shed_total{reason}`: no row is written for a refusal, so there is nothing in the
+database to count. The page shows, per reason, the increase over the scrapes of the last
+`SHED_WINDOW` seconds (a counter that went backwards, a restarted process, counts from zero, as
+Prometheus' `increase()` does) beside each process's counter since it started, labelled as such.
 
 Totals and money at risk: from the bank's database (ops/auditor.py), never from a process's
 counters, which start again from zero when the process does (decision 0038).
@@ -32,7 +40,14 @@ FAMILIES = (
     "http_request_duration_seconds_bucket",
     "outbox_backlog",
     "consumer_lag",
+    "gateway_shed_total",
+    "card_authorisations_shed_total",
+    "process_start_time_seconds",  # a process that started again counts its sheds from zero
 )
+# Where sheds are counted: the process, its counter, and the priority of what it refuses (cards refuses
+# only card-network authorisations, on either wire).
+SHEDS = (("gateway", "gateway_shed_total"), ("cards", "card_authorisations_shed_total"))
+SHED_WINDOW = 300.0  # seconds of scrapes the recent sheds are counted over
 APPROVED = "00"
 BUSINESS = (  # the database totals shown under "Business totals"
     "authorised_minor", "settled_minor", "refunded_minor", "topups", "holds_outstanding", "cards_by_status",
@@ -136,6 +151,7 @@ class Collector:
                 ),
                 key=lambda c: (c["consumer"], c["topic"]),
             ),
+            "sheds": sheds(history),
             "webhooks": totals.get("webhooks") or _unknown(),
             "pushes": totals.get("pushes") or _unknown(),
             "business": {key: totals.get(key) for key in BUSINESS},
@@ -164,6 +180,63 @@ def _gateway_own(sample: mt.Sample) -> bool:
     """In the gateway's registry, only the gateway's own series (tests may host services in-process)."""
     service = sample.label("service")
     return not service or service == "gateway"
+
+
+ShedKey = tuple[str, str, str]  # (where, priority, reason)
+
+
+def _shed_counters(scrape: Scrape, where: str, family: str) -> tuple[float, dict[ShedKey, float]] | None:
+    """One process's start time and shed counters in one scrape; None when it was not scraped."""
+    if where not in scrape.samples:
+        return None
+    started, out = 0.0, dict[ShedKey, float]()
+    for s in scrape.samples[where]:
+        if s.name == family:
+            key = (where, s.label("priority") or "network", s.label("reason") or "unknown")
+            out[key] = out.get(key, 0.0) + s.value
+        elif s.name == "process_start_time_seconds":
+            started = s.value
+    return started, out
+
+
+def sheds(history: Sequence[Scrape], window: float = SHED_WINDOW) -> dict[str, Any]:
+    """Requests refused past capacity, by where, priority and reason: `recent`, the increase over the
+    scrapes of the last `window` seconds, and `since_start`, each process's counter now (None when the
+    process is not answering). A process that started again between two scrapes (another
+    `process_start_time_seconds`, or a counter that went backwards) counts from zero, and so does a
+    series that first appears."""
+    latest = history[-1] if history else None
+    rows: dict[ShedKey, dict[str, Any]] = {}
+    span = 0.0
+    if latest is not None:
+        recent = [s for s in history if latest.at - s.at <= window]
+        span = latest.at - recent[0].at
+        for where, family in SHEDS:
+            previous: tuple[float, dict[ShedKey, float]] | None = None
+            for scrape in recent:
+                read = _shed_counters(scrape, where, family)
+                if read is None:
+                    continue  # not answering then: compare the next scrape with the last one seen
+                started, counters = read
+                restarted = previous is not None and previous[0] != started
+                for key, value in counters.items():
+                    row = rows.setdefault(key, {"recent": 0.0, "since_start": None})
+                    if previous is not None:
+                        before = 0.0 if restarted else previous[1].get(key, 0.0)
+                        row["recent"] += value - before if value >= before else value
+                previous = read
+            for key, value in (_shed_counters(latest, where, family) or (0.0, {}))[1].items():
+                rows[key]["since_start"] = int(value)
+    listed = [
+        {"where": w, "priority": p, "reason": r, "recent": int(v["recent"]), "since_start": v["since_start"]}
+        for (w, p, r), v in sorted(rows.items())
+    ]
+    return {
+        "window_s": round(span, 1),
+        "recent_total": sum(r["recent"] for r in listed),
+        "rows": listed,
+        "scraped": {where: latest is not None and where in latest.samples for where, _ in SHEDS},
+    }
 
 
 def _auth_totals(scrape: Scrape) -> tuple[float, float] | None:

@@ -95,9 +95,18 @@ def classes() -> list[SettingsClass]:
 
 
 def code_topics() -> set[str]:
-    """Topic names the services publish or consume: the `*TOPIC = "a.b"` constants of services/*/."""
-    pattern = re.compile(r'^\w*TOPIC\w*\s*(?::\s*\w+\s*)?=\s*"([a-z]+\.[a-z_.]+)"', re.M)
+    """Topic names the services publish or consume: those of shared/topics.py (where each is named once)
+    that services/*/ refer to as `topics.NAME`, and any `*TOPIC = "a.b"` string constant left there."""
+    from shared import topics
+
+    literal = re.compile(r'^\w*TOPIC\w*\s*(?::\s*\w+\s*)?=\s*"([a-z]+\.[a-z_.]+)"', re.M)
+    named = re.compile(r"\btopics\.([A-Z][A-Z_]*)\b")
     found: set[str] = set()
-    for path in (REPO / "services").glob("*/*.py"):
-        found.update(pattern.findall(path.read_text()))
+    for path in (REPO / "services").rglob("*.py"):
+        text = path.read_text()
+        found.update(literal.findall(text))
+        for name in named.findall(text):
+            value = getattr(topics, name, None)
+            if isinstance(value, str):
+                found.add(value)
     return found

@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 
 from services.cards.config import CardsSettings
+from services.transactions.config import TransactionsSettings
 from shared.config import SERVICES
 from tests.deploy.conftest import REPO, SettingsClass, code_topics, known_setting, read_env_file
 
@@ -119,6 +120,26 @@ def test_the_card_network_reaches_cards_iso8583_link(
     networks = cards_settings.iso8583_allow_networks
     assert networks and all(net.is_private for net in networks), "the link's allow list is a private range"
     assert any(ip_address("10.1.2.3") in net for net in networks)
+
+
+def test_production_keeps_attachments_in_s3(
+    rendered: dict[str, Docs], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 0046: the production overlay picks the S3 store (the base keeps the embedded one), its
+    settings are complete once bank-secrets holds the key pair, and transactions may reach S3 on 443."""
+    assert "TRANSACTIONS_STORAGE" not in config(rendered["base"])
+    settings = config(rendered["production"])
+    secrets = read_env_file(REPO / "deploy" / "k8s" / "secrets.example.env")
+    for name, value in {**settings, **secrets}.items():
+        if name.startswith("TRANSACTIONS_"):
+            monkeypatch.setenv(name, value or "placeholder")
+    store = TransactionsSettings()
+    assert store.storage == "s3" and store.storage_s3_endpoint and store.storage_s3_bucket
+    assert store.storage_s3_region in store.storage_s3_endpoint
+    egress = of_kind(rendered["production"], "NetworkPolicy")["transactions-egress"]["spec"]["egress"]
+    public = [r for r in egress if any("ipBlock" in peer for peer in r["to"])]
+    assert [p["port"] for r in public for p in r["ports"]] == [443]
+    assert all("10.0.0.0/8" in peer["ipBlock"]["except"] for r in public for peer in r["to"])
 
 
 def test_settings_names_match_the_code(rendered: dict[str, Docs], classes: list[SettingsClass]) -> None:

@@ -17,11 +17,8 @@ from typing import Any
 
 import httpx
 import pytest_asyncio
-import uvicorn
-from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 
-from bank.infra.ports import free_port
 from services.accounts.cards_client import CardsClient
 from services.accounts.config import AccountsSettings
 from services.accounts.jobs import resolve_unconfirmed_holds
@@ -33,57 +30,12 @@ from shared.config import BankSettings
 from shared.db import Database
 from shared.runtime import Runtime
 from tests.accounts.conftest import INTERNAL_TOKEN, Customer, build_app, create_customer, new_ledger
+from tests.support.accounts import StubAccounts
+from tests.support.serving import Served
 
 NETWORK_KEY = "test-network-key"
 # Generous: a loaded 2-core machine must not turn approvals into 91s. The deadline has its own tests.
 TEST_DEADLINE_MS = 5_000
-
-
-class Served:
-    """One ASGI app on uvicorn on a fixed port, stoppable and startable again (same port)."""
-
-    def __init__(self, app: FastAPI, port: int | None = None) -> None:
-        self.app = app
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=True, lifespan="on"
-        )
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise RuntimeError(f"server on port {self.port} stopped during start-up")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
-            self._server = self._task = None
-
-
-def accounts_identity_router(key: SigningKey, revoked: dict[str, datetime]) -> APIRouter:
-    """What cards reads from accounts' identity: the JWKS and the revocation list."""
-    api = APIRouter()
-
-    @api.get("/oauth2/jwks.json")
-    async def jwks() -> dict[str, Any]:
-        return {"keys": [key.public_jwk()]}
-
-    @api.get("/oauth2/revocations")
-    async def revocations() -> dict[str, Any]:
-        items = [
-            {"jti": jti, "expires_at": exp.isoformat(), "revoked_at": None} for jti, exp in revoked.items()
-        ]
-        return {"revoked": items, "as_of": datetime.now(UTC).isoformat()}
-
-    return api
 
 
 _messages = itertools.count(1)
@@ -161,7 +113,7 @@ class Bank:
     accounts: Served
     cards: Served
     http: httpx.AsyncClient  # to cards, no credentials
-    revoked: dict[str, datetime] = field(default_factory=dict)
+    revoked: dict[str, datetime | int] = field(default_factory=dict)
 
     @property
     def network_headers(self) -> dict[str, str]:
@@ -260,10 +212,10 @@ def cards_settings(**overrides: Any) -> CardsSettings:
 @asynccontextmanager
 async def running_bank(db: Database, settings: BankSettings, **cards_overrides: Any) -> AsyncIterator[Bank]:
     ledger = new_ledger(AccountsSettings(topup_max=10**9))
-    key = SigningKey.generate()
-    revoked: dict[str, datetime] = {}
+    stub = StubAccounts()
+    key, revoked = stub.key, stub.revoked
     accounts_app = build_app(db, ledger, key)
-    accounts_app.include_router(accounts_identity_router(key, revoked))
+    accounts_app.include_router(stub.identity_router())  # what cards reads of accounts' identity
     accounts = Served(accounts_app)
     await accounts.start()
     bank_settings = settings.model_copy(

@@ -11,15 +11,12 @@ SigningKey generated here.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest_asyncio
-import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -28,9 +25,11 @@ from bank.infra.ports import free_port
 from services.gateway.app import create_app as create_gateway_app
 from services.gateway.config import GatewaySettings, RateLimit
 from services.gateway.routes import RouteTable, parse_table
-from shared.auth import SigningKey
 from shared.config import SERVICES, BankSettings
 from shared.web import create_app
+from tests.support.accounts import StubAccounts
+from tests.support.serving import Served
+from tests.support.waiting import eventually
 
 INTERNAL_TOKEN = "test-internal-token"
 NETWORK_KEY = "test-network-key"
@@ -40,29 +39,9 @@ UPSTREAMS = ("accounts", "cards", "transactions", "webhooks", "notifications")
 # ---------------------------------------------------------------- servers
 
 
-@dataclass
-class Server:
-    url: str
-    server: uvicorn.Server
-    task: asyncio.Task[None]
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        await self.task
-
-
-async def serve(app: Any, port: int | None = None) -> Server:
-    port = port or free_port()
-    # proxy_headers=False: the test client is not a trusted load balancer, so an X-Forwarded-For it
-    # sends must not become the client address (uvicorn trusts 127.0.0.1 by default).
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    return Server(f"http://127.0.0.1:{port}", server, task)
+# proxy_headers=False: the test client is not a trusted load balancer, so an X-Forwarded-For it
+# sends must not become the client address (uvicorn trusts 127.0.0.1 by default).
+SERVING: dict[str, Any] = {"proxy_headers": False, "log_level": "warning"}
 
 
 # ---------------------------------------------------------------- fake upstreams
@@ -165,50 +144,10 @@ def upstream_app(state: UpstreamState, extra: APIRouter | None = None) -> FastAP
 
 
 @dataclass
-class FakeAccounts:
-    """What the gateway reads from accounts: its public keys and its revocation list."""
-
-    key: SigningKey = field(default_factory=SigningKey.generate)
-    extra_keys: list[SigningKey] = field(default_factory=list)
-    revoked: dict[str, int] = field(default_factory=dict)  # jti -> expires_at (epoch seconds)
-    jwks_hits: int = 0
-    revocation_polls: list[str | None] = field(default_factory=list)  # the `since` of each poll
-
-    def token(self, user_id: str = "user_ada", client_id: str = "oauth2client_app", **kw: Any) -> str:
-        return self.key.issue(user_id, client_id, kw.pop("lifetime", 600), **kw)[0]
-
-    def router(self) -> APIRouter:
-        api = APIRouter()
-
-        @api.get("/oauth2/jwks.json")
-        async def jwks() -> dict[str, Any]:
-            self.jwks_hits += 1
-            return {"keys": [k.public_jwk() for k in (self.key, *self.extra_keys)]}
-
-        @api.get("/oauth2/revocations")
-        async def revocations(since: str | None = None) -> dict[str, Any]:
-            self.revocation_polls.append(since)
-            stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-            return {
-                "revoked": [
-                    {
-                        "jti": jti,
-                        "expires_at": datetime.fromtimestamp(exp, UTC).isoformat().replace("+00:00", "Z"),
-                        "revoked_at": stamp,
-                    }
-                    for jti, exp in self.revoked.items()
-                ],
-                "as_of": stamp,
-            }
-
-        return api
-
-
-@dataclass
 class Upstreams:
-    servers: dict[str, Server]
+    servers: dict[str, Served]
     states: dict[str, UpstreamState]
-    accounts: FakeAccounts
+    accounts: StubAccounts  # what the gateway reads from accounts: its public keys and revocations
 
     def url(self, name: str) -> str:
         return self.servers[name].url
@@ -219,10 +158,12 @@ class Upstreams:
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def upstreams() -> AsyncIterator[Upstreams]:
-    accounts = FakeAccounts()
+    accounts = StubAccounts()
     states = {name: UpstreamState(name) for name in UPSTREAMS}
     servers = {
-        name: await serve(upstream_app(states[name], accounts.router() if name == "accounts" else None))
+        name: await Served(
+            upstream_app(states[name], accounts.identity_router() if name == "accounts" else None), **SERVING
+        ).start()
         for name in UPSTREAMS
     }
     yield Upstreams(servers, states, accounts)
@@ -259,7 +200,7 @@ def gateway_settings(**overrides: Any) -> GatewaySettings:
 class Gateway:
     url: str
     app: FastAPI
-    server: Server
+    server: Served
 
     def client(self, **kw: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, timeout=10, **kw)
@@ -269,28 +210,15 @@ async def start_gateway(
     settings: BankSettings, config: GatewaySettings, table: RouteTable | None = None
 ) -> Gateway:
     app = create_gateway_app(settings, config, table)
-    server = await serve(app)
+    server = await Served(app, **SERVING).start()
     return Gateway(server.url, app, server)
-
-
-async def wait_for(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def gateway(upstreams: Upstreams) -> AsyncIterator[Gateway]:
     """The gateway with the real routes.toml."""
     gw = await start_gateway(bank_settings(upstreams), gateway_settings())
-    await wait_for(lambda: gw.app.state.gateway.keys.loaded_at is not None)
+    await eventually(lambda: gw.app.state.gateway.keys.loaded_at is not None)
     yield gw
     await gw.server.stop()
 
@@ -394,6 +322,6 @@ async def lab(upstreams: Upstreams) -> AsyncIterator[Gateway]:
     )
     settings = bank_settings(upstreams, notifications_url=f"http://127.0.0.1:{free_port()}")
     gw = await start_gateway(settings, config, lab_table(config))
-    await wait_for(lambda: gw.app.state.gateway.keys.loaded_at is not None)
+    await eventually(lambda: gw.app.state.gateway.keys.loaded_at is not None)
     yield gw
     await gw.server.stop()

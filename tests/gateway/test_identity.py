@@ -21,8 +21,8 @@ from tests.gateway.conftest import (
     bank_settings,
     gateway_settings,
     start_gateway,
-    wait_for,
 )
+from tests.support.waiting import eventually
 
 
 def assert_bad_token(resp: Any, code: str = "unauthorized.bad_access_token", case: str = "") -> None:
@@ -100,7 +100,7 @@ async def test_revoked_token_refused_after_the_next_poll(gateway: Gateway, upstr
     async with gateway.client() as client:
         assert (await client.get("/balance", headers=bearer(token))).status_code == 200
         accounts.revoked[jti] = int(time.time()) + 600
-        await wait_for(lambda: revocations.is_revoked(jti))
+        await eventually(lambda: revocations.is_revoked(jti))
         r = await client.get("/balance", headers=bearer(token))
         assert_bad_token(r, "unauthorized.bad_access_token.evicted")
         # A fresh token for the same user still works.
@@ -119,7 +119,7 @@ async def test_unknown_kids_refresh_the_jwks_at_most_once_per_interval(
     gateway: Gateway, upstreams: Upstreams
 ) -> None:
     accounts = upstreams.accounts
-    await wait_for(
+    await eventually(
         lambda: time.monotonic() - (gateway.app.state.gateway.keys.last_attempt or 0) > 0.6, timeout=2
     )
     hits = accounts.jwks_hits
@@ -137,7 +137,7 @@ async def test_unknown_kids_refresh_the_jwks_at_most_once_per_interval(
     rotated = SigningKey.generate()
     accounts.extra_keys.append(rotated)
     try:
-        await wait_for(
+        await eventually(
             lambda: time.monotonic() - (gateway.app.state.gateway.keys.last_attempt or 0) > 0.6, timeout=2
         )
         token = rotated.issue("user_eve", "c", 600)[0]

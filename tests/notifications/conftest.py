@@ -7,9 +7,9 @@ transaction, then its `Relay` publishes them on the transport the service consum
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,9 +17,6 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest_asyncio
-import uvicorn
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from fastapi import APIRouter, FastAPI
 from pydantic import SerializerFunctionWrapHandler, model_serializer
 from sqlalchemy import text
 
@@ -27,10 +24,10 @@ from bank.infra.ports import free_port
 from services.notifications.app import create_app
 from services.notifications.config import NotificationsSettings
 from services.notifications.providers.fake import FakeServer
-from shared.auth import INTERNAL_TOKEN_HEADER, SigningKey, TokenVerifier
+from shared import topics
+from shared.auth import INTERNAL_TOKEN_HEADER, SigningKey
 from shared.config import BankSettings
 from shared.db import Database
-from shared.errors import not_found
 from shared.events import make_transport
 from shared.events.envelope import Envelope, EventData
 from shared.events.outbox import Outbox
@@ -38,65 +35,13 @@ from shared.events.relay import Relay
 from shared.events.transports.base import OutgoingRecord, Transport
 from shared.ids import new_id
 from shared.runtime import Runtime
-from shared.web import create_app as create_web_app
+from tests.support import waiting
+from tests.support.accounts import StubAccounts
+from tests.support.serving import Served
 
 INTERNAL_TOKEN = "test-internal-token"
-TRANSACTIONS_TOPIC = "transactions.feed"
-WEBHOOKS_TOPIC = "webhooks.endpoints"
-
-
-class Served:
-    """One ASGI app on uvicorn on a real socket; stoppable and startable again."""
-
-    def __init__(self, app: FastAPI, port: int | None = None) -> None:
-        self.app = app
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise RuntimeError(f"server on port {self.port} stopped during start-up")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
-            self._server = self._task = None
-
-
-def stub_accounts(key: SigningKey, owners: dict[str, str]) -> FastAPI:
-    """What notifications reads from accounts: the JWKS, revocations, and account owners."""
-    api = APIRouter()
-
-    @api.get("/oauth2/jwks.json")
-    async def jwks() -> dict[str, Any]:
-        return {"keys": [key.public_jwk()]}
-
-    @api.get("/oauth2/revocations")
-    async def revocations() -> dict[str, Any]:
-        return {"revoked": [], "as_of": datetime.now(UTC).isoformat()}
-
-    @api.get("/internal/accounts/{account_id}")
-    async def account(account_id: str) -> dict[str, Any]:
-        if account_id not in owners:
-            raise not_found("account", "no account with that id")
-        return {"id": account_id, "user_id": owners[account_id], "currency": "GBP", "closed": False}
-
-    app = create_web_app("accounts", routers=[api])
-
-    async def lookup(kid: str) -> Ed25519PublicKey | None:
-        return key.private_key.public_key() if kid == key.kid else None
-
-    app.state.token_verifier = TokenVerifier(lookup)
-    return app
+TRANSACTIONS_TOPIC = topics.TRANSACTIONS_FEED
+WEBHOOKS_TOPIC = topics.WEBHOOK_ENDPOINTS
 
 
 class FeedEvent(EventData):
@@ -271,19 +216,8 @@ class Push:
         return await self.rows(f"SELECT * FROM notifications.deliveries WHERE {cond} ORDER BY id", **where)
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 180.0, what: str = "condition"
-) -> None:
-    """Wait for a condition (generous timeout: a loaded 2-core machine is slow, never wrong)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+# A loaded 2-core machine is slow, never wrong: the push tests wait up to three minutes.
+eventually = functools.partial(waiting.eventually, timeout=180.0)
 
 
 def push_settings(fake_url: str, **overrides: Any) -> NotificationsSettings:
@@ -308,9 +242,9 @@ def push_settings(fake_url: str, **overrides: Any) -> NotificationsSettings:
 
 @asynccontextmanager
 async def running_push(db: Database, settings: BankSettings, *, start: bool = True) -> AsyncIterator[Push]:
-    key = SigningKey.generate()
-    owners: dict[str, str] = {}
-    accounts = Served(stub_accounts(key, owners))
+    stub = StubAccounts()  # what notifications reads of accounts: the JWKS, revocations, account owners
+    key, owners = stub.key, stub.owners
+    accounts = Served(stub.app())
     fake = FakeServer(free_port())
     await asyncio.gather(accounts.start(), fake.start())
     bank_settings = settings.model_copy(

@@ -11,17 +11,13 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import httpx
 import pytest_asyncio
-import uvicorn
-from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bank.infra.ports import free_port
 from services.transactions.app import create_app
 from services.transactions.config import TransactionsSettings
 from services.transactions.consumers import TOPICS, FeedProjector
@@ -34,68 +30,14 @@ from shared.events.envelope import Envelope
 from shared.events.outbox import Outbox
 from shared.events.transports.base import IncomingRecord, Transport
 from shared.runtime import Runtime
+from tests.support.accounts import StubAccounts
+from tests.support.serving import Served
 
 LOGOS = "https://logos.test/m"
 FEED_TABLES = (
     "transactions", "source_events", "ledger_points", "merchants", "owners", "spend_days", "outbox",
 )  # fmt: skip
 BATCH_CONSUMER = "transactions.feed-batch-test"
-
-
-class Served:
-    """One ASGI app on uvicorn on a real socket."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        # A connection a test left open must not hold the teardown for ever: 5 s, then it is cut.
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_config=None,
-            lifespan="on",
-            timeout_graceful_shutdown=5,
-        )
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise RuntimeError(f"server on port {self.port} stopped during start-up")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), 15)
-            except TimeoutError:  # something holds the shutdown (a connection, a task): cut it
-                self._server.force_exit = True
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
-
-
-def identity_app(key: SigningKey) -> FastAPI:
-    """What transactions reads from accounts: the JWKS and the (empty) revocation list."""
-    api = APIRouter()
-
-    @api.get("/oauth2/jwks.json")
-    async def jwks() -> dict[str, Any]:
-        return {"keys": [key.public_jwk()]}
-
-    @api.get("/oauth2/revocations")
-    async def revocations() -> dict[str, Any]:
-        return {"revoked": [], "as_of": datetime.now(UTC).isoformat()}
-
-    app = FastAPI()
-    app.include_router(api)
-    return app
 
 
 @dataclass
@@ -187,8 +129,9 @@ def service_settings(**overrides: Any) -> TransactionsSettings:
 
 
 async def start_service(settings: BankSettings, **overrides: Any) -> tuple[SigningKey, Served, Served]:
-    key = SigningKey.generate()
-    identity = Served(identity_app(key))
+    stub = StubAccounts()  # what transactions reads of accounts: the JWKS and the revocation list
+    key = stub.key
+    identity = Served(stub.app())
     await identity.start()
     bank = settings.model_copy(update={"accounts_url": identity.url})
     app = Served(create_app(Runtime("transactions", bank), service_settings(**overrides)))

@@ -18,6 +18,7 @@ from shared.config import BankSettings
 from shared.events import make_transport
 from shared.events.envelope import Envelope
 from shared.events.transports.base import OutgoingRecord, Transport
+from tests.support.waiting import eventually
 from tests.transactions.conftest import Feed, Service, start_service
 from tests.transactions.events import Authorisation, account_created, at, topup
 
@@ -49,16 +50,6 @@ async def publish(transport: Transport, topic: str, *events: Envelope) -> None:
     await transport.publish([OutgoingRecord(topic, e.subject, e.to_json().encode()) for e in events])
 
 
-async def eventually(check: Any, what: str) -> Any:
-    """Poll `check()` (async, returns a truthy value when done) until it holds or TIMEOUT passes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + TIMEOUT
-    while not (result := await check()):
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
-    return result
-
-
 async def test_the_consumer_builds_the_feed_and_announces_it(wired: tuple[Service, Transport]) -> None:
     service, transport = wired
     coffee = Authorisation(ACC, 1_915)
@@ -76,7 +67,7 @@ async def test_the_consumer_builds_the_feed_and_announces_it(wired: tuple[Servic
         done = len(items) == 2 and items[1]["settled"] != "" and items[1]["account_balance"] == 3_085
         return items if done else None
 
-    [top_up, payment] = await eventually(settled_feed, "the feed to show the settled payment")
+    [top_up, payment] = await eventually(settled_feed, TIMEOUT, "the feed to show the settled payment")
     assert (top_up["is_load"], payment["amount"], payment["created"]) == (
         True,
         -2_000,
@@ -95,7 +86,7 @@ async def test_the_consumer_builds_the_feed_and_announces_it(wired: tuple[Servic
             last = seen.get(payment["id"], [{}])[-1]
             return last.get("data", {}).get("transaction") == payment
 
-        await eventually(announced, "the payment's announcement on transactions.feed")
+        await eventually(announced, TIMEOUT, "the payment's announcement on transactions.feed")
     finally:
         await sub.close()
     types = [e["type"] for e in seen[payment["id"]]]

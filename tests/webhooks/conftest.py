@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,10 +19,8 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 from sqlalchemy import text
 
-from bank.infra.ports import free_port
 from services.accounts.config import AccountsSettings
 from services.accounts.service import LedgerService
 from services.webhooks.app import create_app
@@ -38,27 +35,10 @@ from shared.events.relay import Relay
 from shared.events.transports.base import Transport
 from shared.runtime import Runtime
 from tests.accounts.conftest import INTERNAL_TOKEN, Customer, build_app, create_customer, new_ledger
-from tests.cards.conftest import Served, accounts_identity_router
+from tests.support.accounts import StubAccounts
+from tests.support.serving import Served
 
 FEED = "transactions.feed"
-
-
-# -- waiting ---------------------------------------------------------------------------------------------
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 60.0, what: str = "condition"
-) -> None:
-    """Wait (generously) until `check()` holds; never asserts on how long it took."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 # -- receivers -------------------------------------------------------------------------------------------
@@ -95,10 +75,9 @@ class Receiver:
         self.requests: list[Received] = []
         self.in_flight = 0
         self.max_in_flight = 0
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.served = Served(self, lifespan="off", timeout_graceful_shutdown=1)
+        self.port = self.served.port
+        self.url = f"{self.served.url}/hook"
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -128,26 +107,11 @@ class Receiver:
         await send({"type": "http.response.body", "body": b""})
 
     async def start(self) -> Receiver:
-        config = uvicorn.Config(
-            self,
-            host="127.0.0.1",
-            port=self.port,
-            log_config=None,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
+        await self.served.start()
         return self
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
+        await self.served.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -349,7 +313,7 @@ async def running_webhooks(
     ledger = new_ledger(AccountsSettings(topup_max=10**9))
     key = SigningKey.generate()
     accounts_app = build_app(db, ledger, key)
-    accounts_app.include_router(accounts_identity_router(key, {}))
+    accounts_app.include_router(StubAccounts(key).identity_router())
     accounts = Served(accounts_app)
     await accounts.start()
     bank = bank_settings_for(settings, accounts, transport, bootstrap or settings.kafka_bootstrap)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from tests.webhooks.conftest import Hooks, Receiver, eventually
+from tests.support.waiting import eventually
+from tests.webhooks.conftest import Hooks, Receiver
 
 MakeReceiver = Callable[..., Awaitable[Receiver]]
 

@@ -25,13 +25,13 @@ from shared.events.consumer import Consumer
 from shared.events.envelope import Envelope
 from shared.events.outbox import Outgoing
 from shared.events.transports.base import IncomingRecord, OutgoingRecord, Transport
+from tests.support.waiting import eventually
 from tests.webhooks.conftest import (
     FEED,
     Hooks,
     Receiver,
     TransactionCreated,
     TransactionUpdated,
-    eventually,
     mondo_transaction,
 )
 

@@ -10,12 +10,12 @@ from typing import Any
 
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
+from tests.support.waiting import eventually
 from tests.webhooks.conftest import (
     Hooks,
     Received,
     Receiver,
     Reply,
-    eventually,
     running_webhooks,
 )
 

@@ -17,7 +17,8 @@ import httpx
 
 from bank.infra.ports import free_port
 from shared.db import Database
-from tests.webhooks.conftest import Hooks, Received, Receiver, Reply, eventually, running_webhooks
+from tests.support.waiting import eventually
+from tests.webhooks.conftest import Hooks, Received, Receiver, Reply, running_webhooks
 
 
 @asynccontextmanager

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from services.webhooks import ssrf
-from tests.webhooks.conftest import Hooks, Receiver, eventually, running_webhooks
+from tests.support.waiting import eventually
+from tests.webhooks.conftest import Hooks, Receiver, running_webhooks
 
 # (address form, url host, the typed error's detail)
 FORBIDDEN = [

@@ -6,7 +6,6 @@ per-row Python); the merchant, when expanded, is joined in the same statement.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
@@ -15,9 +14,6 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from services.transactions import repository as repo
 from services.transactions import schemas
 from services.transactions.config import TransactionsSettings
-from services.transactions.feed import FeedItem
-from services.transactions.publish import Announcer
-from services.transactions.render import transaction_json
 from services.transactions.service import Annotations, attachment_json, receipt_json
 from services.transactions.storage import MAX_BYTES, LocalStore, check_type
 from shared.auth import Identity, require_identity
@@ -46,7 +42,7 @@ def _no_such_transaction() -> Exception:
     return not_found("transaction", "no transaction with that id")
 
 
-def public_router(db: Database, announcer: Announcer, settings: TransactionsSettings) -> APIRouter:
+def public_router(db: Database, annotations: Annotations, settings: TransactionsSettings) -> APIRouter:
     api = APIRouter(tags=["transactions"])
 
     @api.get("/transactions", response_class=Response, responses=LIST_RESPONSE)
@@ -111,28 +107,7 @@ def public_router(db: Database, announcer: Announcer, settings: TransactionsSett
             (name, value) for name, value in form.multi_items() if isinstance(value, str)
         )
         async with db.transaction() as session:
-            tx = await repo.row_by_id(session, transaction_id)
-            if tx is None or tx.user_id != who.user_id:
-                raise _no_such_transaction()
-            notes, metadata = tx.notes, dict(tx.metadata)
-            for key, value in changes.items():
-                if key == "notes":
-                    notes = value
-                elif value == "":
-                    metadata.pop(key, None)
-                else:
-                    metadata[key] = value
-            if (notes, metadata) != (tx.notes, tx.metadata):
-                tx.notes, tx.metadata = notes, metadata
-                tx.annotated = datetime.now(UTC)
-                tx.version += 1
-                item = FeedItem.from_json(tx.item)
-                body = transaction_json(tx, item)
-                saved = await repo.save(session, tx, body, currency=item.currency)
-                await announcer.announce(
-                    session, tx, kind=item.kind, currency=item.currency, body=body, saved=saved,
-                    change="annotated", first=False,
-                )  # fmt: skip
+            await annotations.annotate(session, who.user_id, transaction_id, changes)
             found = await repo.one_json(session, transaction_id, expand=expanded)
         assert found is not None
         return Response(found[1], media_type=JSON)

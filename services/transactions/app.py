@@ -36,7 +36,10 @@ def create_app(runtime: Runtime | None = None, settings: TransactionsSettings | 
     store = open_store(settings, runtime.settings.data_dir, public_url)
     annotations = Annotations(announcer, store, public_url)
     app = runtime.app(
-        routers=[public_router(runtime.db, announcer, settings), attachments_router(runtime.db, annotations)],
+        routers=[
+            public_router(runtime.db, annotations, settings),
+            attachments_router(runtime.db, annotations),
+        ],
         background=[revocations.run],
         on_shutdown=[close_clients, store.aclose],
     )

@@ -1,11 +1,12 @@
 """Announcing a transaction on `transactions.feed`: its full Mondo JSON (merchant expanded) and the
 account's spend on the transaction's local day, in the caller's transaction (the outbox).
 
-Reads nothing: the caller passes what `repository.save` just wrote and read back.
+Reads nothing: the caller passes what `repository.save_batch` just wrote and read back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,6 @@ from services.transactions.events import (
     TransactionUpdated,
 )
 from services.transactions.models import TransactionRow
-from services.transactions.repository import Saved
 from shared.events.envelope import Envelope
 from shared.events.outbox import Outbox, Outgoing
 
@@ -34,30 +34,12 @@ def expanded(body: dict[str, Any], merchant: dict[str, Any] | None) -> dict[str,
 class Announcer:
     outbox: Outbox
 
-    async def announce(
+    async def announce_many(
         self,
         session: AsyncSession,
-        tx: TransactionRow,
-        *,
-        kind: Kind,
-        currency: str,
-        body: dict[str, Any],
-        saved: Saved,
-        change: Change,
-        first: bool,
+        events: Sequence[tuple[TransactionCreated | TransactionUpdated, Envelope | None]],
     ) -> None:
-        """transaction.created the first time (`first`), transaction.updated after. The owner must be
-        known (`tx.user_id`)."""
-        event = feed_event(
-            tx, kind=kind, currency=currency, body=body, spend_today=saved.spend_today,
-            merchant=saved.merchant, change=change, first=first,
-        )  # fmt: skip
-        await self.outbox.emit(session, FEED_TOPIC, tx.account_id, event)
-
-    async def announce_many(
-        self, session: AsyncSession, events: list[tuple[TransactionCreated | TransactionUpdated, Envelope]]
-    ) -> None:
-        """A batch's announcements (each with the event that caused it), in one statement, in order."""
+        """Announcements (each with the event that caused it, if one did), in one statement, in order."""
         await self.outbox.emit_many(
             session, [Outgoing(FEED_TOPIC, e.account_id, e, cause) for e, cause in events]
         )

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.transactions import repository as repo
 from services.transactions.feed import FeedItem
 from services.transactions.models import Attachment, Receipt, Transaction, TransactionRow, Upload
-from services.transactions.publish import Announcer
+from services.transactions.publish import Announcer, feed_event
 from services.transactions.render import rfc3339, transaction_json
 from services.transactions.schemas import ReceiptIn
 from services.transactions.storage import FILES, MAX_BYTES, LocalStore, ObjectStore, new_key, valid_key
@@ -87,14 +87,42 @@ class Annotations:
         if (shown, listed) == (tx.attachments, tx.receipts):
             return
         tx.attachments, tx.receipts = shown, listed
+        await self._publish(session, tx)
+
+    async def annotate(
+        self, session: AsyncSession, user_id: str, tx_id: str, changes: dict[str, str]
+    ) -> None:
+        """Set metadata keys (an empty value deletes the key; `notes` sets the notes); a new version,
+        announced, if anything changed."""
+        tx = await self.owned_transaction(session, user_id, tx_id)
+        notes, metadata = tx.notes, dict(tx.metadata)
+        for key, value in changes.items():
+            if key == "notes":
+                notes = value
+            elif value == "":
+                metadata.pop(key, None)
+            else:
+                metadata[key] = value
+        if (notes, metadata) != (tx.notes, tx.metadata):
+            tx.notes, tx.metadata = notes, metadata
+            await self._publish(session, tx)
+
+    async def _publish(self, session: AsyncSession, tx: TransactionRow) -> None:
+        """Save an annotated transaction as a new version and announce it (`annotated`)."""
         tx.annotated, tx.version = _now(), tx.version + 1
         item = FeedItem.from_json(tx.item)
         body = transaction_json(tx, item)
-        saved = await repo.save(session, tx, body, currency=item.currency)
-        await self.announcer.announce(
-            session, tx, kind=item.kind, currency=item.currency, body=body, saved=saved, change="annotated",
+        day = (tx.account_id, tx.spend_day)
+        saved = await repo.save_batch(
+            session, [(tx, body)], merchants=[], spend_moves={}, want_spend=[day],
+            want_merchants=[tx.merchant_id] if tx.merchant_id else [],
+        )  # fmt: skip
+        event = feed_event(
+            tx, kind=item.kind, currency=item.currency, body=body, spend_today=saved.spend.get(day, 0),
+            merchant=saved.merchants.get(tx.merchant_id) if tx.merchant_id else None, change="annotated",
             first=False,
         )  # fmt: skip
+        await self.announcer.announce_many(session, [(event, None)])
 
     # -- attachments ---------------------------------------------------------------------------------------
 

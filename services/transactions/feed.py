@@ -10,7 +10,7 @@ out of order converge to the same transaction. No database, no web framework in 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -79,13 +79,28 @@ class FeedItem:
         return self.settled is None and not self.declined and not self.reversed
 
     def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["created"] = self.created.isoformat()
-        doc["updated"] = self.updated.isoformat()
-        doc["settled"] = self.settled.isoformat() if self.settled else None
-        doc["merchant"] = self.merchant.model_dump() if self.merchant else None
-        doc["balance_refs"] = list(self.balance_refs)
-        return doc
+        # Field by field, not dataclasses.asdict: that deep-copies every value (the merchant model,
+        # each datetime), and this runs for every event the feed folds.
+        return {
+            "key": self.key,
+            "account_id": self.account_id,
+            "kind": self.kind,
+            "amount": self.amount,
+            "currency": self.currency,
+            "created": self.created.isoformat(),
+            "updated": self.updated.isoformat(),
+            "settled": self.settled.isoformat() if self.settled else None,
+            "declined": self.declined,
+            "decline_reason": self.decline_reason,
+            "reversed": self.reversed,
+            "description": self.description,
+            "merchant": self.merchant.model_dump() if self.merchant else None,
+            "card_last4": self.card_last4,
+            "network_transaction_id": self.network_transaction_id,
+            "balance_refs": list(self.balance_refs),
+            "counterparty": dict(self.counterparty),
+            "metadata": dict(self.metadata),
+        }
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> FeedItem:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,9 +20,7 @@ import httpx
 import pytest
 
 from bank.infra.browser import ensure_chromium
-from shared.config import SERVICES
-from tests.conftest import free_port
-from tests.e2e.conftest import BankProcess
+from tests.support.bank import BankProcess, bank_env
 
 OPS_TOKEN = "browser-test-ops-token"
 NETWORK_KEY = "browser-test-network-key"
@@ -118,9 +115,8 @@ def _customer_with_a_card(http: httpx.Client) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def ops_bank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBank]:
     tmp = tmp_path_factory.mktemp("ops-bank")
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BANK_DATABASE_URL")}
-    env.update(
-        BANK_DATA_DIR=str(tmp / "data"), BANK_PG_PORT=str(free_port()), BANK_LOG_LEVEL="WARNING",
+    env = bank_env(
+        tmp,
         GATEWAY_OPS_TOKEN=OPS_TOKEN, GATEWAY_NETWORK_API_KEY=NETWORK_KEY,
         BANK_TRACING="true", BANK_TRACE_SAMPLE_RATIO="1.0",
         # The ops page reads its totals and money at risk every second; a stray hold or a missing feed
@@ -137,17 +133,10 @@ def ops_bank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBank]:
             "network": {"rate": 2000, "burst": 4000}, "ops": {"rate": 50, "burst": 200},
         }),
     )  # fmt: skip
-    for name in SERVICES:
-        env[f"BANK_{name.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
     process = BankProcess(env)
     try:
         process.wait_ready(timeout=180)
         with httpx.Client(base_url=env["BANK_GATEWAY_URL"], timeout=15) as http:
             yield RunningBank(process, env, env["BANK_GATEWAY_URL"], _customer_with_a_card(http), http)
     finally:
-        if process.proc.poll() is None:
-            process.proc.send_signal(signal.SIGINT)
-            try:
-                process.proc.wait(timeout=60)
-            except Exception:
-                process.proc.kill()
+        process.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import psutil
 import pytest
 
 from shared.config import SERVICES
-from tests.e2e.conftest import BankProcess
+from tests.support.bank import BankProcess
 
 
 def _ready(url: str) -> bool:
@@ -74,8 +73,7 @@ def test_bank_up_runs_every_service_and_stops_cleanly(bank_env: dict[str, str]) 
         assert second.returncode == 1
         assert "already running" in second.stdout
     finally:
-        bank.proc.send_signal(signal.SIGINT)
-        code = bank.proc.wait(timeout=60)
+        code = bank.stop()
     assert code == 0, bank.output()
     assert "stopped." in bank.output()
     for name in SERVICES:
@@ -89,5 +87,4 @@ def test_bank_up_runs_every_service_and_stops_cleanly(bank_env: dict[str, str]) 
         warm.wait_ready()
         print(f"bank up (warm data dir): ready in {time.monotonic() - started:.1f}s")
     finally:
-        warm.proc.send_signal(signal.SIGINT)
-        assert warm.proc.wait(timeout=60) == 0, warm.output()
+        assert warm.stop() == 0, warm.output()

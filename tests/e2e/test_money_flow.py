@@ -5,13 +5,12 @@ Also proves the accounts process relays its outbox: the events reach the embedde
 
 from __future__ import annotations
 
-import signal
 import time
 
 import httpx
 import psycopg
 
-from tests.e2e.conftest import BankProcess
+from tests.support.bank import BankProcess
 
 
 def test_sign_up_sign_in_top_up_and_see_the_events(bank_env: dict[str, str]) -> None:
@@ -62,5 +61,4 @@ def test_sign_up_sign_in_top_up_and_see_the_events(bank_env: dict[str, str]) -> 
                     pass
         assert count == 2, "account.created and account.topup.completed, once each"
     finally:
-        bank.proc.send_signal(signal.SIGINT)
-        assert bank.proc.wait(timeout=60) == 0, bank.output()
+        assert bank.stop() == 0, bank.output()

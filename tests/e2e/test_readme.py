@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from bank.infra.ports import free_port
-from tests.e2e.conftest import BankProcess
+from tests.support.bank import BankProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -115,6 +114,5 @@ def test_the_readme_examples_work_as_written(bank_env: dict[str, str], receiver_
         assert re.search(r'"file_type":\s*"image/png"', ran.stdout), out
         assert '"receipt_id":"receipt_' in compact and '"total_matches_items":true' in compact, out
     finally:
-        bank.proc.send_signal(signal.SIGINT)
-        code = bank.proc.wait(timeout=60)
+        code = bank.stop()
     assert code == 0, bank.output()[-3000:]

@@ -5,7 +5,6 @@ locks the embedded PostgreSQL's own (non-root) user out (see tests/conftest.py's
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -14,22 +13,14 @@ from pathlib import Path
 import pytest
 
 from bank.cluster import LIFTED_LIMITS
-from bank.infra.ports import free_port
-from shared.config import SERVICES
-from tests.e2e.conftest import BankProcess
-
-__all__ = ["BankProcess"]
+from tests.support.bank import bank_env
 
 
 @pytest.fixture
 def sim_bank_env() -> Iterator[dict[str, str]]:
     folder = Path(tempfile.mkdtemp(prefix="bank-sim-test-"))
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BANK_DATABASE_URL")}
-    env.update(BANK_DATA_DIR=str(folder / "data"), BANK_PG_PORT=str(free_port()), BANK_LOG_LEVEL="WARNING")
-    env["GATEWAY_RATE_LIMITS"] = LIFTED_LIMITS  # 20 sign-ups at once; the default is 2/s per client
-    for name in SERVICES:
-        env[f"BANK_{name.upper()}_URL"] = f"http://127.0.0.1:{free_port()}"
-    yield env
+    # 20 sign-ups at once; the default is 2/s per client.
+    yield bank_env(folder, GATEWAY_RATE_LIMITS=LIFTED_LIMITS)
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -5,7 +5,6 @@ the account (or the pot)."""
 from __future__ import annotations
 
 import json
-import signal
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from bank.cluster import ledger_problems
 from simulator.merchants import catalogue
 from simulator.reconcile import reconcile
 from simulator.runner import RunConfig, run_scenario
-from tests.simulator.conftest import BankProcess
+from tests.support.bank import BankProcess
 
 
 async def test_day_reconciles_and_an_injected_discrepancy_is_caught(
@@ -87,5 +86,4 @@ async def test_day_reconciles_and_an_injected_discrepancy_is_caught(
             differences
         )
     finally:
-        bank.proc.send_signal(signal.SIGINT)
-        assert bank.proc.wait(timeout=60) == 0, bank.output()
+        assert bank.stop() == 0, bank.output()

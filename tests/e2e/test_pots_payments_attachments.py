@@ -18,7 +18,8 @@ import httpx
 import pytest_asyncio
 
 from bank.checker import Customer, settle
-from bank.faults import BankCluster, WebhookReceiver
+from bank.cluster import BankCluster
+from bank.faults import WebhookReceiver
 from tests.security.support import Person, eventually, sign_up
 
 ENV = {

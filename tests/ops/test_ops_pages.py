@@ -15,12 +15,12 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from bank.infra.ports import free_port
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 from services.gateway.shedding import Shedder
 from shared.config import SERVICES, BankSettings
 from shared.errors import BankError
-from tests.conftest import free_port
 
 TOKEN = "ops-test-token"
 

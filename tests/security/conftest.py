@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest_asyncio
 
-from bank.faults import BankCluster
+from bank.cluster import BankCluster
 from tests.security.support import Person, authorisation, eventually, operations, sign_up
 
 LIMITS = json.dumps(

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 from sqlalchemy import text
 
 from shared.config import BankSettings
 from shared.db import Database
 from tests.cards.conftest import Bank, authorisation, presentment, reversal, running_bank
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
+from tests.support.waiting import eventually
 
 
 async def compensation_done(bank: Bank, hold_id: str) -> bool:

@@ -18,6 +18,7 @@ from shared.errors import BankError
 from simulator.iso8583 import Link, LinkDown
 from tests.cards.conftest import NETWORK_KEY, authorisation
 from tests.cards.test_iso8583_support import iso, plain_merchant
+from tests.support.waiting import eventually
 
 CARD = {"pan": "5355220000000001", "expiry": "11/29", "cvc": "123"}
 
@@ -76,19 +77,13 @@ def message() -> tuple[str, dict[str, str]]:
     return body["network_transaction_id"], iso(body)
 
 
-async def until(condition: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
 async def test_answers_leave_as_they_complete_not_in_order() -> None:
     gated = Gated()
     async with listener(gated) as server:
         link = await open_link(server)
         (a, first), (b, second) = message(), message()
         answers = [asyncio.create_task(link.exchange(doc, 10)) for doc in (first, second)]
-        await until(lambda: len(gated.seen) == 2)
+        await eventually(lambda: len(gated.seen) == 2)
         gated.release(b)
         done, _ = await asyncio.wait(answers, return_when=asyncio.FIRST_COMPLETED)
         assert done == {answers[1]} and answers[1].result()["63"] == b
@@ -121,7 +116,7 @@ async def test_a_link_with_too_much_in_flight_is_not_read_from_until_it_eases() 
         link = await open_link(server)
         sent = [message() for _ in range(5)]
         answers = [asyncio.create_task(link.exchange(doc, 10)) for _, doc in sent]
-        await until(lambda: len(gated.seen) == 2)
+        await eventually(lambda: len(gated.seen) == 2)
         await asyncio.sleep(0.2)
         assert len(gated.seen) == 2  # the other three wait in the socket
         gated.release(*(nid for nid, _ in sent))
@@ -140,7 +135,7 @@ async def test_a_shutdown_lets_the_answers_in_flight_out() -> None:
     link = await open_link(server)
     nid, doc = message()
     answer = asyncio.create_task(link.exchange(doc, 10))
-    await until(lambda: gated.seen == [nid])
+    await eventually(lambda: gated.seen == [nid])
     task.cancel()
     await asyncio.sleep(0.2)
     gated.release(nid)
@@ -156,15 +151,15 @@ async def test_a_cut_link_loses_its_own_answers_only() -> None:
         (lost, lost_doc), (fine, fine_doc) = message(), message()
         doomed = asyncio.create_task(cut.exchange(lost_doc, 10))
         answer = asyncio.create_task(kept.exchange(fine_doc, 10))
-        await until(lambda: len(gated.seen) == 2)
+        await eventually(lambda: len(gated.seen) == 2)
         cut.abort()
         with pytest.raises(LinkDown):
             await doomed
-        await until(lambda: len(server.links) == 1)
+        await eventually(lambda: len(server.links) == 1)
         lost_before = LOST._value.get()
         gated.release(lost, fine)
         assert (await answer)["63"] == fine
-        await until(lambda: LOST._value.get() == lost_before + 1)
+        await eventually(lambda: LOST._value.get() == lost_before + 1)
         await kept.close()
 
 
@@ -178,7 +173,7 @@ def test_the_listener_runs_on_uvloop_as_cards_does_under_uvicorn() -> None:
             link = await open_link(server)
             sent = [message() for _ in range(3)]
             answers = [asyncio.create_task(link.exchange(doc, 10)) for _, doc in sent]
-            await until(lambda: len(gated.seen) == 1)
+            await eventually(lambda: len(gated.seen) == 1)
             gated.release(*(nid for nid, _ in sent))
             assert [(await a)["63"] for a in answers] == [nid for nid, _ in sent]
             await link.close()

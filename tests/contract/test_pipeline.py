@@ -21,7 +21,8 @@ from shared.events.envelope import Envelope, EventData
 from shared.events.outbox import Outbox, Outgoing
 from shared.events.relay import Relay
 from shared.events.transports.base import OutgoingRecord
-from tests.contract.conftest import Backend, unique, wait_for
+from tests.contract.conftest import Backend, unique
+from tests.support.waiting import eventually
 
 
 class MoneyMoved(EventData):
@@ -219,7 +220,7 @@ async def test_redelivered_events_are_no_ops(effects: Database, backend: Backend
     consumer = make_consumer(effects, backend, topic)
     tasks = await run_background(consumer.run)
     try:
-        await wait_for(lambda: consumer.subscription is not None, what="subscription")
+        await eventually(lambda: consumer.subscription is not None, what="subscription")
         await wait_for_lag_zero(consumer, topic)
     finally:
         await stop(tasks)

@@ -20,7 +20,8 @@ import httpx
 import pytest_asyncio
 
 from bank.cluster import BankCluster
-from tests.security.support import Person, authorisation, eventually, operations, sign_up
+from tests.security.support import Person, authorisation, operations, sign_up
+from tests.support.waiting import eventually
 
 LIMITS = json.dumps(
     {

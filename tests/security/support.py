@@ -3,11 +3,9 @@ and request building that fills every form field sensibly so only the property u
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,17 +20,6 @@ JSON = "application/json"
 PUBLIC_HOOK = "https://93.184.215.14/hooks/bank"
 FREE_FORM_FIELD = "metadata[note]"  # a form of free keys (PATCH /transactions): one key of that shape
 ISSUED: list[tuple[str, str]] = []  # (PAN, CVC) of every card these tests were shown: the scan looks for them
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], limit: float = 30.0, what: str = "") -> Any:
-    """Await `check()` until it returns something truthy; fail after `limit` seconds."""
-    began = time.monotonic()
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() - began < limit, f"never happened: {what or check}"
-        await asyncio.sleep(0.1)
 
 
 @dataclass

@@ -50,6 +50,7 @@ from bank.infra.kafka import KafkaBroker
 from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
+from shared import topics
 from shared.config import SERVICES, BankSettings, to_libpq
 
 pytestmark = pytest.mark.kafka
@@ -435,9 +436,7 @@ def test_two_replicas_share_partitions_and_survive_a_kill(
     bootstrap = kafka_broker.bootstrap
     settings = BankSettings(database_url=scale_db, transport="kafka", kafka_bootstrap=bootstrap)
     groups = consumer_groups(settings)
-    bank_topics = {t for g in groups for t in g.topics} | {
-        "accounts.accounts", "accounts.ledger", "cards.authorisations", "transactions.feed",
-    }  # fmt: skip
+    bank_topics = {t for g in groups for t in g.topics} | set(topics.ALL)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="scale-out-test")
     forget_bank_topics(admin, bank_topics, groups)
 

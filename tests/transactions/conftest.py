@@ -22,6 +22,7 @@ from services.transactions.app import create_app
 from services.transactions.config import TransactionsSettings
 from services.transactions.consumers import TOPICS, FeedProjector
 from services.transactions.publish import Announcer
+from shared import topics
 from shared.auth import SigningKey
 from shared.config import BankSettings
 from shared.db import Database
@@ -96,7 +97,7 @@ class Feed:
 
 
 def record(e: Envelope, offset: int = 0) -> IncomingRecord:
-    return IncomingRecord("cards.authorisations", 0, offset, e.subject, e.to_json().encode())
+    return IncomingRecord(topics.CARD_AUTHORISATIONS, 0, offset, e.subject, e.to_json().encode())
 
 
 def new_projector() -> FeedProjector:

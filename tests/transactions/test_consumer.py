@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 
 from bank.infra.kafka import KafkaBroker
+from shared import topics
 from shared.config import BankSettings
 from shared.events import make_transport
 from shared.events.envelope import Envelope
@@ -55,9 +56,9 @@ async def test_the_consumer_builds_the_feed_and_announces_it(wired: tuple[Servic
     coffee = Authorisation(ACC, 1_915)
     approved = coffee.approved(at(1))
     # Out of order and twice: the clearing and the approval before the account is known.
-    await publish(transport, "cards.authorisations", coffee.settled(2_000, at(600)), approved, approved)
-    await publish(transport, "accounts.ledger", topup(ACC, 5_000, 5_000, at(0)), coffee.hold(3_085, at(1)))
-    await publish(transport, "accounts.accounts", account_created(ACC, USER, at(0)))
+    await publish(transport, topics.CARD_AUTHORISATIONS, coffee.settled(2_000, at(600)), approved, approved)
+    await publish(transport, topics.LEDGER, topup(ACC, 5_000, 5_000, at(0)), coffee.hold(3_085, at(1)))
+    await publish(transport, topics.ACCOUNTS, account_created(ACC, USER, at(0)))
 
     async def settled_feed() -> list[dict[str, Any]] | None:
         r = await service.get("/transactions", USER, account_id=ACC, **{"expand[]": "merchant"})
@@ -75,7 +76,7 @@ async def test_the_consumer_builds_the_feed_and_announces_it(wired: tuple[Servic
     )
 
     # What transactions announced reached the transport: subscribe to transactions.feed and read it back.
-    sub = await transport.subscribe(f"test-feed-{uuid.uuid4().hex[:6]}", ["transactions.feed"])
+    sub = await transport.subscribe(f"test-feed-{uuid.uuid4().hex[:6]}", [topics.TRANSACTIONS_FEED])
     seen: dict[str, list[dict[str, Any]]] = {}
     try:
 

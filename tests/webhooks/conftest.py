@@ -25,6 +25,7 @@ from services.accounts.config import AccountsSettings
 from services.accounts.service import LedgerService
 from services.webhooks.app import create_app
 from services.webhooks.config import WebhooksSettings
+from shared import topics
 from shared.auth import SigningKey
 from shared.config import BankSettings
 from shared.db import Database
@@ -38,7 +39,7 @@ from tests.accounts.conftest import INTERNAL_TOKEN, Customer, build_app, create_
 from tests.support.accounts import StubAccounts
 from tests.support.serving import Served
 
-FEED = "transactions.feed"
+FEED = topics.TRANSACTIONS_FEED
 
 
 # -- receivers -------------------------------------------------------------------------------------------

@@ -7,8 +7,7 @@ consumer's per-event fallback."""
 
 from __future__ import annotations
 
-import json
-
+from pydantic_core import to_json
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.webhooks import repository as repo
@@ -22,7 +21,7 @@ from shared.ids import new_id
 
 def body_of(event_type: str, transaction: dict[str, object]) -> str:
     """What the receiver gets: Mondo's webhook body."""
-    return json.dumps({"type": event_type, "data": transaction}, separators=(",", ":"), ensure_ascii=False)
+    return to_json({"type": event_type, "data": transaction}).decode()  # compact, UTF-8, in Rust
 
 
 class DeliveryHandlers:

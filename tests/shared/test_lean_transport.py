@@ -13,85 +13,44 @@ from bank.infra.ports import free_port
 from shared.errors import BankError
 from shared.http import CircuitBreaker, ServiceClient
 from shared.lean_transport import Answer, LeanTransport, Origin
+from tests.support.raw_http import RawHttpServer, RawRequest
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class RawServer:
-    """A TCP server answering with bytes we choose, counting connections and keeping requests."""
-
-    def __init__(self, answer: Callable[[bytes], bytes | None], close_after: bool = False) -> None:
-        self.answer = answer
-        self.close_after = close_after
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.server: asyncio.Server | None = None
-        self.url = ""
-
-    async def start(self) -> RawServer:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                body = b""
-                lower = head.lower()
-                if b"content-length:" in lower:
-                    at = lower.index(b"content-length:") + 15
-                    body = await reader.readexactly(int(lower[at : lower.index(b"\r\n", at)]))
-                elif b"transfer-encoding: chunked" in lower:
-                    while True:
-                        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-                        chunk = await reader.readexactly(size + 2)
-                        if size == 0:
-                            break
-                        body += chunk[:-2]
-                self.requests.append(head + body)
-                out = self.answer(head + body)
-                if out is None:
-                    await asyncio.sleep(10)
-                    return
-                writer.write(out)
-                await writer.drain()
-                if self.close_after:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
 
 
 def ok(body: bytes = b"hello", extra: bytes = b"") -> Callable[[bytes], bytes]:
     return lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
 
 
-async def client_for(server: RawServer, **kw: object) -> httpx.AsyncClient:
+async def client_for(server: RawHttpServer, **kw: object) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=server.url, transport=LeanTransport(**kw), timeout=2)  # type: ignore[arg-type]
 
 
 @pytest.fixture
-async def started() -> AsyncIterator[list[RawServer]]:
-    servers: list[RawServer] = []
+async def started() -> AsyncIterator[list[RawHttpServer]]:
+    servers: list[RawHttpServer] = []
     yield servers
     for s in servers:
         await s.stop()
 
 
-async def serve(started: list[RawServer], answer: Callable[[bytes], bytes | None], **kw: bool) -> RawServer:
-    server = await RawServer(answer, **kw).start()
+async def serve(
+    started: list[RawHttpServer], answer: Callable[[bytes], bytes | None], **kw: bool
+) -> RawHttpServer:
+    """A server answering `answer(request bytes)`; None: it stays silent (10 s, then it hangs up)."""
+
+    async def reply(request: RawRequest) -> bytes | None:
+        out = answer(request.raw)
+        if out is None:
+            await asyncio.sleep(10)
+        return out
+
+    server = await RawHttpServer(reply, **kw).start()
     started.append(server)
     return server
 
 
-async def test_keep_alive_reuses_one_connection(started: list[RawServer]) -> None:
+async def test_keep_alive_reuses_one_connection(started: list[RawHttpServer]) -> None:
     server = await serve(started, ok(extra=b"X-Up: 1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"))
     async with await client_for(server) as client:
         for _ in range(5):
@@ -104,7 +63,7 @@ async def test_keep_alive_reuses_one_connection(started: list[RawServer]) -> Non
     assert b"\r\nx-custom: yes\r\n" in first and b"\r\nHost: 127.0.0.1:" in first
 
 
-async def test_chunked_and_close_delimited_answers(started: list[RawServer]) -> None:
+async def test_chunked_and_close_delimited_answers(started: list[RawHttpServer]) -> None:
     chunked = await serve(
         started,
         lambda _: (
@@ -125,7 +84,7 @@ async def test_chunked_and_close_delimited_answers(started: list[RawServer]) -> 
     assert delimited.connections == 2  # Connection: close is honoured
 
 
-async def test_interim_and_bodiless_answers(started: list[RawServer]) -> None:
+async def test_interim_and_bodiless_answers(started: list[RawHttpServer]) -> None:
     def answer(request: bytes) -> bytes:
         if request.startswith(b"HEAD"):
             return b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n"
@@ -143,7 +102,7 @@ async def test_interim_and_bodiless_answers(started: list[RawServer]) -> None:
     assert server.connections == 1
 
 
-async def test_streamed_request_bodies_are_sent_chunked(started: list[RawServer]) -> None:
+async def test_streamed_request_bodies_are_sent_chunked(started: list[RawHttpServer]) -> None:
     server = await serve(started, ok())
 
     async def parts() -> AsyncIterator[bytes]:
@@ -157,7 +116,7 @@ async def test_streamed_request_bodies_are_sent_chunked(started: list[RawServer]
     assert b"Transfer-Encoding: chunked" in server.requests[0]
 
 
-async def test_stale_idle_connections_are_not_reused(started: list[RawServer]) -> None:
+async def test_stale_idle_connections_are_not_reused(started: list[RawHttpServer]) -> None:
     server = await serve(started, ok(), close_after=True)  # the server closes after each answer
     async with await client_for(server) as client:
         assert (await client.get("/")).status_code == 200
@@ -172,7 +131,7 @@ async def test_stale_idle_connections_are_not_reused(started: list[RawServer]) -
     assert expiring.connections == 2
 
 
-async def test_failures_are_httpx_errors(started: list[RawServer]) -> None:
+async def test_failures_are_httpx_errors(started: list[RawHttpServer]) -> None:
     async with httpx.AsyncClient(transport=LeanTransport(), timeout=1) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"http://127.0.0.1:{free_port()}/")
@@ -201,7 +160,7 @@ async def test_failures_are_httpx_errors(started: list[RawServer]) -> None:
     assert fine.requests == []
 
 
-async def test_pool_bound_and_pool_timeout(started: list[RawServer]) -> None:
+async def test_pool_bound_and_pool_timeout(started: list[RawHttpServer]) -> None:
     server = await serve(started, ok())
     async with await client_for(server, max_connections=1) as client:
         results = await asyncio.gather(*(client.get("/") for _ in range(10)))
@@ -221,7 +180,9 @@ async def test_pool_bound_and_pool_timeout(started: list[RawServer]) -> None:
 # ServiceClient.exchange: the same wire, without httpx's models (decision 0026) -------------------
 
 
-async def test_exchange_sends_a_minimal_request_and_reads_the_whole_answer(started: list[RawServer]) -> None:
+async def test_exchange_sends_a_minimal_request_and_reads_the_whole_answer(
+    started: list[RawHttpServer],
+) -> None:
     server = await serve(started, ok(b'{"hold": {"status": "active"}}', b"X-Up: 1\r\nSet-Cookie: a=1\r\n"))
     async with ServiceClient("accounts", server.url + "/base") as client:
         posted = await client.exchange(
@@ -246,7 +207,7 @@ async def test_exchange_sends_a_minimal_request_and_reads_the_whole_answer(start
     assert b"content-length" not in get.lower()
 
 
-async def test_exchange_retries_breaks_and_refuses_like_request(started: list[RawServer]) -> None:
+async def test_exchange_retries_breaks_and_refuses_like_request(started: list[RawHttpServer]) -> None:
     answers = iter(
         [
             b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n",
@@ -277,7 +238,7 @@ async def test_exchange_retries_breaks_and_refuses_like_request(started: list[Ra
     assert fine.requests == []
 
 
-async def test_exchange_on_httpx_own_transport_answers_alike(started: list[RawServer]) -> None:
+async def test_exchange_on_httpx_own_transport_answers_alike(started: list[RawHttpServer]) -> None:
     server = await serve(started, ok(b'{"ok": true}', b"X-Up: 1\r\n"))
     async with ServiceClient("up", server.url, transport=httpx.AsyncHTTPTransport()) as client:
         answer = await client.exchange("POST", "/x?y=1", body=b"hi")
@@ -295,7 +256,7 @@ def test_an_ipv6_literal_is_bracketed_in_host() -> None:
 
 
 async def test_over_limit_answers_are_cut_to_the_limit_and_their_connection_dropped(
-    started: list[RawServer],
+    started: list[RawHttpServer],
 ) -> None:
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"400\r\n" + b"y" * 1024 + b"\r\n" * 2
@@ -352,7 +313,9 @@ async def test_a_kept_alive_connection_closed_before_answering_is_replaced_once(
     assert connections == 3
 
 
-async def test_new_connections_go_to_the_addresses_given_and_name_the_host(started: list[RawServer]) -> None:
+async def test_new_connections_go_to_the_addresses_given_and_name_the_host(
+    started: list[RawHttpServer],
+) -> None:
     server = await serve(started, ok())
     port = int(server.url.rsplit(":", 1)[1])
     asked: list[Origin] = []

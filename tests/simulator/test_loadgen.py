@@ -15,57 +15,39 @@ from simulator.books import Books
 from simulator.loadgen import Network, Pool, Stats
 from simulator.population import Customer
 from simulator.scenarios import AUTHORISATION, generate
+from tests.support.raw_http import RawHttpServer, RawRequest, answer
 
 REQUESTS = 20
 
 
-class HoldingServer:
+class HoldingServer(RawHttpServer):
+    """Holds every answer until all `expected` requests are in."""
+
     def __init__(self, expected: int) -> None:
+        super().__init__(self.reply)
         self.expected = expected
         self.received = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.all_in = asyncio.Event()
-        self.server: asyncio.Server | None = None
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length")
-                )
-                body = json.loads(await reader.readexactly(length))
-                self.received += 1
-                self.in_flight += 1
-                self.max_in_flight = max(self.max_in_flight, self.in_flight)
-                if self.received >= self.expected:
-                    self.all_in.set()
-                await self.all_in.wait()
-                self.in_flight -= 1
-                nid = body["network_transaction_id"]
-                answer = json.dumps({"mti": "0110", "response_code": "00", "authorisation_id": "auth_x",
-                                     "network_transaction_id": nid}).encode()  # fmt: skip
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                             + str(len(answer)).encode() + b"\r\n\r\n" + answer)  # fmt: skip
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
+    async def reply(self, request: RawRequest) -> bytes:
+        self.received += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if self.received >= self.expected:
+            self.all_in.set()
+        await self.all_in.wait()
+        self.in_flight -= 1
+        nid = request.json()["network_transaction_id"]
+        body = json.dumps({"mti": "0110", "response_code": "00", "authorisation_id": "auth_x",
+                           "network_transaction_id": nid}).encode()  # fmt: skip
+        return answer(200, body, "content-type: application/json")
 
 
 async def test_requests_leave_on_schedule_whatever_the_answers() -> None:
     server = HoldingServer(REQUESTS)
-    port = await server.start()
+    port = (await server.start()).port
     customers = [Customer(i, f"c{i}@x", "pw", "C", 10_000, pan=f"535522{i:010d}", cvc="123", expiry="2911")
                  for i in range(4)]  # fmt: skip
     schedule = generate("steady", rate=20, duration=REQUESTS / 20, seed=1, budgets=[100_000] * 4, prefix="T")

@@ -7,7 +7,9 @@
 * `bank`: a whole bank as a newcomer starts it, `bank up` in its own process (`BankProcess`,
   `bank_env`); a bank whose parts can be broken one by one is `bank.cluster.BankCluster`, which the
   bank test, chaos and benchmarks use too;
-* `waiting`: `eventually`, waiting for a condition without asserting how long it took.
+* `waiting`: `eventually`, waiting for a condition without asserting how long it took;
+* `raw_http`: a hand-rolled HTTP/1.1 server answering with whatever bytes a test chooses (`RawHttpServer`),
+  for clients that must meet answers no real server gives.
 
 Free ports come from `bank.infra.ports.free_port`, which non-test code (bank/cluster.py, bench/)
 uses as well; it is not here because tests are not the only ones that need it.

@@ -8,14 +8,11 @@ tests/transactions/test_batch.py); the last test runs the service end to end on 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from services.notifications import repository
 from services.notifications.consumers import TRANSACTIONS_TOPIC, WEBHOOKS_TOPIC, Handlers
@@ -23,10 +20,8 @@ from services.notifications.observability import NOTIFICATIONS_QUEUED
 from services.notifications.sender import Sender
 from shared.config import BankSettings
 from shared.db import Database
-from shared.events.consumer import Consumer
 from shared.events.envelope import Envelope, EventData
 from shared.events.outbox import Outgoing
-from shared.events.transports.base import IncomingRecord, Transport
 from shared.ids import new_id
 from tests.notifications.conftest import (
     FeedEvent,
@@ -36,6 +31,7 @@ from tests.notifications.conftest import (
     running_push,
     transaction,
 )
+from tests.support.consuming import DrivenConsumer, counting_statements
 
 CONSUMER = "notifications.push-batch-test"
 KINDS = ("card_payment", "declined", "topup", "refund", "atm_withdrawal", "reversed", "feed_item")
@@ -51,41 +47,20 @@ class CountingSender:
         self.wakes += 1
 
 
-@dataclass
-class Pipeline:
+class Pipeline(DrivenConsumer):
     """The consumer runner with the service's handlers, with or without its batch handler."""
 
-    db: Database
-    batch: bool
-    sender: CountingSender = field(default_factory=CountingSender)
-    failures: list[BaseException] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+    def __init__(self, db: Database, batch: bool) -> None:
+        self.sender = CountingSender()
         handlers = Handlers(cast(Sender, self.sender))
-
-        async def on_batch(session: Any, envelopes: list[Envelope]) -> None:
-            try:
-                await handlers.on_batch(session, envelopes)
-            except Exception as exc:
-                self.failures.append(exc)
-                raise
-
-        self.consumer = Consumer(
-            CONSUMER, service="notifications", db=self.db, transport=cast(Transport, None),
-            handlers=handlers.handlers(), topics=[TRANSACTIONS_TOPIC, WEBHOOKS_TOPIC],
-            batch_handler=on_batch if self.batch else None,
+        super().__init__(
+            db, CONSUMER, "notifications", handlers.handlers(), handlers.on_batch if batch else None,
+            [TRANSACTIONS_TOPIC, WEBHOOKS_TOPIC], topic_of,
         )  # fmt: skip
 
-    async def consume(self, envelopes: Sequence[Envelope]) -> None:
-        """All at once with the batch handler; else one event per batch (one transaction each)."""
-        records = [record(e, i) for i, e in enumerate(envelopes)]
-        for batch in [records] if self.batch else [[r] for r in records]:
-            await self.consumer.handle_batch(batch)
 
-
-def record(e: Envelope, offset: int) -> IncomingRecord:
-    topic = WEBHOOKS_TOPIC if e.type.startswith("webhook.") else TRANSACTIONS_TOPIC
-    return IncomingRecord(topic, 0, offset, e.subject, e.to_json().encode())
+def topic_of(e: Envelope) -> str:
+    return WEBHOOKS_TOPIC if e.type.startswith("webhook.") else TRANSACTIONS_TOPIC
 
 
 # -- events ----------------------------------------------------------------------------------------------
@@ -179,20 +154,6 @@ def queued_so_far() -> dict[str, float]:
 
 def minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {k: after[k] - before[k] for k in after if after[k] != before[k]}
-
-
-@contextmanager
-def counting_statements(db: Database) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
 
 
 # -- the batch is the events one by one ------------------------------------------------------------------

@@ -11,12 +11,11 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest_asyncio
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.transactions.app import create_app
 from services.transactions.config import TransactionsSettings
@@ -26,12 +25,11 @@ from shared import topics
 from shared.auth import SigningKey
 from shared.config import BankSettings
 from shared.db import Database
-from shared.events.consumer import Consumer
 from shared.events.envelope import Envelope
 from shared.events.outbox import Outbox
-from shared.events.transports.base import IncomingRecord, Transport
 from shared.runtime import Runtime
 from tests.support.accounts import StubAccounts
+from tests.support.consuming import DrivenConsumer
 from tests.support.serving import Served
 
 LOGOS = "https://logos.test/m"
@@ -52,31 +50,17 @@ class Feed:
             async with self.db.transaction() as session:
                 await handlers[e.type](session, e)
 
-    def consumer(self, failures: list[BaseException]) -> Consumer:
-        """The consumer runner with the service's handlers and its batch handler, on no transport
-        (batches are handed to it): inbox, batch path, and the per-event fallback that dead-letters.
-        What the batch handler raises (making the runner fall back) is added to `failures`."""
-
-        async def batch_handler(session: AsyncSession, envelopes: list[Envelope]) -> None:
-            try:
-                await self.projector.on_batch(session, envelopes)
-            except Exception as exc:
-                failures.append(exc)
-                raise
-
-        return Consumer(
-            BATCH_CONSUMER, service="transactions", db=self.db, transport=cast(Transport, None),
-            handlers=self.projector.handlers(), topics=TOPICS, batch_handler=batch_handler,
-        )  # fmt: skip
-
     async def apply_batches(self, *batches: Sequence[Envelope], fallbacks: int = 0) -> None:
-        """Each batch through the consumer runner, one database transaction per batch, as consumed;
-        `fallbacks`: how many batches are expected to fail the batch path and be redone event by event."""
-        failures: list[BaseException] = []
-        consumer = self.consumer(failures)
+        """Each batch through the consumer runner (inbox, batch path, and the per-event fallback that
+        dead-letters), one database transaction per batch, as consumed; `fallbacks`: how many batches
+        are expected to fail the batch path and be redone event by event."""
+        consumer = DrivenConsumer(
+            self.db, BATCH_CONSUMER, "transactions", self.projector.handlers(), self.projector.on_batch,
+            TOPICS, topic_of=lambda _: topics.CARD_AUTHORISATIONS,
+        )  # fmt: skip
         for batch in batches:
-            await consumer.handle_batch([record(e, i) for i, e in enumerate(batch)])
-        assert len(failures) == fallbacks, failures
+            await consumer.consume(batch)
+        assert len(consumer.failures) == fallbacks, consumer.failures
 
     async def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         async with self.db.read() as session:
@@ -94,10 +78,6 @@ class Feed:
                 await session.execute(
                     text(f"DELETE FROM transactions.{table} WHERE consumer = :c"), {"c": BATCH_CONSUMER}
                 )
-
-
-def record(e: Envelope, offset: int = 0) -> IncomingRecord:
-    return IncomingRecord(topics.CARD_AUTHORISATIONS, 0, offset, e.subject, e.to_json().encode())
 
 
 def new_projector() -> FeedProjector:

@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from services.webhooks.consumers import DeliveryHandlers, body_of
 from services.webhooks.delivery import Deliverer
 from services.webhooks.events import FEED_TOPIC
 from shared.db import Database
-from shared.events.consumer import Consumer
 from shared.events.envelope import Envelope
 from shared.events.outbox import Outgoing
-from shared.events.transports.base import IncomingRecord, OutgoingRecord, Transport
+from shared.events.transports.base import OutgoingRecord
+from tests.support.consuming import DrivenConsumer, counting_statements
 from tests.support.waiting import eventually
 from tests.webhooks.conftest import (
     FEED,
@@ -45,37 +43,14 @@ class WakeOnly:
         self.wake = asyncio.Event()
 
 
-@dataclass
-class Pipeline:
+class Pipeline(DrivenConsumer):
     """The consumer runner with the service's handlers, with or without its batch handler."""
 
-    db: Database
-    batch: bool
-    deliverer: WakeOnly = field(default_factory=WakeOnly)
-    failures: list[BaseException] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+    def __init__(self, db: Database, batch: bool) -> None:
+        self.deliverer = WakeOnly()
         handlers = DeliveryHandlers(cast(Deliverer, self.deliverer))
-
-        async def on_batch(session: Any, envelopes: list[Envelope]) -> None:
-            try:
-                await handlers.on_batch(session, envelopes)
-            except Exception as exc:
-                self.failures.append(exc)
-                raise
-
-        self.consumer = Consumer(
-            CONSUMER, service="webhooks", db=self.db, transport=cast(Transport, None),
-            handlers=handlers.handlers(), topics=[FEED_TOPIC], batch_handler=on_batch if self.batch else None,
-        )  # fmt: skip
-
-    async def consume(self, envelopes: Sequence[Envelope]) -> None:
-        """All at once with the batch handler; else one event per batch (one transaction each)."""
-        records = [
-            IncomingRecord(FEED_TOPIC, 0, i, e.subject, e.to_json().encode()) for i, e in enumerate(envelopes)
-        ]
-        for batch in [records] if self.batch else [[r] for r in records]:
-            await self.consumer.handle_batch(batch)
+        batch_handler = handlers.on_batch if batch else None
+        super().__init__(db, CONSUMER, "webhooks", handlers.handlers(), batch_handler, [FEED_TOPIC])
 
 
 _clock = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
@@ -198,20 +173,6 @@ async def test_a_batch_for_accounts_without_webhooks_wakes_nobody(db: Database) 
     events = [feed_event("acc_c"), feed_event("acc_e")]
     rows, pipeline = await run(db, events, batch=True)
     assert rows == [] and not pipeline.deliverer.wake.is_set()
-
-
-@contextmanager
-def counting_statements(db: Database) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
 
 
 async def test_the_statements_per_batch_do_not_grow_with_the_batch(db: Database) -> None:

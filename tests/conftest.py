@@ -8,7 +8,6 @@ tables (`clean_db`), because the event tests must commit for real.
 from __future__ import annotations
 
 import logging
-import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -21,9 +20,9 @@ from sqlalchemy import text
 from bank.infra.kafka import KafkaBroker, ensure_jars
 from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
-from bank.migrate import upgrade
 from shared.config import BankSettings
 from shared.db import Database
+from tests.support.database import migrated_database
 
 # kafka-python logs every refused connection while a broker restarts; the tests assert outcomes instead.
 logging.getLogger("kafka").setLevel(logging.CRITICAL)
@@ -45,11 +44,8 @@ def pg_server() -> Iterator[EmbeddedPostgres]:
 
 @pytest.fixture(scope="session")
 def database_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
-    name = f"bank_test_{secrets.token_hex(4)}"
-    url = pg_server.create_database(name)
-    upgrade(url)
-    yield url
-    pg_server.drop_database(name)
+    with migrated_database(pg_server, "bank_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -49,9 +49,9 @@ from kafka import KafkaAdminClient, TopicPartition
 from bank.infra.kafka import KafkaBroker
 from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
-from bank.migrate import upgrade
 from shared import topics
 from shared.config import SERVICES, BankSettings, to_libpq
+from tests.support.database import migrated_database
 
 pytestmark = pytest.mark.kafka
 T = TypeVar("T")
@@ -413,11 +413,8 @@ def new_customer(accounts: str, cards: str, i: int) -> Card:
 
 @pytest.fixture
 def scale_db(pg_server: EmbeddedPostgres) -> Iterator[str]:
-    name = f"bank_scale_{secrets.token_hex(4)}"
-    url = pg_server.create_database(name)
-    upgrade(url)
-    yield url
-    pg_server.drop_database(name)
+    with migrated_database(pg_server, "bank_scale") as url:
+        yield url
 
 
 def step(what: str) -> None:

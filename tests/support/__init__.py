@@ -8,6 +8,7 @@
   `bank_env`); a bank whose parts can be broken one by one is `bank.cluster.BankCluster`, which the
   bank test, chaos and benchmarks use too;
 * `waiting`: `eventually`, waiting for a condition without asserting how long it took;
+* `database`: a migrated database of one's own on the session's PostgreSQL (`migrated_database`);
 * `consuming`: a service's consumer runner driven without a transport (`DrivenConsumer`), and
   `counting_statements`;
 * `raw_http`: a hand-rolled HTTP/1.1 server answering with whatever bytes a test chooses (`RawHttpServer`),

@@ -32,12 +32,14 @@ class Runtime:
     def __init__(self, service: str, settings: BankSettings | None = None) -> None:
         self.service = service
         self.settings = settings or load(BankSettings)
+        background_nice = self.settings.background_nice if service in BACKGROUND_SERVICES else 0
         self.db = Database(
             self.settings.async_database_url,
             pool_size=self.settings.db_pool_size,
             application_name=service,
+            backend_nice=background_nice,
         )
-        self.transport = make_transport(self.settings, client_id=service)
+        self.transport = make_transport(self.settings, client_id=service, backend_nice=background_nice)
         self.outbox = Outbox(service)
         self.relay = Relay(
             self.db,

@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 
 from shared.config import to_libpq
+from shared.db import renice_backend, server_is_local
 from shared.events.transports.base import IncomingRecord, OutgoingRecord
 from shared.health import Checker
 
@@ -81,8 +82,12 @@ def _lock_key(group: str, topic: str) -> int:
 class PgLogTransport:
     name = "pglog"
 
-    def __init__(self, database_url: str, *, partitions: int = 8, member_ttl: float = 10.0) -> None:
+    def __init__(
+        self, database_url: str, *, partitions: int = 8, member_ttl: float = 10.0, backend_nice: int = 0
+    ) -> None:
         self.dsn = to_libpq(database_url)
+        # A consumer's reads of the log run at its own CPU priority (shared.db.renice_backend).
+        self.backend_nice = backend_nice if server_is_local(database_url) else 0
         self.default_partitions = partitions
         self.member_ttl = member_ttl
         self._pool: asyncpg.Pool | None = None
@@ -92,13 +97,17 @@ class PgLogTransport:
 
     async def start(self) -> None:
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, init=self.prepare)
 
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("transport not started")
         return self._pool
+
+    async def prepare(self, conn: asyncpg.Connection) -> None:
+        if self.backend_nice:
+            renice_backend(conn.get_server_pid(), self.backend_nice)
 
     async def partitions_of(self, conn: Any, topic: str) -> int:
         if topic not in self._partitions:
@@ -183,6 +192,7 @@ class PgLogSubscription:
 
     async def connect(self) -> None:
         self._conn = await asyncpg.connect(self.transport.dsn)
+        await self.transport.prepare(self._conn)
         for topic in self.topics:
             await self._conn.add_listener(channel_of(topic), self._on_notify)
         self._positions.clear()

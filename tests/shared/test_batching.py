@@ -107,3 +107,57 @@ async def test_a_standing_queue_refuses_what_waited_too_long_and_serves_what_is_
     assert len(served) + len(refused) == len(results)  # everything answered, one way or the other
     assert refused and served
     assert batcher.standing or batcher.queued == 0
+
+
+async def test_with_two_in_flight_a_second_batch_starts_at_once_and_a_third_waits_for_a_slot() -> None:
+    started: list[list[int]] = []
+    release = {i: asyncio.Event() for i in range(1, 4)}
+    running = 0
+    most = 0
+
+    async def handle(items: list[int]) -> list[int | Exception]:
+        nonlocal running, most
+        started.append(list(items))
+        running += 1
+        most = max(most, running)
+        await release[items[0]].wait()
+        running -= 1
+        return [i * 10 for i in items]
+
+    batcher: NaturalBatcher[int, int] = NaturalBatcher(handle, max_size=100, in_flight=2)
+    one = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.005)
+    two = asyncio.create_task(batcher.submit(2))
+    await asyncio.sleep(0.005)
+    assert started == [[1], [2]]  # the second did not wait for the first
+    waiting = [asyncio.create_task(batcher.submit(i)) for i in (3, 4)]
+    await asyncio.sleep(0.01)
+    assert started == [[1], [2]]  # both slots taken: 3 and 4 queue
+    release[2].set()
+    assert await two == 20
+    await asyncio.sleep(0.005)
+    assert started == [[1], [2], [3, 4]]  # the freed slot takes everything queued
+    release[1].set()
+    release[3].set()
+    assert await asyncio.gather(one, *waiting) == [10, 30, 40]
+    assert most == 2
+
+
+async def test_closing_cancels_the_batches_in_flight_and_starts_no_more() -> None:
+    gate = asyncio.Event()
+
+    async def handle(items: list[int]) -> list[int | Exception]:
+        await gate.wait()
+        return list(items)
+
+    batcher: NaturalBatcher[int, int] = NaturalBatcher(handle, max_size=100, in_flight=1)
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.005)
+    queued = asyncio.create_task(batcher.submit(2))
+    await asyncio.sleep(0.005)
+    await batcher.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.sleep(0.01)
+    assert not queued.done()  # never started: its caller's own deadline answers it
+    queued.cancel()

@@ -42,7 +42,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import asyncpg
 import httpx
@@ -51,13 +51,13 @@ from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
 from bench.notifications import cpu_seconds
+from services.transactions.events import TransactionCreated
 from services.webhooks.config import WebhooksSettings, decode_key
 from services.webhooks.signing import SecretBox, new_secret
 from shared import topics
 from shared.config import BankSettings, to_libpq
 from shared.db import Database
 from shared.events import make_transport
-from shared.events.envelope import EventData
 from shared.events.outbox import Outbox
 from shared.events.relay import Relay
 from shared.ids import new_id
@@ -82,16 +82,6 @@ finally:
 clock = time.perf_counter
 
 
-class TransactionCreated(EventData):
-    event_type: ClassVar[str] = "transaction.created"
-    account_id: str
-    user_id: str
-    kind: str
-    change: str
-    spend_today: dict[str, Any]
-    transaction: dict[str, Any]
-
-
 def event(i: int, account: int) -> TransactionCreated:
     now = datetime.now(UTC).isoformat()
     tx = {
@@ -113,7 +103,7 @@ def event(i: int, account: int) -> TransactionCreated:
             "user_id": f"user_w{account}",
             "kind": "card_payment",
             "change": "created",
-            "version": 1,
+            "tx_version": 1,
             "spend_today": {"amount": 1915, "currency": "GBP"},
             "transaction": tx,
         }

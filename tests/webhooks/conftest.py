@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +23,7 @@ from sqlalchemy import text
 
 from services.accounts.config import AccountsSettings
 from services.accounts.service import LedgerService
+from services.transactions.events import TransactionCreated, TransactionUpdated
 from services.webhooks.app import create_app
 from services.webhooks.config import WebhooksSettings
 from shared import topics
@@ -30,7 +31,6 @@ from shared.auth import SigningKey
 from shared.config import BankSettings
 from shared.db import Database
 from shared.events import make_transport
-from shared.events.envelope import EventData
 from shared.events.outbox import Outbox
 from shared.events.relay import Relay
 from shared.events.transports.base import Transport
@@ -131,21 +131,6 @@ async def receivers() -> AsyncIterator[Callable[..., Awaitable[Receiver]]]:
 # -- producing the feed's events -------------------------------------------------------------------------
 
 
-class TransactionCreated(EventData):
-    event_type: ClassVar[str] = "transaction.created"
-    account_id: str
-    user_id: str
-    kind: str
-    change: str
-    # `version` (docs/events.md) travels as an extra field: EventData.version is the schema version.
-    spend_today: dict[str, Any]
-    transaction: dict[str, Any]
-
-
-class TransactionUpdated(TransactionCreated):
-    event_type: ClassVar[str] = "transaction.updated"
-
-
 _tx = itertools.count(1)
 
 
@@ -214,7 +199,7 @@ class Producer:
                 "user_id": customer.user_id,
                 "kind": "card_payment",
                 "change": "created" if event_type == "transaction.created" else "settled",
-                "version": 1 if event_type == "transaction.created" else 2,
+                "tx_version": 1 if event_type == "transaction.created" else 2,
                 "spend_today": {"amount": -int(tx["amount"]), "currency": "GBP"},
                 "transaction": tx,
             }

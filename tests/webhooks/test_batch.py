@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from sqlalchemy import text
 
+from services.transactions.events import TransactionCreated, TransactionUpdated
 from services.webhooks.consumers import DeliveryHandlers, body_of
 from services.webhooks.delivery import Deliverer
 from services.webhooks.events import FEED_TOPIC
@@ -28,8 +29,6 @@ from tests.webhooks.conftest import (
     FEED,
     Hooks,
     Receiver,
-    TransactionCreated,
-    TransactionUpdated,
     mondo_transaction,
 )
 
@@ -64,7 +63,7 @@ def feed_event(account: str, *, updated: bool = False, tx: dict[str, Any] | None
     data = model.model_validate(
         {
             "account_id": account, "user_id": account.replace("acc", "user"), "kind": "card_payment",
-            "change": "settled" if updated else "created", "version": 2 if updated else 1,
+            "change": "settled" if updated else "created", "tx_version": 2 if updated else 1,
             "spend_today": {"amount": 1915, "currency": "GBP"}, "transaction": tx,
         }
     )  # fmt: skip
@@ -225,7 +224,7 @@ async def test_events_published_together_are_delivered_once_each(
         sent.append(tx["id"])
         data = TransactionCreated.model_validate(
             {"account_id": who.account_id, "user_id": who.user_id, "kind": "card_payment",
-             "change": "created", "version": 1, "spend_today": {"amount": 1915, "currency": "GBP"},
+             "change": "created", "tx_version": 1, "spend_today": {"amount": 1915, "currency": "GBP"},
              "transaction": tx}
         )  # fmt: skip
         outgoing.append(Outgoing(FEED, who.account_id, data))

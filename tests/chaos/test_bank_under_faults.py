@@ -61,7 +61,9 @@ def _assert_sound(doc: dict[str, Any], *, kinds: set[str]) -> None:
     # Every payment and pot move the bank made is one the app was answered as done, and only once.
     done = moves["payments"] + moves["pot_deposits"] + moves["pot_withdrawals"]
     assert checker["figures"]["transfers"] == done, (checker["figures"]["transfers"], moves)
-    assert doc["simulator_reconciliation_differences"] == [], doc["simulator_reconciliation_differences"]
+    # And from outside, through the public API: every balance and pot as the network's and the app's
+    # books say, the ledger verified.
+    assert doc["simulator_money_differences"] == [], doc["simulator_reconciliation_differences"]
 
 
 async def test_money_survives_kills_a_database_restart_and_a_slow_ledger(tmp_path: Path) -> None:

@@ -17,13 +17,13 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest_asyncio
-from pydantic import SerializerFunctionWrapHandler, model_serializer
 from sqlalchemy import text
 
 from bank.infra.ports import free_port
 from services.notifications.app import create_app
 from services.notifications.config import NotificationsSettings
 from services.notifications.providers.fake import FakeServer
+from services.transactions.events import TransactionCreated, TransactionUpdated
 from shared import topics
 from shared.auth import INTERNAL_TOKEN_HEADER, SigningKey
 from shared.config import BankSettings
@@ -42,29 +42,6 @@ from tests.support.serving import Served
 INTERNAL_TOKEN = "test-internal-token"
 TRANSACTIONS_TOPIC = topics.TRANSACTIONS_FEED
 WEBHOOKS_TOPIC = topics.WEBHOOK_ENDPOINTS
-
-
-class FeedEvent(EventData):
-    """A `transactions.feed` event as the transactions service publishes it (docs/events.md)."""
-
-    event_type: ClassVar[str] = "transaction.created"
-    account_id: str
-    user_id: str
-    kind: str
-    change: str
-    tx_version: int  # `version` on the wire; EventData.version is the payload's schema version
-    spend_today: dict[str, Any]
-    transaction: dict[str, Any]
-
-    @model_serializer(mode="wrap")
-    def _wire(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        doc: dict[str, Any] = handler(self)
-        doc["version"] = doc.pop("tx_version")
-        return doc
-
-
-class FeedUpdated(FeedEvent):
-    event_type: ClassVar[str] = "transaction.updated"
 
 
 class WebhookDisabled(EventData):
@@ -179,7 +156,7 @@ class Push:
         **tx: Any,
     ) -> dict[str, Any]:
         body = transaction(who.account_id, **tx)
-        cls = FeedEvent if change == "created" else FeedUpdated
+        cls = TransactionCreated if change == "created" else TransactionUpdated
         data = cls(
             account_id=who.account_id,
             user_id=who.user_id,

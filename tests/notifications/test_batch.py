@@ -18,14 +18,13 @@ from services.notifications import repository
 from services.notifications.consumers import TRANSACTIONS_TOPIC, WEBHOOKS_TOPIC, Handlers
 from services.notifications.observability import NOTIFICATIONS_QUEUED
 from services.notifications.sender import Sender
+from services.transactions.events import TransactionCreated, TransactionUpdated
 from shared.config import BankSettings
 from shared.db import Database
 from shared.events.envelope import Envelope, EventData
 from shared.events.outbox import Outgoing
 from shared.ids import new_id
 from tests.notifications.conftest import (
-    FeedEvent,
-    FeedUpdated,
     WebhookDisabled,
     eventually,
     running_push,
@@ -80,7 +79,7 @@ def tx_event(
     spend: int = 4355, **tx: Any,
 ) -> Envelope:  # fmt: skip
     body = transaction(account, **tx)
-    cls = FeedEvent if change == "created" else FeedUpdated
+    cls = TransactionCreated if change == "created" else TransactionUpdated
     data = cls(
         account_id=account, user_id=user, kind=kind, change=change, tx_version=version,
         spend_today={"amount": spend, "currency": "GBP"}, transaction=body,
@@ -353,7 +352,7 @@ async def test_events_published_together_push_once_each(
         for n in range(20):
             who = customers[n % 4]
             body = transaction(who.account_id, amount=-(100 + n), tx_id=f"tx_together_{n}_{new_id('x')}")
-            data = FeedEvent(
+            data = TransactionCreated(
                 account_id=who.account_id, user_id=who.user_id, kind="card_payment", change="created",
                 tx_version=1, spend_today={"amount": 100, "currency": "GBP"}, transaction=body,
             )  # fmt: skip

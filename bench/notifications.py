@@ -46,38 +46,26 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import asyncpg
 import httpx
 import psutil
-from pydantic import SerializerFunctionWrapHandler, model_serializer
 from sqlalchemy import text
 
 from bank.infra.kafka import KafkaBroker, ensure_jars
 from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
+from services.transactions.events import TransactionCreated
 from shared import topics
 from shared.config import BankSettings, to_libpq
 from shared.db import Database
 from shared.events import make_transport
-from shared.events.envelope import EventData
 from shared.events.outbox import Outbox
 from shared.events.relay import Relay
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-class TransactionCreated(EventData):
-    event_type: ClassVar[str] = "transaction.created"
-    tx_version: int  # `version` on the wire (EventData.version is the payload's schema version)
-
-    @model_serializer(mode="wrap")
-    def _wire(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        doc: dict[str, Any] = handler(self)
-        doc["version"] = doc.pop("tx_version")
-        return doc
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -181,14 +169,16 @@ def event(i: int, users: int) -> tuple[str, TransactionCreated]:
         "account_balance": 10_000,
         "settled": "",
     }
-    data = TransactionCreated(
-        account_id=account,
-        user_id=f"user_b{n}",
-        kind="card_payment",
-        change="created",
-        tx_version=1,
-        spend_today={"amount": 4355, "currency": "GBP"},
-        transaction=tx,
+    data = TransactionCreated.model_validate(
+        {
+            "account_id": account,
+            "user_id": f"user_b{n}",
+            "kind": "card_payment",
+            "change": "created",
+            "tx_version": 1,
+            "spend_today": {"amount": 4355, "currency": "GBP"},
+            "transaction": tx,
+        }
     )
     return account, data
 

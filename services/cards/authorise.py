@@ -191,19 +191,43 @@ class Authoriser:
             shed=lambda _message: _shed(OVERLOADED),
         )
         self._unavailable = Throttled(log)
+        # Messages being decided in this process, by network id: a repeat that arrives meanwhile (the
+        # network's 0101, another link) waits for the original's answer instead of racing it.
+        self._deciding: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
 
     async def authorise(self, msg: AuthorisationRequest) -> dict[str, Any]:
         fingerprint = self.vault.fingerprint(msg.pan)
+        digest = request_digest(msg, fingerprint)
+        nid = msg.network_transaction_id
+        if (original := self._deciding.get(nid)) is not None:
+            answer = await asyncio.shield(original[1])
+            answer = dict(answer) if original[0] == digest else duplicate(nid)
+        else:
+            answer = await self._decide_first(nid, Message(msg, fingerprint, digest, *self._timing()))
+        AUTHORISATIONS.labels(answer["response_code"]).inc()
+        return answer
+
+    def _timing(self) -> tuple[str | None, float, float]:
+        """A message's traceparent, when it queued and the deadline of its wait for a batch."""
         wait = self.settings.authorisation_queue_seconds
         if (budget := remaining_seconds()) is not None:
             wait = min(wait, budget)
         now = time.monotonic()
-        message = Message(
-            msg, fingerprint, request_digest(msg, fingerprint), current_traceparent(), now, now + wait
-        )
-        answer = await self.batcher.submit(message)
-        AUTHORISATIONS.labels(answer["response_code"]).inc()
-        return answer
+        return current_traceparent(), now, now + wait
+
+    async def _decide_first(self, nid: str, message: Message) -> dict[str, Any]:
+        answered: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        answered.add_done_callback(lambda f: f.cancelled() or f.exception())  # no repeat may ask
+        self._deciding[nid] = (message.digest, answered)
+        try:
+            answer = await self.batcher.submit(message)
+        except BaseException as exc:  # shed, or its caller gone: a repeat waiting on it is refused too
+            answered.set_exception(exc if isinstance(exc, Exception) else _shed(WAITED))
+            raise
+        finally:
+            del self._deciding[nid]
+        answered.set_result(answer)
+        return dict(answer)
 
     async def _authorise_batch(self, messages: list[Message]) -> list[dict[str, Any] | Exception]:
         """One batch, traced under its first message's request (each event continues its own)."""

@@ -131,3 +131,35 @@ async def test_authorisations_that_wait_too_long_for_a_batch_are_not_answered(
                                n=second["network_transaction_id"]) == []  # fmt: skip
         assert (await bank.authorise(second))["response_code"] == "00"  # sent again: decided afresh
         assert await bank.money(ada) == (10_000, 3_000)
+
+
+async def test_a_repeat_that_arrives_while_its_original_is_decided_gets_the_original_s_answer(
+    db: Database, settings: BankSettings
+) -> None:
+    # The original's batch waits behind a lock in accounts, longer than any message may wait for a
+    # batch: the repeats must wait for its answer, not be refused or decided again.
+    overrides = {"authorisation_queue_seconds": 0.2, "accounts_deadline_ms": 5_000}
+    async with running_bank(db, settings, **overrides) as bank:
+        ada = await bank.customer(balance=10_000)
+        card = await bank.issue(ada)
+        original = authorisation(card, 1_000)
+        clash = {**original, "amount": 1_100}  # another message under the same network id
+        async with db.transaction() as session:
+            await session.execute(
+                text("SELECT 1 FROM accounts.accounts WHERE id = :id FOR UPDATE"), {"id": ada.account_id}
+            )
+            first = asyncio.create_task(bank.authorise(original))
+            await asyncio.sleep(0.3)
+            repeats = [asyncio.create_task(bank.network("authorisations", original)) for _ in range(3)]
+            clashing = asyncio.create_task(bank.network("authorisations", clash))
+            await asyncio.sleep(0.4)  # past the 0.2 s any of them may wait for a batch
+        answer = await first
+        assert answer["response_code"] == "00"
+        for repeat in repeats:
+            r = await repeat
+            assert r.status_code == 200 and r.json() == answer, r.text
+        r = await clashing
+        assert r.status_code == 200 and r.json()["response_code"] == "94", r.text
+        assert len(await bank.rows("SELECT 1 FROM cards.authorisations WHERE network_transaction_id = :n",
+                                   n=original["network_transaction_id"])) == 1  # fmt: skip
+        assert await bank.money(ada) == (10_000, 1_000)

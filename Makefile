@@ -77,4 +77,4 @@ kafka-jars: $(STAMP)
 	$(BIN)/python -c "from bank.infra.kafka import ensure_jars; print(ensure_jars(quiet=False))"
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache .import_linter_cache deploy/kafka/target
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache .import_linter_cache deploy/kafka/target deploy/s3proxy/target

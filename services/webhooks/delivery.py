@@ -11,7 +11,6 @@ then wakes the worker for the next due delivery.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
 import time
@@ -31,6 +30,7 @@ from shared.db import Database
 from shared.events.outbox import Outbox
 from shared.lean_transport import Answer, LeanTransport, Origin
 from shared.observability import WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED
+from shared.retry_after import retry_after_seconds
 
 log = logging.getLogger("services.webhooks.delivery")
 
@@ -49,22 +49,6 @@ def scheduled_delay(schedule: list[float], jitter: float, attempts_in_schedule: 
         return None
     base = schedule[attempts_in_schedule - 1]
     return base * random.uniform(1 - jitter, 1 + jitter) if jitter else base
-
-
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Retry-After as seconds from `now`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +81,7 @@ def judge(outcome: Outcome, attempts_in_schedule: int, settings: WebhooksSetting
     if delay is None:
         return Verdict("failed", 0.0, False)
     if outcome.status_code in (429, 503):
-        asked = parse_retry_after(outcome.retry_after, outcome.started_at)
+        asked = retry_after_seconds(outcome.retry_after, now=outcome.started_at)
         if asked is not None:
             delay = min(asked, settings.max_retry_after_seconds)
     return Verdict("pending", delay, False)

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from bank.infra.ports import free_port
 from services.notifications.config import NotificationsSettings, dev_apns_key
-from services.notifications.providers import PAYLOAD_LIMIT, Push, SendResult, retry_after_seconds
+from services.notifications.providers import PAYLOAD_LIMIT, Push, SendResult
 from services.notifications.providers.apns import ApnsProvider, ProviderToken
 from services.notifications.providers.fake import FakeServer
 from services.notifications.providers.fcm import (
@@ -24,6 +24,7 @@ from services.notifications.providers.fcm import (
 )
 from services.notifications.providers.http2 import field, fields
 from services.notifications.sender import Sender
+from shared.retry_after import retry_after_seconds
 
 
 @pytest_asyncio.fixture(loop_scope="session")

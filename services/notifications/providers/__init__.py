@@ -13,8 +13,6 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from json.encoder import encode_basestring as json_string  # what json.dumps(ensure_ascii=False) uses
 from typing import Any, Literal, Protocol
 
@@ -106,19 +104,3 @@ def plain_data(data: dict[str, str], *reserved: str) -> bool:
 def json_members(data: dict[str, str]) -> str:
     """`,"k":"v"` for each item: the members of a JSON object, as compact_json writes them."""
     return "".join([f",{json_string(k)}:{json_string(v)}" for k, v in data.items()])
-
-
-def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
-    """A Retry-After header's delay: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

@@ -35,9 +35,9 @@ from services.notifications.providers import (
     json_members,
     json_string,
     plain_data,
-    retry_after_seconds,
 )
 from services.notifications.providers.http2 import Http2Client, Response, field, fields
+from shared.retry_after import retry_after_seconds
 
 # Apple's reasons that mean this device token will never work again: deactivate, never retry.
 DEAD_TOKEN_REASONS = frozenset({"BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic", "ExpiredToken"})

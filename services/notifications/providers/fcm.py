@@ -39,9 +39,9 @@ from services.notifications.providers import (
     json_members,
     json_string,
     plain_data,
-    retry_after_seconds,
 )
 from services.notifications.providers.http2 import Http2Client, Response, field
+from shared.retry_after import retry_after_seconds
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"

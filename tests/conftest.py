@@ -42,6 +42,16 @@ def pg_server() -> Iterator[EmbeddedPostgres]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture
+def work_dir() -> Iterator[Path]:
+    """A scratch folder the embedded PostgreSQL's own (non-root) user can enter: for a whole bank of
+    the test's own (bank/cluster.py). Not under pytest's temp root, for the reason given above."""
+    folder = Path(tempfile.mkdtemp(prefix="bank-test-work-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def database_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
     with migrated_database(pg_server, "bank_test") as url:

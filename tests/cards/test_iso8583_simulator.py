@@ -5,25 +5,11 @@ the network's books and the bank then agree exactly, and the ledger verifies."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from bank.chaos import run_chaos
 from simulator.loadgen import NO_ANSWER
 from simulator.runner import RunConfig
-
-
-@pytest.fixture
-def work_dir() -> Iterator[Path]:
-    """A scratch folder the embedded PostgreSQL's user can enter."""
-    folder = Path(tempfile.mkdtemp(prefix="bank-sim-link-"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 async def test_links_cut_with_messages_in_flight_during_day(tmp_path: Path, work_dir: Path) -> None:

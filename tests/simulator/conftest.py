@@ -22,12 +22,3 @@ def sim_bank_env() -> Iterator[dict[str, str]]:
     # 20 sign-ups at once; the default is 2/s per client.
     yield bank_env(folder, GATEWAY_RATE_LIMITS=LIFTED_LIMITS)
     shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def work_dir() -> Iterator[Path]:
-    """A scratch folder the embedded PostgreSQL's user can enter."""
-    folder = Path(tempfile.mkdtemp(prefix="bank-sim-chaos-"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)

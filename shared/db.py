@@ -113,18 +113,6 @@ async def execute(on: Executor, sql: str, *args: Any) -> None:
         await (await on.connection()).exec_driver_sql(sql, args)
 
 
-@asynccontextmanager
-async def savepoint(on: Executor) -> AsyncIterator[None]:
-    """A nested transaction: the block's statements are undone if it raises, and the caller's
-    transaction goes on."""
-    if isinstance(on, Tx):
-        async with on.conn.transaction():
-            yield
-    else:
-        async with on.begin_nested():
-            yield
-
-
 async def _json_codecs(conn: asyncpg.Connection) -> None:
     """JSON as SQLAlchemy's asyncpg dialect has it: a JSON text in, a parsed value out."""
     await conn.set_type_codec(

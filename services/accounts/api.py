@@ -11,7 +11,7 @@ from services.accounts import repository as repo
 from services.accounts import schemas
 from services.accounts.idempotency import request_fingerprint, require_key, run_once
 from services.accounts.ledger import HoldRequest
-from services.accounts.service import HoldPlacement, LedgerService
+from services.accounts.service import PLACE_ATTEMPTS, HoldIdTaken, HoldPlacement, HoldResult, LedgerService
 from shared.auth import Identity, require_identity, require_internal
 from shared.db import Database
 from shared.errors import BankError, not_found
@@ -209,6 +209,20 @@ def _placement(body: schemas.PlaceHold) -> HoldPlacement:
     return HoldPlacement(request, body.expires_at, body.traceparent)
 
 
+async def place_holds_at_edge(
+    db: Database, ledger: LedgerService, placements: list[HoldPlacement], *, provisional: bool
+) -> list[HoldResult | BankError]:
+    """A batch of holds in one transaction; placed again, in a new one, if a concurrent batch took
+    one of its network ids first (the whole first attempt rolled back: no savepoint on every batch)."""
+    for _ in range(PLACE_ATTEMPTS):
+        try:
+            async with db.fast_transaction() as tx:
+                return await ledger.place_holds(tx, placements, provisional=provisional)
+        except HoldIdTaken:
+            continue
+    raise BankError("service_unavailable.holds_contended", "network ids contended; send the batch again")
+
+
 def internal_router(db: Database, ledger: LedgerService) -> APIRouter:
     """Service-to-service routes for the cards service. Idempotent on the network's transaction id."""
     api = APIRouter(prefix="/internal", tags=["internal"], dependencies=[Depends(require_internal)])
@@ -220,16 +234,14 @@ def internal_router(db: Database, ledger: LedgerService) -> APIRouter:
         """Provisional holds for a batch of card authorisations, one answer each, in order: `status`
         (active | declined) and `decline_reason`, or `error` (a typed code) for a bad one."""
         body = await read_model(request, schemas.PlaceHolds, max_bytes=schemas.MAX_HOLDS_PER_BATCH * 1024)
-        async with db.fast_transaction() as tx:
-            answers = await ledger.place_holds(tx, [_placement(h) for h in body.holds], provisional=True)
+        answers = await place_holds_at_edge(db, ledger, [_placement(h) for h in body.holds], provisional=True)
         return JSONResponse({"holds": [schemas.batch_hold_json(a) for a in answers]})
 
     @api.post("/holds", response_model=dict[str, Any], openapi_extra=json_body_doc("PlaceHold"))
     async def place_hold(request: Request) -> JSONResponse:
         """One hold, placed for good at once (a partial reversal's replacement hold)."""
         body = await read_model(request, schemas.PlaceHold)
-        async with db.fast_transaction() as tx:
-            (answer,) = await ledger.place_holds(tx, [_placement(body)], provisional=False)
+        (answer,) = await place_holds_at_edge(db, ledger, [_placement(body)], provisional=False)
         if isinstance(answer, BankError):
             raise answer
         return JSONResponse(schemas.hold_json(answer.hold, answer.account))

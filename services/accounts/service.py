@@ -57,7 +57,7 @@ from services.accounts.ledger import (
 )
 from services.accounts.models import Account, Hold, Payment, Pot, User
 from services.accounts.observability import NEGATIVE_BALANCES
-from shared.db import Executor, savepoint
+from shared.db import Executor
 from shared.errors import BankError, bad_request, conflict, forbidden, not_found
 from shared.events.outbox import Outbox, Outgoing
 from shared.ids import new_id, plausible_id
@@ -66,8 +66,9 @@ from shared.money import parse_currency
 PLACE_ATTEMPTS = 5
 
 
-class _IdTaken(Exception):
-    """A hold's network id was taken by a concurrent batch: undo this batch's inserts, decide again."""
+class HoldIdTaken(Exception):
+    """A hold's network id was taken by a concurrent batch that committed first: the caller rolls
+    this batch's transaction back and places the batch again, that id now a repeat."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,39 +200,31 @@ class LedgerService:
         placement (unknown account, an id reused for another hold) fails alone.
 
         `provisional` holds wait in `unconfirmed_holds` until cards is seen to have recorded them,
-        and are released if it has not (decision 0031). A constant number of statements per batch."""
+        and are released if it has not (decision 0031). A constant number of statements per batch.
+        Raises HoldIdTaken when a concurrent batch took one of the network ids first (rare: cards
+        makes a repeat in flight wait for its original); the edge then places the batch again."""
         now = datetime.now(UTC)
         account_ids = [p.request.account_id for p in placements]
         network_ids = [p.request.network_txn_id for p in placements]
-        for _ in range(PLACE_ATTEMPTS):
-            funds = await repo.lock_funds(session, account_ids)
-            earlier = await repo.holds_by_network_ids(session, network_ids)
-            answers: list[HoldResult | BankError | None] = [None] * len(placements)
-            fresh: dict[str, int] = {}  # network id -> index of its first placement in this batch
-            for i, placement in enumerate(placements):
-                request = placement.request
-                account = funds.get(request.account_id)
-                if account is None or account.kind != "customer":
-                    answers[i] = not_found("account", "no account with that id")
-                elif (hold := earlier.get(request.network_txn_id)) is not None:
-                    answers[i] = _repeat(hold, request, account)
-                elif request.network_txn_id not in fresh:
-                    fresh[request.network_txn_id] = i
-            order = sorted(fresh.values())
-            decisions = decide_holds(funds, [placements[i].request for i in order])
-            holds = [self._new_hold(placements[i], d, now) for i, d in zip(order, decisions, strict=True)]
-            try:
-                async with savepoint(session):
-                    inserted = await repo.insert_holds(session, holds, now, provisional=provisional)
-                    if len(inserted) < len(holds):  # a concurrent batch placed one of the ids elsewhere
-                        raise _IdTaken
-            except _IdTaken:
-                continue  # it has committed: decide again, that id now a repeat, with nothing reserved for it
-            break
-        else:
-            raise BankError(
-                "service_unavailable.holds_contended", "network ids contended; send the batch again"
-            )
+        funds = await repo.lock_funds(session, account_ids)
+        earlier = await repo.holds_by_network_ids(session, network_ids)
+        answers: list[HoldResult | BankError | None] = [None] * len(placements)
+        fresh: dict[str, int] = {}  # network id -> index of its first placement in this batch
+        for i, placement in enumerate(placements):
+            request = placement.request
+            account = funds.get(request.account_id)
+            if account is None or account.kind != "customer":
+                answers[i] = not_found("account", "no account with that id")
+            elif (hold := earlier.get(request.network_txn_id)) is not None:
+                answers[i] = _repeat(hold, request, account)
+            elif request.network_txn_id not in fresh:
+                fresh[request.network_txn_id] = i
+        order = sorted(fresh.values())
+        decisions = decide_holds(funds, [placements[i].request for i in order])
+        holds = [self._new_hold(placements[i], d, now) for i, d in zip(order, decisions, strict=True)]
+        inserted = await repo.insert_holds(session, holds, now, provisional=provisional)
+        if len(inserted) < len(holds):  # a concurrent batch placed one of the ids, and has committed
+            raise HoldIdTaken
         events = []
         for i, hold, decision in zip(order, holds, decisions, strict=True):
             answers[i] = HoldResult(hold, Money(decision.balance, decision.available))

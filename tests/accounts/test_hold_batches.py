@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from services.accounts.api import place_holds_at_edge
 from services.accounts.events import LEDGER_TOPIC, HoldPlaced
 from services.accounts.ledger import CARD_SCHEME, HoldRequest
 from services.accounts.service import HoldPlacement, HoldResult, LedgerService
@@ -69,9 +70,9 @@ def fresh_prefix() -> str:
 async def place(
     db: Database, ledger: LedgerService, placements: Sequence[HoldPlacement], *, provisional: bool = True
 ) -> list[Answer]:
-    """One batch, in its own transaction, as the api layer runs it."""
-    async with db.fast_transaction() as tx:
-        return await ledger.place_holds(tx, placements, provisional=provisional)
+    """One batch, in its own transaction, as the api layer runs it (placed again if a concurrent batch
+    took one of its network ids first)."""
+    return await place_holds_at_edge(db, ledger, list(placements), provisional=provisional)
 
 
 async def money(db: Database, account_id: str) -> tuple[int, int]:

@@ -10,9 +10,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from services.accounts import repository as repo
+from services.accounts.api import place_holds_at_edge
 from services.accounts.jobs import expire_due_holds
-from services.accounts.ledger import CARD_SCHEME, TOPUP_FUNDING
-from services.accounts.service import LedgerService
+from services.accounts.ledger import CARD_SCHEME, TOPUP_FUNDING, HoldRequest
+from services.accounts.service import HoldPlacement, LedgerService
 from services.accounts.verify import verify_ledger
 from shared.db import Database
 from shared.errors import BankError
@@ -224,15 +225,10 @@ async def test_one_network_id_on_two_accounts_at_once_is_a_conflict_not_a_crash(
     a = await create_customer(db, ledger, balance=100)
     b = await create_customer(db, ledger, balance=100)
 
-    async def hold(account_id: str) -> str:
-        try:
-            async with db.transaction() as s:
-                await ledger.place_hold(
-                    s, account_id=account_id, network_txn_id="dup", amount=10, currency="GBP"
-                )
-            return "ok"
-        except BankError as exc:
-            return exc.code
+    async def hold(account_id: str) -> str:  # as the api layer places it
+        request = HoldRequest(account_id, "dup", 10, "GBP")
+        (answer,) = await place_holds_at_edge(db, ledger, [HoldPlacement(request, None)], provisional=False)
+        return answer.code if isinstance(answer, BankError) else "ok"
 
     for _ in range(5):
         outcomes = sorted(await asyncio.gather(hold(a.account_id), hold(b.account_id)))

@@ -3,8 +3,7 @@
 No timer: a lone item starts a batch of one at once, so latency at low load does not grow; under
 load a batch takes everything that arrived during the last one, so the cost per item of a round
 trip, a transaction or a commit falls as the load rises (TigerBeetle's batching, decision 0030).
-At most `in_flight` batches run at once (one by default): a second one hides the round trips of the
-first, when they and not CPU bound the rate.
+One batch is in flight at a time per batcher.
 
 Past capacity the queue would grow without bound and every item would wait longer than its caller
 (decision 0036). So a batch is sized to finish within `budget` seconds, from the time items have
@@ -40,7 +39,6 @@ class NaturalBatcher(Generic[T, R]):
         handle: Handler[T, R],
         *,
         max_size: int,
-        in_flight: int = 1,
         budget: float | None = None,
         overload_wait: float | None = None,
         standing_after: float = 0.5,
@@ -48,16 +46,14 @@ class NaturalBatcher(Generic[T, R]):
     ) -> None:
         self._handle = handle
         self.max_size = max_size
-        self.in_flight = in_flight
         self.budget = budget
         self.overload_wait = overload_wait
         self.standing_after = standing_after
         self._shed = shed
         self._queue: deque[tuple[T, asyncio.Future[R], float]] = deque()
-        self._batches: set[asyncio.Task[None]] = set()
+        self._worker: asyncio.Task[None] | None = None
         self.seconds_per_item: float | None = None  # measured on batches of at least MIN_CAP
         self._backlog_since: float | None = None  # since when every batch has left items behind
-        self._closed = False
 
     @property
     def queued(self) -> int:
@@ -76,47 +72,36 @@ class NaturalBatcher(Generic[T, R]):
         return max(MIN_CAP, min(self.max_size, int(self.budget / self.seconds_per_item)))
 
     async def submit(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
         self._queue.append((item, future, time.monotonic()))
-        self._start_batches()
+        if self._worker is None or self._worker.done():
+            # A context of its own: the first caller's deadline and trace must not follow the worker
+            # into later batches.
+            self._worker = loop.create_task(self._run(), context=contextvars.Context())
         return await future
 
-    def _start_batches(self) -> None:
-        """Start batches from the queue while fewer than `in_flight` are running."""
-        loop = asyncio.get_running_loop()
-        while self._queue and len(self._batches) < self.in_flight and not self._closed:
+    async def _run(self) -> None:
+        while self._queue:
             if self.standing:
                 self._shed_stale()
-            live = self._take(self.cap)
+            live: list[tuple[T, asyncio.Future[R]]] = []
+            cap = self.cap
+            while self._queue and len(live) < cap:
+                item, future, _ = self._queue.popleft()
+                if not future.done():  # callers gone: dropped
+                    live.append((item, future))
+            if not self._queue:
+                self._backlog_since = None
+            elif self._backlog_since is None:
+                self._backlog_since = time.monotonic()
             if live:
-                # A context of its own: the first caller's deadline and trace must not follow the
-                # batch's work into later batches.
-                task = loop.create_task(self._run(live), context=contextvars.Context())
-                self._batches.add(task)
-
-    def _take(self, cap: int) -> list[tuple[T, asyncio.Future[R]]]:
-        live: list[tuple[T, asyncio.Future[R]]] = []
-        while self._queue and len(live) < cap:
-            item, future, _ = self._queue.popleft()
-            if not future.done():  # callers gone: dropped
-                live.append((item, future))
-        if not self._queue:
-            self._backlog_since = None
-        elif self._backlog_since is None:
-            self._backlog_since = time.monotonic()
-        return live
-
-    async def _run(self, live: list[tuple[T, asyncio.Future[R]]]) -> None:
-        try:
-            began = time.monotonic()
-            await self._answer(live)
-            if len(live) >= MIN_CAP:
-                per_item = (time.monotonic() - began) / len(live)
-                last = self.seconds_per_item
-                self.seconds_per_item = per_item if last is None else last + SMOOTHING * (per_item - last)
-        finally:
-            self._batches.discard(asyncio.current_task())
-            self._start_batches()
+                began = time.monotonic()
+                await self._answer(live)
+                if len(live) >= MIN_CAP:
+                    per_item = (time.monotonic() - began) / len(live)
+                    last = self.seconds_per_item
+                    self.seconds_per_item = per_item if last is None else last + SMOOTHING * (per_item - last)
 
     def _shed_stale(self) -> None:
         if self.overload_wait is None or self._shed is None:
@@ -148,8 +133,6 @@ class NaturalBatcher(Generic[T, R]):
                 future.set_result(result)
 
     async def aclose(self) -> None:
-        self._closed = True
-        batches, self._batches = list(self._batches), set()
-        for batch in batches:
-            batch.cancel()
-        await asyncio.gather(*batches, return_exceptions=True)
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)

@@ -185,7 +185,6 @@ class Authoriser:
         self.batcher = NaturalBatcher(
             self._authorise_batch,
             max_size=settings.authorisation_batch_max,
-            in_flight=settings.authorisation_batches_in_flight,
             budget=settings.authorisation_batch_budget_ms / 1000,
             overload_wait=settings.authorisation_overload_wait_ms / 1000,
             shed=lambda _message: _shed(OVERLOADED),

@@ -61,9 +61,6 @@ class CardsSettings(BaseSettings):
     # gateway gives /network 2 s).
     authorisation_batch_max: int = Field(default=500, ge=1, le=1000)
     authorisation_queue_seconds: float = Field(default=1.0, gt=0)
-    # Batches decided at once: while one waits on its round trips (accounts, the commit), the next
-    # is already deciding. Each locks its cards in id order, so two never deadlock (decision 0030).
-    authorisation_batches_in_flight: int = Field(default=2, ge=1, le=16)
     # Past capacity (decision 0036): a batch is sized to take about this long, and while a queue
     # stands, an authorisation that has waited longer than the overload wait is refused at once (429
     # `rate_limited.overloaded`, nothing decided) instead of being decided after the network gave up.

@@ -105,12 +105,7 @@ async def test_partial_reversal_and_clearing_ask_to_be_sent_again_while_accounts
 async def test_authorisations_that_wait_too_long_for_a_batch_are_not_answered(
     db: Database, settings: BankSettings
 ) -> None:
-    # One batch in flight, so that the second authorisation waits in the queue, not on the card's lock.
-    overrides = {
-        "authorisation_queue_seconds": 0.2,
-        "accounts_deadline_ms": 5_000,
-        "authorisation_batches_in_flight": 1,
-    }
+    overrides = {"authorisation_queue_seconds": 0.2, "accounts_deadline_ms": 5_000}
     async with running_bank(db, settings, **overrides) as bank:
         ada = await bank.customer(balance=10_000)
         card = await bank.issue(ada)

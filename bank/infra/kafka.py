@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -40,18 +38,16 @@ from typing import Any
 
 import psutil
 
+from bank.infra import maven
+from bank.infra.maven import REPO_ROOT
 from bank.infra.ports import free_port
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-"""The repository root: the parent of the ``bank`` package directory."""
 KAFKA_DEPLOY_DIR = REPO_ROOT / "deploy" / "kafka"
 POM_PATH = KAFKA_DEPLOY_DIR / "pom.xml"
 LIB_DIR = KAFKA_DEPLOY_DIR / "target" / "lib"
 LOG4J_CONFIG = KAFKA_DEPLOY_DIR / "log4j2.properties"
-_STAMP = KAFKA_DEPLOY_DIR / "target" / "lib.stamp"
-_LOCK = KAFKA_DEPLOY_DIR / "target" / "lib.lock"
 
 PID_FILE_NAME = "broker.pid"
 LOG_FILE_NAME = "broker.log"
@@ -74,49 +70,15 @@ full JIT in a benchmark."""
 JVM_OPTS_ENV = "BANK_KAFKA_JVM_OPTS"
 
 
-def _pom_digest() -> str:
-    return hashlib.sha256(POM_PATH.read_bytes()).hexdigest()
-
-
-def _jars_ready() -> bool:
-    return (
-        LIB_DIR.is_dir()
-        and any(LIB_DIR.glob("kafka_2.13-*.jar"))
-        and _STAMP.is_file()
-        and _STAMP.read_text().strip() == _pom_digest()
-    )
-
-
 def ensure_jars(quiet: bool = True) -> Path:
-    """Make sure the broker's runtime jars are in ``deploy/kafka/target/lib``; return that directory.
-
-    Runs Maven (batch mode, default local repository ``~/.m2`` as the cache) only when the directory is
-    missing, empty, or was made from a different ``pom.xml``. Safe to call from concurrent processes.
-    """
-    if _jars_ready():
-        return LIB_DIR
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise RuntimeError("Maven ('mvn') is not on PATH; it is needed to fetch the Kafka broker jars")
-    _LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with _LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _jars_ready():  # another process did it while we waited
-            return LIB_DIR
-        if LIB_DIR.exists():
-            shutil.rmtree(LIB_DIR)  # stale (other pom.xml) or half-copied
-        cmd = [mvn, "-B", "-f", str(POM_PATH), "package"]
-        if quiet:
-            cmd.insert(2, "-q")
-        log.info("fetching Kafka broker jars: %s", " ".join(cmd))
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=quiet, text=True, check=False)
-        if proc.returncode != 0:
-            output = ((proc.stdout or "") + (proc.stderr or ""))[-4000:]
-            raise RuntimeError(f"'{' '.join(cmd)}' failed with exit code {proc.returncode}:\n{output}")
-        if not any(LIB_DIR.glob("kafka_2.13-*.jar")):
-            raise RuntimeError(f"Maven succeeded but no kafka_2.13 jar is in {LIB_DIR}")
-        _STAMP.write_text(_pom_digest() + "\n")
-    return LIB_DIR
+    """Make sure the broker's runtime jars are in ``deploy/kafka/target/lib``; return that directory
+    (bank/infra/maven.py: Maven runs only when they are missing or stale)."""
+    return maven.fetch(
+        KAFKA_DEPLOY_DIR,
+        "the Kafka broker's jars",
+        lambda lib: any(lib.glob("kafka_2.13-*.jar")),
+        quiet=quiet,
+    )
 
 
 def _port_open(port: int, timeout: float = 0.5) -> bool:

@@ -19,10 +19,7 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import logging
-import shutil
 import signal
 import subprocess
 import time
@@ -30,7 +27,9 @@ from pathlib import Path
 
 import httpx
 
-from bank.infra.kafka import REPO_ROOT, _java, _port_open, _tail
+from bank.infra import maven
+from bank.infra.kafka import _java, _port_open, _tail
+from bank.infra.maven import REPO_ROOT
 from bank.infra.ports import free_port
 from services.transactions.s3 import SigV4Presigner
 
@@ -39,8 +38,6 @@ log = logging.getLogger(__name__)
 DEPLOY_DIR = REPO_ROOT / "deploy" / "s3proxy"
 POM_PATH = DEPLOY_DIR / "pom.xml"
 JAR = DEPLOY_DIR / "target" / "lib" / "s3proxy.jar"
-_STAMP = DEPLOY_DIR / "target" / "lib.stamp"
-_LOCK = DEPLOY_DIR / "target" / "lib.lock"
 
 JVM_OPTS: tuple[str, ...] = (
     "-Xms64m",
@@ -56,40 +53,10 @@ REGION = "us-east-1"
 """S3Proxy accepts any region in a V4 signature's scope; the tests sign for this one."""
 
 
-def _pom_digest() -> str:
-    return hashlib.sha256(POM_PATH.read_bytes()).hexdigest()
-
-
-def _jar_ready() -> bool:
-    return JAR.is_file() and _STAMP.is_file() and _STAMP.read_text().strip() == _pom_digest()
-
-
 def ensure_jar(quiet: bool = True) -> Path:
-    """Make sure S3Proxy's jar is in ``deploy/s3proxy/target/lib``; return its path. Runs Maven (cache:
-    ``~/.m2``) only when the jar is missing or was made from another ``pom.xml``. Safe concurrently."""
-    if _jar_ready():
-        return JAR
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise RuntimeError("Maven ('mvn') is not on PATH; it is needed to fetch S3Proxy's jar")
-    _LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with _LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _jar_ready():
-            return JAR
-        if JAR.parent.exists():
-            shutil.rmtree(JAR.parent)
-        cmd = [mvn, "-B", "-f", str(POM_PATH), "package"]
-        if quiet:
-            cmd.insert(2, "-q")
-        log.info("fetching S3Proxy: %s", " ".join(cmd))
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=quiet, text=True, check=False)
-        if proc.returncode != 0:
-            output = ((proc.stdout or "") + (proc.stderr or ""))[-4000:]
-            raise RuntimeError(f"'{' '.join(cmd)}' failed with exit code {proc.returncode}:\n{output}")
-        if not JAR.is_file():
-            raise RuntimeError(f"Maven succeeded but {JAR} is not there")
-        _STAMP.write_text(_pom_digest() + "\n")
+    """Make sure S3Proxy's jar is in ``deploy/s3proxy/target/lib``; return its path
+    (bank/infra/maven.py: Maven runs only when it is missing or stale)."""
+    maven.fetch(DEPLOY_DIR, "S3Proxy's jar", lambda lib: (lib / JAR.name).is_file(), quiet=quiet)
     return JAR
 
 

@@ -111,17 +111,9 @@ def ledger_verify() -> None:
     """Recompute every balance from the postings; exit 1 on any mismatch."""
     import asyncio
 
-    from services.accounts.verify import verify_ledger
-    from shared.db import Database
+    from bank.cluster import ledger_problems
 
-    async def run() -> list[str]:
-        db = Database(load(BankSettings).database_url, pool_size=1)
-        try:
-            return await verify_ledger(db)
-        finally:
-            await db.dispose()
-
-    problems = asyncio.run(run())
+    problems = asyncio.run(ledger_problems(load(BankSettings).database_url))
     for problem in problems:
         typer.echo(problem, err=True)
     if problems:

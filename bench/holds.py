@@ -46,6 +46,7 @@ import httpx
 import psutil
 from fastapi import FastAPI
 
+from bank.cluster import ledger_problems
 from bank.infra.ports import free_port
 from bank.infra.postgres import EmbeddedPostgres
 from bank.migrate import upgrade
@@ -54,7 +55,6 @@ from services.accounts.api import internal_router
 from services.accounts.config import AccountsSettings
 from services.accounts.models import User
 from services.accounts.service import LedgerService
-from services.accounts.verify import verify_ledger
 from shared.auth import INTERNAL_TOKEN_HEADER
 from shared.config import BankSettings, load
 from shared.db import Database
@@ -248,14 +248,6 @@ async def seed(url: str, customers: int) -> list[str]:
     return accounts
 
 
-async def check_ledger(url: str) -> list[str]:
-    db = Database(url, pool_size=1, application_name="bench-verify")
-    try:
-        return await verify_ledger(db)
-    finally:
-        await db.dispose()
-
-
 def run_scenario(
     name: str,
     description: str,
@@ -297,7 +289,7 @@ def run_scenario(
         },
         machine_cpu_busy_percent=round(used["machine_busy_fraction"] * 100, 1),
         postgres_sessions_opened=int(used["sessions_opened"]),
-        ledger_problems=asyncio.run(check_ledger(database_url)),
+        ledger_problems=asyncio.run(ledger_problems(database_url)),
     )
 
 

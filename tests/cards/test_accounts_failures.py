@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 from sqlalchemy import text
 
@@ -102,6 +104,16 @@ async def test_partial_reversal_and_clearing_ask_to_be_sent_again_while_accounts
     assert await bank.money(ada) == (7_000, 0)
 
 
+@contextlib.asynccontextmanager
+async def account_locked(db: Database, account_id: str) -> AsyncIterator[None]:
+    """The account's row locked in a transaction of its own: accounts waits for it to place a hold."""
+    async with db.transaction() as session:
+        await session.execute(
+            text("SELECT 1 FROM accounts.accounts WHERE id = :id FOR UPDATE"), {"id": account_id}
+        )
+        yield
+
+
 async def test_authorisations_that_wait_too_long_for_a_batch_are_not_answered(
     db: Database, settings: BankSettings
 ) -> None:
@@ -110,10 +122,7 @@ async def test_authorisations_that_wait_too_long_for_a_batch_are_not_answered(
         ada = await bank.customer(balance=10_000)
         card = await bank.issue(ada)
         first, second = authorisation(card, 1_000), authorisation(card, 2_000)
-        async with db.transaction() as session:  # the first one's batch waits behind this lock
-            await session.execute(
-                text("SELECT 1 FROM accounts.accounts WHERE id = :id FOR UPDATE"), {"id": ada.account_id}
-            )
+        async with account_locked(db, ada.account_id):  # the first one's batch waits behind this lock
             slow = asyncio.create_task(bank.authorise(first))
             await asyncio.sleep(0.3)
             late = asyncio.create_task(bank.network("authorisations", second))
@@ -139,10 +148,7 @@ async def test_a_repeat_that_arrives_while_its_original_is_decided_gets_the_orig
         card = await bank.issue(ada)
         original = authorisation(card, 1_000)
         clash = {**original, "amount": 1_100}  # another message under the same network id
-        async with db.transaction() as session:
-            await session.execute(
-                text("SELECT 1 FROM accounts.accounts WHERE id = :id FOR UPDATE"), {"id": ada.account_id}
-            )
+        async with account_locked(db, ada.account_id):
             first = asyncio.create_task(bank.authorise(original))
             await asyncio.sleep(0.3)
             repeats = [asyncio.create_task(bank.network("authorisations", original)) for _ in range(3)]

@@ -20,7 +20,8 @@ import pytest_asyncio
 from bank.checker import Customer, settle
 from bank.cluster import BankCluster
 from bank.faults import WebhookReceiver
-from tests.security.support import Person, eventually, sign_up
+from tests.security.support import Person, sign_up
+from tests.support.waiting import eventually
 
 ENV = {
     "WEBHOOKS_ALLOW_HTTP": "true",

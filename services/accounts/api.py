@@ -227,8 +227,8 @@ def internal_router(db: Database, ledger: LedgerService) -> APIRouter:
     """Service-to-service routes for the cards service. Idempotent on the network's transaction id."""
     api = APIRouter(prefix="/internal", tags=["internal"], dependencies=[Depends(require_internal)])
 
-    # The card path, one call per batch: it parses its own body and answers a JSONResponse (a
-    # returned dict would be validated and re-encoded by FastAPI).
+    # The card path: served directly (shared/direct.py), so it parses its own body and answers a
+    # JSONResponse (a returned dict would be validated and re-encoded by FastAPI).
     @api.post("/holds/batch", response_model=dict[str, Any], openapi_extra=json_body_doc("PlaceHolds"))
     async def place_holds(request: Request) -> JSONResponse:
         """Provisional holds for a batch of card authorisations, one answer each, in order: `status`

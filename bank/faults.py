@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from bank.cluster import LIFTED_LIMITS, BankCluster, ledger_problems
-from bank.infra.kafka import free_port
+from bank.infra.ports import free_port
 from shared.config import SERVICES, to_libpq
 
 KILLABLE = tuple(SERVICES)  # the gateway too

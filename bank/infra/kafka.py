@@ -27,9 +27,7 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -38,9 +36,8 @@ from typing import Any
 
 import psutil
 
-from bank.infra import maven
-from bank.infra.maven import REPO_ROOT
-from bank.infra.ports import free_port
+from bank.infra.java import REPO_ROOT, fetch_jars, java_binary, log_tail
+from bank.infra.ports import free_port, port_open
 
 log = logging.getLogger(__name__)
 
@@ -72,31 +69,13 @@ JVM_OPTS_ENV = "BANK_KAFKA_JVM_OPTS"
 
 def ensure_jars(quiet: bool = True) -> Path:
     """Make sure the broker's runtime jars are in ``deploy/kafka/target/lib``; return that directory
-    (bank/infra/maven.py: Maven runs only when they are missing or stale)."""
-    return maven.fetch(
+    (bank/infra/java.py: Maven runs only when they are missing or stale)."""
+    return fetch_jars(
         KAFKA_DEPLOY_DIR,
         "the Kafka broker's jars",
         lambda lib: any(lib.glob("kafka_2.13-*.jar")),
         quiet=quiet,
     )
-
-
-def _port_open(port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _java() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home and (Path(java_home) / "bin" / "java").is_file():
-        return str(Path(java_home) / "bin" / "java")
-    java = shutil.which("java")
-    if java is None:
-        raise RuntimeError("'java' (17 or newer) is not on PATH and JAVA_HOME is not set")
-    return java
 
 
 def _new_cluster_id() -> str:
@@ -105,22 +84,6 @@ def _new_cluster_id() -> str:
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not cid.startswith("-"):
             return cid
-
-
-def _tail(path: Path, lines: int = 40, start: int = 0) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(start)
-            text = fh.read().decode(errors="replace")
-    except OSError as exc:
-        return f"<cannot read {path}: {exc}>"
-    all_lines = text.splitlines()
-    tail = all_lines[-lines:]
-    # Java stack traces push the actual cause out of a short tail: quote the last causes first.
-    causes = [ln for ln in all_lines[:-lines] if " ERROR " in ln or ln.startswith("Caused by:")][-5:]
-    if causes:
-        tail = [*causes, "...", *tail]
-    return "\n".join(tail) or "<empty>"
 
 
 def _admin(bootstrap: str, timeout_ms: int = 10_000) -> Any:
@@ -204,7 +167,7 @@ class KafkaBroker:
             self.controller_port = free_port()
             while self.controller_port == self.port:
                 self.controller_port = free_port()
-        if _port_open(self.port, timeout=0.2):
+        if port_open(self.port, timeout=0.2):
             raise RuntimeError(f"cannot start Kafka: 127.0.0.1:{self.port} is already in use")
         self._write_properties()
         classpath = f"{lib}/*"
@@ -213,7 +176,7 @@ class KafkaBroker:
 
         log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         cmd = [
-            _java(),
+            java_binary(),
             *JVM_OPTS,
             *shlex.split(os.environ.get(JVM_OPTS_ENV, "")),
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
@@ -323,7 +286,7 @@ class KafkaBroker:
 
     def _format(self, classpath: str) -> None:
         cmd = [
-            _java(),
+            java_binary(),
             "-Xmx256m",
             "-XX:+UseSerialGC",
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
@@ -354,15 +317,15 @@ class KafkaBroker:
                 code = self._proc.returncode if self._proc is not None else None
                 raise RuntimeError(
                     f"Kafka broker exited with code {code} during startup; tail of {self.log_file}:\n"
-                    f"{_tail(self.log_file, start=log_start)}"
+                    f"{log_tail(self.log_file, start=log_start)}"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise RuntimeError(
                     f"Kafka broker at {self.bootstrap} not ready in time ({last_error}); "
-                    f"tail of {self.log_file}:\n{_tail(self.log_file, start=log_start)}"
+                    f"tail of {self.log_file}:\n{log_tail(self.log_file, start=log_start)}"
                 )
-            if _port_open(self.port):
+            if port_open(self.port):
                 error = _probe(self.bootstrap, min(10.0, max(remaining, 1.0)))
                 if error is None:
                     return

@@ -27,10 +27,8 @@ from pathlib import Path
 
 import httpx
 
-from bank.infra import maven
-from bank.infra.kafka import _java, _port_open, _tail
-from bank.infra.maven import REPO_ROOT
-from bank.infra.ports import free_port
+from bank.infra.java import REPO_ROOT, fetch_jars, java_binary, log_tail
+from bank.infra.ports import free_port, port_open
 from services.transactions.s3 import SigV4Presigner
 
 log = logging.getLogger(__name__)
@@ -55,8 +53,8 @@ REGION = "us-east-1"
 
 def ensure_jar(quiet: bool = True) -> Path:
     """Make sure S3Proxy's jar is in ``deploy/s3proxy/target/lib``; return its path
-    (bank/infra/maven.py: Maven runs only when it is missing or stale)."""
-    maven.fetch(DEPLOY_DIR, "S3Proxy's jar", lambda lib: (lib / JAR.name).is_file(), quiet=quiet)
+    (bank/infra/java.py: Maven runs only when it is missing or stale)."""
+    fetch_jars(DEPLOY_DIR, "S3Proxy's jar", lambda lib: (lib / JAR.name).is_file(), quiet=quiet)
     return JAR
 
 
@@ -105,7 +103,7 @@ class S3Proxy:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.port is None:
             self.port = free_port()
-        if _port_open(self.port, timeout=0.2):
+        if port_open(self.port, timeout=0.2):
             raise RuntimeError(f"cannot start S3Proxy: 127.0.0.1:{self.port} is already in use")
         objects = self.data_dir / "objects"
         objects.mkdir(exist_ok=True)
@@ -119,7 +117,7 @@ class S3Proxy:
             f"jclouds.provider={self.backend}\n"
             f"jclouds.filesystem.basedir={objects}\n"
         )
-        cmd = [_java(), *JVM_OPTS, "-jar", str(jar), "--properties", str(properties)]
+        cmd = [java_binary(), *JVM_OPTS, "-jar", str(jar), "--properties", str(properties)]
         log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         began = time.monotonic()
         with self.log_file.open("ab") as out:
@@ -141,14 +139,14 @@ class S3Proxy:
             if not self.is_running():
                 raise RuntimeError(
                     f"S3Proxy exited during start-up; tail of {self.log_file}:\n"
-                    f"{_tail(self.log_file, start=log_start)}"
+                    f"{log_tail(self.log_file, start=log_start)}"
                 )
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"S3Proxy at {self.endpoint} not ready in time; tail of {self.log_file}:\n"
-                    f"{_tail(self.log_file, start=log_start)}"
+                    f"{log_tail(self.log_file, start=log_start)}"
                 )
-            if _port_open(self.port):
+            if port_open(self.port):
                 with contextlib.suppress(httpx.HTTPError):
                     httpx.get(self.endpoint + "/", timeout=2)  # any HTTP answer (403 unsigned) will do
                     return

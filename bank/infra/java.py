@@ -1,7 +1,8 @@
-"""Java programs' jars from Maven Central, through the machine's Maven, into an ignored cache.
+"""The Java programs the bank runs locally (the Kafka broker, S3Proxy): their jars from Maven Central,
+through the machine's Maven, into an ignored cache; the `java` to run them; their logs' tails.
 
 A program's ``deploy/<name>/pom.xml`` copies what it needs into ``deploy/<name>/target/lib``.
-:func:`fetch` runs Maven (batch mode, ``~/.m2`` as the cache) only when that is missing or was made
+:func:`fetch_jars` runs Maven (batch mode, ``~/.m2`` as the cache) only when that is missing or was made
 from another ``pom.xml`` (a stamp beside it holds the pom's digest), under a file lock, so
 concurrent processes fetch once.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -22,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 """The repository root: the parent of the ``bank`` package directory."""
 
 
-def fetch(deploy_dir: Path, what: str, present: Callable[[Path], bool], *, quiet: bool = True) -> Path:
+def fetch_jars(deploy_dir: Path, what: str, present: Callable[[Path], bool], *, quiet: bool = True) -> Path:
     """Make sure ``deploy_dir/target/lib`` holds `what` (`present(lib)` says whether it does) as
     ``deploy_dir/pom.xml`` now describes it; return that directory."""
     pom, lib = deploy_dir / "pom.xml", deploy_dir / "target" / "lib"
@@ -56,3 +58,30 @@ def fetch(deploy_dir: Path, what: str, present: Callable[[Path], bool], *, quiet
             raise RuntimeError(f"Maven succeeded but {what} is not in {lib}")
         stamp.write_text(hashlib.sha256(pom.read_bytes()).hexdigest() + "\n")
     return lib
+
+
+def java_binary() -> str:
+    """The `java` of JAVA_HOME, else the one on PATH."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").is_file():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError("'java' (17 or newer) is not on PATH and JAVA_HOME is not set")
+    return java
+
+
+def log_tail(path: Path, lines: int = 40, start: int = 0) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(start)
+            text = fh.read().decode(errors="replace")
+    except OSError as exc:
+        return f"<cannot read {path}: {exc}>"
+    all_lines = text.splitlines()
+    tail = all_lines[-lines:]
+    # Java stack traces push the actual cause out of a short tail: quote the last causes first.
+    causes = [ln for ln in all_lines[:-lines] if " ERROR " in ln or ln.startswith("Caused by:")][-5:]
+    if causes:
+        tail = [*causes, "...", *tail]
+    return "\n".join(tail) or "<empty>"

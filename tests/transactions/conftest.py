@@ -128,3 +128,43 @@ async def service(feed: Feed, settings: BankSettings) -> AsyncIterator[Service]:
             yield Service(feed, key, http)
     finally:
         await asyncio.gather(app.stop(), identity.stop())
+
+
+ACC, USER = "acc_ada", "user_ada"
+OTHER_ACC, OTHER = "acc_bob", "user_bob"
+PUBLIC = "http://bank.test"  # the gateway's address the stores sign their URLs for
+
+
+@dataclass
+class AttachmentsClient:
+    """A customer's app calling the attachment routes of a service started by `start_service`."""
+
+    feed: Feed
+    key: SigningKey
+    http: httpx.AsyncClient  # the service
+    url: str
+
+    def auth(self, user_id: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key.issue(user_id, 'oauthclient_test', 3600)[0]}"}
+
+    def local(self, public_url: str) -> str:
+        """A URL the store signed for the gateway, sent to the service itself (no gateway here)."""
+        assert public_url.startswith(PUBLIC), public_url
+        return self.url + public_url.removeprefix(PUBLIC)
+
+    async def post(self, path: str, user_id: str, **form: str) -> httpx.Response:
+        return await self.http.post(path, data=form, headers=self.auth(user_id))
+
+    async def upload(
+        self, user_id: str, data: bytes, file_type: str, name: str = "receipt"
+    ) -> dict[str, str]:
+        """Ask where to upload: `upload_url` and `file_url`."""
+        r = await self.post("/attachment/upload", user_id, file_name=name, file_type=file_type,
+                            content_length=str(len(data)))  # fmt: skip
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    async def transaction(self, user_id: str) -> dict[str, Any]:
+        r = await self.http.get("/transactions", params={"account_id": ACC if user_id == USER else OTHER_ACC},
+                                headers=self.auth(user_id))  # fmt: skip
+        return dict(r.json()["transactions"][-1])

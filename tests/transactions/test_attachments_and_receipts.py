@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,53 +13,32 @@ import httpx
 import pytest_asyncio
 
 from services.transactions.storage import LocalStore
-from shared.auth import SigningKey
 from shared.config import BankSettings
-from tests.transactions.conftest import Feed, start_service
+from tests.transactions.conftest import (
+    ACC,
+    OTHER,
+    OTHER_ACC,
+    PUBLIC,
+    USER,
+    AttachmentsClient,
+    Feed,
+    start_service,
+)
 from tests.transactions.events import Authorisation, account_created, at, topup
 
-ACC, USER = "acc_ada", "user_ada"
-OTHER_ACC, OTHER = "acc_bob", "user_bob"
-PUBLIC = "http://bank.test"
 BAD, NO_TX = "bad_request.bad_param", "not_found.transaction"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 
 
-@dataclass
-class Files:
-    feed: Feed
-    key: SigningKey
-    http: httpx.AsyncClient
-    url: str
-
-    def auth(self, user_id: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key.issue(user_id, 'oauthclient_test', 3600)[0]}"}
-
-    def local(self, public_url: str) -> str:
-        """A URL the store signed for the gateway, sent to the service itself (no gateway here)."""
-        assert public_url.startswith(PUBLIC), public_url
-        return self.url + public_url.removeprefix(PUBLIC)
-
-    async def post(self, path: str, user_id: str, **form: str) -> httpx.Response:
-        return await self.http.post(path, data=form, headers=self.auth(user_id))
-
+class Files(AttachmentsClient):
     async def uploaded(self, user_id: str, data: bytes = PNG, file_type: str = "image/png") -> dict[str, str]:
-        r = await self.post(
-            "/attachment/upload", user_id, file_name="receipt.png", file_type=file_type,
-            content_length=str(len(data)),
-        )  # fmt: skip
-        assert r.status_code == 200, r.text
-        urls = dict(r.json())
+        """A file uploaded through the embedded store's signed URL: its `upload_url` and `file_url`."""
+        urls = await self.upload(user_id, data, file_type, name="receipt.png")
         r = await self.http.put(
             self.local(urls["upload_url"]), content=data, headers={"Content-Type": file_type}
         )
         assert r.status_code == 200, r.text
         return urls
-
-    async def transaction(self, user_id: str) -> dict[str, Any]:
-        r = await self.http.get("/transactions", params={"account_id": ACC if user_id == USER else OTHER_ACC},
-                                headers=self.auth(user_id))  # fmt: skip
-        return dict(r.json()["transactions"][-1])
 
 
 @pytest_asyncio.fixture(loop_scope="session")

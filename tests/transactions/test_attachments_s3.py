@@ -21,14 +21,19 @@ from bank.infra.s3proxy import REGION, S3Proxy
 from services.transactions.config import TransactionsSettings
 from services.transactions.s3 import S3Store
 from services.transactions.storage import LocalStore, open_store
-from shared.auth import SigningKey
 from shared.config import BankSettings
-from tests.transactions.conftest import Feed, start_service
+from tests.transactions.conftest import (
+    ACC,
+    OTHER,
+    OTHER_ACC,
+    PUBLIC,
+    USER,
+    AttachmentsClient,
+    Feed,
+    start_service,
+)
 from tests.transactions.events import Authorisation, account_created, at, topup
 
-ACC, USER = "acc_ada", "user_ada"
-OTHER_ACC, OTHER = "acc_bob", "user_bob"
-PUBLIC = "http://bank.test"
 BUCKET = "bank-attachments"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 PDF = b"%PDF-1.7\n" + b"x" * 991
@@ -56,35 +61,8 @@ def s3_settings(server: S3Proxy, **overrides: Any) -> dict[str, Any]:
 
 
 @dataclass
-class Files:
-    feed: Feed
-    key: SigningKey
-    http: httpx.AsyncClient  # the service
+class Files(AttachmentsClient):
     s3: httpx.AsyncClient  # anywhere: the presigned URLs are absolute
-    url: str
-
-    def auth(self, user_id: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key.issue(user_id, 'oauthclient_test', 3600)[0]}"}
-
-    def local(self, public_url: str) -> str:
-        assert public_url.startswith(PUBLIC), public_url
-        return self.url + public_url.removeprefix(PUBLIC)
-
-    async def post(self, path: str, user_id: str, **form: str) -> httpx.Response:
-        return await self.http.post(path, data=form, headers=self.auth(user_id))
-
-    async def upload(
-        self, user_id: str, data: bytes, file_type: str, name: str = "receipt"
-    ) -> dict[str, str]:
-        r = await self.post("/attachment/upload", user_id, file_name=name, file_type=file_type,
-                            content_length=str(len(data)))  # fmt: skip
-        assert r.status_code == 200, r.text
-        return dict(r.json())
-
-    async def transaction(self, user_id: str) -> dict[str, Any]:
-        r = await self.http.get("/transactions", params={"account_id": ACC if user_id == USER else OTHER_ACC},
-                                headers=self.auth(user_id))  # fmt: skip
-        return dict(r.json()["transactions"][-1])
 
 
 def s3_error(answer: httpx.Response) -> tuple[int, str]:
@@ -108,7 +86,7 @@ async def files(feed: Feed, settings: BankSettings, s3proxy: S3Proxy) -> AsyncIt
             )  # fmt: skip
             coffee = Authorisation(ACC, 1_915)
             await feed.apply(coffee.hold(3_085, at(1)), coffee.approved(at(1)))
-            yield Files(feed, key, http, s3, app.url)
+            yield Files(feed, key, http, app.url, s3)
     finally:
         await asyncio.gather(app.stop(), identity.stop())
 

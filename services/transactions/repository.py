@@ -220,15 +220,30 @@ WITH ev AS (
     SELECT * FROM jsonb_to_recordset(CAST(:keys AS jsonb))
         AS k(key text, account_id text, refs text[], min_time timestamptz)
 ), candidates AS (
-    SELECT t.id FROM {S}.transactions t JOIN ks ON t.source_key = ks.key
+    -- One index probe per batch row, each lookup LATERAL and fenced with OFFSET 0: joined as sets,
+    -- the planner (which guesses a hundred rows for a recordset) would hash the batch and read every
+    -- transaction the bank has, and it would probe the account's index for a reference rather than
+    -- the references' own (GIN, migration 0011), reading every transaction of the account.
+    SELECT c.id FROM ks CROSS JOIN LATERAL (
+        SELECT t.id FROM {S}.transactions t WHERE t.source_key = ks.key OFFSET 0
+    ) c
     UNION
-    SELECT t.id FROM {S}.transactions t JOIN pt ON t.account_id = pt.account_id
-    WHERE t.balance_refs @> ARRAY[pt.ref] OR (NOT t.balance_matched AND t.created >= pt.time)
+    SELECT c.id FROM pt CROSS JOIN LATERAL (
+        SELECT t.id, t.account_id FROM {S}.transactions t WHERE t.balance_refs @> ARRAY[pt.ref] OFFSET 0
+    ) c WHERE c.account_id = pt.account_id
     UNION
-    SELECT t.id FROM {S}.transactions t JOIN ow ON t.account_id = ow.account_id WHERE NOT t.announced
+    SELECT c.id FROM pt CROSS JOIN LATERAL (
+        SELECT t.id FROM {S}.transactions t
+        WHERE t.account_id = pt.account_id AND t.created >= pt.time AND NOT t.balance_matched OFFSET 0
+    ) c
+    UNION
+    SELECT c.id FROM ow CROSS JOIN LATERAL (
+        SELECT t.id FROM {S}.transactions t WHERE t.account_id = ow.account_id AND NOT t.announced OFFSET 0
+    ) c
 ), locked AS (
     -- Locked in id order, whatever the batch: two replicas never wait for each other in a cycle.
-    SELECT {_COLUMNS} FROM {S}.transactions WHERE id IN (SELECT id FROM candidates) ORDER BY id FOR UPDATE
+    SELECT {_COLUMNS} FROM {S}.transactions WHERE id = ANY(ARRAY(SELECT id FROM candidates)) ORDER BY id
+    FOR UPDATE
 ), tg AS (
     SELECT coalesce(l.source_key, ks.key) AS key, ks.key IS NOT NULL AS in_batch,
            coalesce(l.account_id, ks.account_id) AS account_id,

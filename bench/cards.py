@@ -220,6 +220,38 @@ def postgres_cpu(pg: EmbeddedPostgres) -> float:
     return total
 
 
+def postgres_cpu_by_process(pg: EmbeddedPostgres) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL process, by pid (see `postgres_cpu_by_connection`)."""
+    pid = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+    out: dict[int, float] = {}
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                out[proc.pid] = t.user + t.system
+    return out
+
+
+async def postgres_cpu_by_connection(
+    database_url: str, before: dict[int, float], after: dict[int, float]
+) -> dict[str, float]:
+    """CPU seconds between two `postgres_cpu_by_process` readings, by the connection's application_name
+    (a service's pools and its event transport), or by the process's role for PostgreSQL's own
+    processes (walwriter, checkpointer, ...). A backend that exited in between is not counted."""
+    conn = await asyncpg.connect(to_libpq(database_url))
+    try:
+        rows = await conn.fetch("SELECT pid, application_name, backend_type FROM pg_stat_activity")
+    finally:
+        await conn.close()
+    label = {r["pid"]: r["application_name"] or r["backend_type"] or "?" for r in rows}
+    out: dict[str, float] = {}
+    for pid, seconds in after.items():
+        name = label.get(pid, "postmaster and exited")
+        out[name] = out.get(name, 0.0) + seconds - before.get(pid, 0.0)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 # -- load ------------------------------------------------------------------------------------------------
 
 _seq = 0

@@ -44,9 +44,9 @@ class BankSettings(BaseSettings):
     relay_linger_ms: float = Field(default=20.0, ge=0)
     # A consumer handles at most one batch per this many ms (decision 0028); 0: as records arrive.
     consumer_linger_ms: float = Field(default=50.0, ge=0)
-    # The CPU priority (nice) the event consumers run at, so that on a shared host a backlog drains
-    # with the CPU the card path leaves (decision 0036); 0: the same as everything else.
-    background_nice: int = Field(default=5, ge=0, le=19)
+    # "idle": the event consumers (and their PostgreSQL backends, when the server is on this host)
+    # run only on CPU the card path leaves (SCHED_IDLE; decisions 0036, 0047); "normal": like the rest.
+    background_priority: Literal["idle", "normal"] = "idle"
     # Service discovery by configuration: one base URL per service (replicas may sit behind it).
     gateway_url: str = "http://127.0.0.1:8000"
     accounts_url: str = "http://127.0.0.1:8001"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
@@ -29,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared import tracing
 from shared.config import to_asyncpg, to_libpq
 from shared.health import Checker
+from shared.priority import yield_cpu
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -53,15 +53,6 @@ def server_is_local(url: str) -> bool:
     """Whether the database server runs on this host (a loopback address or a Unix socket), so
     that its backend process ids are this host's."""
     return (urlsplit(to_libpq(url)).hostname or "") in _LOOPBACK
-
-
-def renice_backend(pid: int, niceness: int) -> None:
-    """Lower the CPU priority of this connection's PostgreSQL backend, as the consumer process's own
-    is lowered (decision 0033). Best effort: a server run by another user refuses, and that is fine."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, max(os.getpriority(os.PRIO_PROCESS, pid), niceness))
-    except (PermissionError, ProcessLookupError) as exc:
-        log.debug("backend %s keeps its priority: %s", pid, exc)
 
 
 class Tx:
@@ -140,7 +131,7 @@ class Database:
         pool_size: int = 10,
         application_name: str = "bank",
         pre_ping: bool = False,
-        backend_nice: int = 0,
+        background: bool = False,
     ) -> None:
         # No pre-ping: it is a round trip on every checkout, a third of the card authorisation path's
         # database time. A connection that died with the server fails its first use instead; SQLAlchemy
@@ -152,9 +143,10 @@ class Database:
             pool_pre_ping=pre_ping,
             connect_args={"server_settings": {"application_name": application_name}},
         )
-        self._backend_nice = backend_nice if server_is_local(url) else 0
-        if self._backend_nice:
-            event.listen(self.engine.sync_engine, "connect", self._renice_dbapi_backend)
+        # A background service's backends yield the CPU as the service does (decision 0033).
+        self._background = background and server_is_local(url)
+        if self._background:
+            event.listen(self.engine.sync_engine, "connect", self._background_dbapi_backend)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
         self._span_attributes = {"db.system": "postgresql", "db.client": application_name}
         self._url = url
@@ -204,16 +196,16 @@ class Database:
         async with pool.acquire() as conn, conn.transaction():
             yield Tx(conn)
 
-    def _renice_dbapi_backend(self, dbapi_connection: Any, _record: Any) -> None:
+    def _background_dbapi_backend(self, dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("SELECT pg_backend_pid()")
-        renice_backend(int(cursor.fetchone()[0]), self._backend_nice)
+        yield_cpu(int(cursor.fetchone()[0]))
         cursor.close()
 
     async def _init_fast_connection(self, conn: asyncpg.Connection) -> None:
         await _json_codecs(conn)
-        if self._backend_nice:
-            renice_backend(conn.get_server_pid(), self._backend_nice)
+        if self._background:
+            yield_cpu(conn.get_server_pid())
 
     async def _open_fast_pool(self) -> asyncpg.Pool:
         async with self._fast_pool_lock:

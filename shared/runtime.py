@@ -8,7 +8,6 @@ app's lifespan, so each service file only says what is specific to it.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +22,7 @@ from shared.events.outbox import Outbox
 from shared.events.relay import Relay
 from shared.health import Checker
 from shared.observability import configure_logging
+from shared.priority import yield_cpu
 from shared.web import Background, Hook, create_app
 
 log = logging.getLogger("shared.runtime")
@@ -32,14 +32,14 @@ class Runtime:
     def __init__(self, service: str, settings: BankSettings | None = None) -> None:
         self.service = service
         self.settings = settings or load(BankSettings)
-        background_nice = self.settings.background_nice if service in BACKGROUND_SERVICES else 0
+        background = is_background(service, self.settings)
         self.db = Database(
             self.settings.async_database_url,
             pool_size=self.settings.db_pool_size,
             application_name=service,
-            backend_nice=background_nice,
+            background=background,
         )
-        self.transport = make_transport(self.settings, client_id=service, backend_nice=background_nice)
+        self.transport = make_transport(self.settings, client_id=service, background=background)
         self.outbox = Outbox(service)
         self.relay = Relay(
             self.db,
@@ -106,12 +106,17 @@ class Runtime:
         )
 
 
+def is_background(service: str, settings: BankSettings) -> bool:
+    """Whether `service` yields the CPU to the card path (decision 0047)."""
+    return service in BACKGROUND_SERVICES and settings.background_priority == "idle"
+
+
 def serve(service: str, factory: str) -> None:
     """Run one service as its own process: `python -m services.<name>`."""
     settings = load(BankSettings)
     configure_logging(service, settings.log_level, settings.log_json)
-    if service in BACKGROUND_SERVICES and settings.background_nice:
-        os.nice(settings.background_nice)
+    if is_background(service, settings):
+        yield_cpu()
     uvicorn.run(
         factory,
         factory=True,

@@ -36,6 +36,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.gateway.ops.invariants import RiskSnapshot, read_snapshot
 from shared.config import to_libpq
+from shared.db import server_is_local
+from shared.priority import yield_cpu
 
 log = logging.getLogger("gateway.ops.auditor")
 T = TypeVar("T")
@@ -253,6 +255,8 @@ class Auditor:
                     "lock_timeout": "1000",
                 },
             )
+            if server_is_local(self.url):  # the audit's scans never delay the card path (decision 0047)
+                yield_cpu(self._conn.get_server_pid())
         return self._conn
 
     async def _use(self, work: Callable[[Any], Awaitable[T]]) -> T:

@@ -28,9 +28,10 @@ from typing import Any
 import asyncpg
 
 from shared.config import to_libpq
-from shared.db import renice_backend, server_is_local
+from shared.db import server_is_local
 from shared.events.transports.base import IncomingRecord, OutgoingRecord
 from shared.health import Checker
+from shared.priority import yield_cpu
 
 log = logging.getLogger("shared.events.pglog")
 
@@ -83,11 +84,20 @@ class PgLogTransport:
     name = "pglog"
 
     def __init__(
-        self, database_url: str, *, partitions: int = 8, member_ttl: float = 10.0, backend_nice: int = 0
+        self,
+        database_url: str,
+        *,
+        partitions: int = 8,
+        member_ttl: float = 10.0,
+        application_name: str = "events",
+        background: bool = False,
     ) -> None:
         self.dsn = to_libpq(database_url)
-        # A consumer's reads of the log run at its own CPU priority (shared.db.renice_backend).
-        self.backend_nice = backend_nice if server_is_local(database_url) else 0
+        self.server_settings = {"application_name": application_name}
+        # A background service's reads of the log yield the CPU as the service does (decision 0033).
+        # Its publisher does not: it holds partition rows' locks and the NOTIFY lock, which the card
+        # path's relays wait for, until it commits.
+        self.background = background and server_is_local(database_url)
         self.default_partitions = partitions
         self.member_ttl = member_ttl
         self._pool: asyncpg.Pool | None = None
@@ -97,7 +107,9 @@ class PgLogTransport:
 
     async def start(self) -> None:
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, init=self.prepare)
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=4, init=self.prepare, server_settings=self.server_settings
+            )
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -106,8 +118,8 @@ class PgLogTransport:
         return self._pool
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
-        if self.backend_nice:
-            renice_backend(conn.get_server_pid(), self.backend_nice)
+        if self.background:
+            yield_cpu(conn.get_server_pid())
 
     async def partitions_of(self, conn: Any, topic: str) -> int:
         if topic not in self._partitions:
@@ -151,7 +163,7 @@ class PgLogTransport:
     async def _publisher(self) -> Any:
         # A connection of its own: a pooled one would cost a reset round trip on every release.
         if self._publish_conn is None or self._publish_conn.is_closed():
-            self._publish_conn = await asyncpg.connect(self.dsn)
+            self._publish_conn = await asyncpg.connect(self.dsn, server_settings=self.server_settings)
         return self._publish_conn
 
     async def _drop_publisher(self) -> None:
@@ -191,7 +203,7 @@ class PgLogSubscription:
         self._next_rebalance = 0.0
 
     async def connect(self) -> None:
-        self._conn = await asyncpg.connect(self.transport.dsn)
+        self._conn = await asyncpg.connect(self.transport.dsn, server_settings=self.transport.server_settings)
         await self.transport.prepare(self._conn)
         for topic in self.topics:
             await self._conn.add_listener(channel_of(topic), self._on_notify)

@@ -221,16 +221,17 @@ WITH ev AS (
         AS k(key text, account_id text, refs text[], min_time timestamptz)
 ), candidates AS (
     -- One index probe per batch row, each lookup LATERAL and fenced with OFFSET 0: joined as sets,
-    -- the planner (which guesses a hundred rows for a recordset) would hash the batch and read every
-    -- transaction the bank has, and it would probe the account's index for a reference rather than
-    -- the references' own (GIN, migration 0011), reading every transaction of the account.
+    -- the planner (which guesses a hundred rows for a recordset) hashes the batch and reads every
+    -- transaction the bank has. A reference is looked up among its account's transactions: the GIN
+    -- index on balance_refs reads its whole pending list on every probe while payments stream in.
     SELECT c.id FROM ks CROSS JOIN LATERAL (
         SELECT t.id FROM {S}.transactions t WHERE t.source_key = ks.key OFFSET 0
     ) c
     UNION
     SELECT c.id FROM pt CROSS JOIN LATERAL (
-        SELECT t.id, t.account_id FROM {S}.transactions t WHERE t.balance_refs @> ARRAY[pt.ref] OFFSET 0
-    ) c WHERE c.account_id = pt.account_id
+        SELECT t.id FROM {S}.transactions t
+        WHERE t.account_id = pt.account_id AND t.balance_refs @> ARRAY[pt.ref] OFFSET 0
+    ) c
     UNION
     SELECT c.id FROM pt CROSS JOIN LATERAL (
         SELECT t.id FROM {S}.transactions t

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.whole_bank [--customers 1000] [--seconds 20] [--rates 100,200,300]
                                          [--connections 50] [--threads 2]
+                                         [--link-links 4] [--link-window 24] [--link-rates 300]
 
 1. A whole bank (bank.cluster: durable PostgreSQL in a temporary folder, every service as its own
    process, pglog transport), notifications pointed at the local fake APNs/FCM
@@ -23,6 +24,12 @@
 3. Open loop: for each of --rates, the simulator's `steady` (bench.standard.steady_run: the project's
    generator, HDR percentiles, latency from each request's due time) for --seconds through the gateway;
    p50/p99/max and answer codes, the same catch-up after it, and CPU per authorisation.
+
+4. Over cards' ISO 8583 link (unless --link-links 0): the same bank driven by the simulator's link
+   load generator (simulator.iso8583.LinkLoad, --link-links signed-on links): closed loop with
+   --link-window 0100s in flight per link for --seconds, then the same catch-up, sustained/s likewise
+   (issue 20's floor: ≥ 500/s); then open loop at each of --link-rates, latency from each message's due
+   time (issue 20's floor: p99 ≤ 30 ms at 300/s).
 
 Figures go to stdout and bench/results/whole-bank.json. Nothing is asserted: the issue's floors
 (sustained ≥ 350/s; p99 ≤ 50 ms at 200/s offered) are printed beside the figures. The load generator,
@@ -80,6 +87,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SUSTAINED_FLOOR_PER_S = 350.0
 P99_FLOOR_MS, P99_FLOOR_RATE = 50.0, 200.0
 WEBHOOK_EVERY = 10
+# Issue 20's floors for the whole bank over cards' ISO 8583 link.
+LINK_SUSTAINED_FLOOR_PER_S, LINK_P99_FLOOR_MS, LINK_P99_FLOOR_RATE = 500.0, 30.0, 300.0
 CATCH_UP_LIMIT_S = 300.0
 POLL_S = 0.2
 HTTP_SECONDS = "http_request_duration_seconds"
@@ -453,6 +462,57 @@ async def open_loop(
     }
 
 
+async def over_the_link(
+    bank: Bank, seconds: float, links: int, window: int, rates: Sequence[float]
+) -> dict[str, Any]:
+    """Step 4 of the module's docstring: the same bank driven over cards' ISO 8583 link."""
+    from simulator.iso8583 import LinkLoad
+
+    cluster, probe, parts = bank.cluster, bank.probe, bank.parts
+    host, _, port = cluster.iso8583_address.rpartition(":")
+    cards = [(c.pan, c.expiry, c.cvc) for c in bank.customers if c.pan]
+    load = LinkLoad(host, int(port), NETWORK_KEY, cards, links=links)
+    await load.open()
+
+    async def measured(run: Any, offered: float | None) -> dict[str, Any]:
+        await settled(cluster.database_url)
+        before = await probe.snapshot()
+        cpu_before, pg_before, began = cpu_now(parts), postgres_cpu_by_process(cluster.pg), time.monotonic()
+        figures = (await run()).figures(time.monotonic() - began)
+        approved = int(figures["codes"].get("00", 0))
+        caught = await catch_up(probe, before, approved)
+        elapsed = time.monotonic() - began
+        cpu_after, pg_after = cpu_now(parts), postgres_cpu_by_process(cluster.pg)
+        return {
+            **figures,
+            "offered_per_s": offered,
+            "approved": approved,
+            "catch_up": caught,
+            "sustained_per_s": round(approved / (figures["seconds"] + caught["seconds"]), 1),
+            "cpu": cpu_per_authorisation(cpu_before, cpu_after, figures["authorisations"], elapsed),
+            "postgres_ms_per_authorisation": await postgres_per_authorisation(
+                cluster, pg_before, pg_after, figures["authorisations"]
+            ),
+        }
+
+    try:
+        print(f"over the link: {links} links x {window} in flight for {seconds:g} s ...", file=sys.stderr)
+        await load.closed_loop(3, window)
+        out: dict[str, Any] = {
+            "links": links,
+            "window": window,
+            "sustained": await measured(lambda: load.closed_loop(seconds, window), None),
+            "open_loop": [],
+        }
+        print(f"  sustained {out['sustained']['sustained_per_s']}/s", file=sys.stderr)
+        for rate in rates:
+            print(f"over the link: open loop at {rate:g}/s for {seconds:g} s ...", file=sys.stderr)
+            out["open_loop"].append(await measured(lambda r=rate: load.open_loop(r, seconds), rate))
+        return out
+    finally:
+        load.close()
+
+
 @dataclass
 class Bank:
     """A whole bank under test, with its push devices and webhooks, as `whole_bank_up` starts it."""
@@ -545,6 +605,10 @@ async def whole_bank(args: argparse.Namespace, env: dict[str, Any]) -> dict[str,
         for i, rate in enumerate(args.rates):
             result["open_loop"].append(
                 await open_loop(cluster, bank.customers, probe, parts, rate, args.seconds, seed=11 + i)
+            )
+        if args.link_links:
+            result["link"] = await over_the_link(
+                bank, args.seconds, args.link_links, args.link_window, args.link_rates
             )
         result["receiver_total"] = await receiver_count(bank.receiver)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -674,7 +738,41 @@ def report(r: dict[str, Any]) -> str:
         lines += server_lines(o["server_time"])
     if not any(o["offered_per_s"] == P99_FLOOR_RATE for o in r["open_loop"]):
         lines.append(f"\n  (no run at {P99_FLOOR_RATE:g}/s: the p99 floor is not measured)")
+    if link := r.get("link"):
+        lines += link_lines(link)
     return "\n".join(lines)
+
+
+def link_lines(link: dict[str, Any]) -> list[str]:
+    s = link["sustained"]
+    met = "met" if s["sustained_per_s"] >= LINK_SUSTAINED_FLOOR_PER_S else "not met"
+    lines = [
+        "",
+        f"Over cards' ISO 8583 link (simulator.iso8583.LinkLoad, {link['links']} links): closed loop,"
+        f" {link['window']} in flight per link, for {s['seconds']:g} s",
+        f"  answered {s['authorisations']}, approved {s['approved']}; codes {s['codes']};"
+        f" latency ms p50 {s['p50_ms']:.1f} p99 {s['p99_ms']:.1f} max {s['max_ms']:.1f}",
+        f"  after the run: {catch_up_text(s['catch_up'])}",
+        f"  SUSTAINED {s['sustained_per_s']:.1f}/s = {s['approved']} approved / ({s['seconds']:g} s +"
+        f" {s['catch_up']['seconds']:g} s catch-up)"
+        f"    [issue 20's floor: ≥ {LINK_SUSTAINED_FLOOR_PER_S:g}/s; {met}]",
+        *cpu_lines(s["cpu"]),
+        postgres_line(s["postgres_ms_per_authorisation"]),
+    ]
+    for o in link["open_loop"]:
+        floor = ""
+        if o["offered_per_s"] == LINK_P99_FLOOR_RATE:
+            met = "met" if o["p99_ms"] <= LINK_P99_FLOOR_MS else "not met"
+            floor = f"    [issue 20's floor: p99 ≤ {LINK_P99_FLOOR_MS:g} ms; {met}]"
+        lines += [
+            f"  open loop {o['offered_per_s']:g}/s over the link: {o['per_second']:.1f}/s answered, p50"
+            f" {o['p50_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms, p99.9 {o['p99_9_ms']:.1f} ms, max"
+            f" {o['max_ms']:.1f} ms; codes {o['codes']}{floor}",
+            f"    {catch_up_text(o['catch_up'], '    ')}",
+            *cpu_lines(o["cpu"], "    "),
+            postgres_line(o["postgres_ms_per_authorisation"], "    "),
+        ]
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -686,8 +784,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rates", default="100,200,300", help="comma-separated offered authorisations/s")
     parser.add_argument("--connections", type=int, default=50, help="wrk's connections")
     parser.add_argument("--threads", type=int, default=2, help="wrk's threads")
+    parser.add_argument("--link-links", type=int, default=4, help="ISO 8583 links (0: no link phase)")
+    parser.add_argument("--link-window", type=int, default=24, help="0100s in flight per link, closed loop")
+    parser.add_argument("--link-rates", default="300", help="open-loop rates over the link ('': none)")
     args = parser.parse_args(argv)
     args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    args.link_rates = [float(x) for x in args.link_rates.split(",") if x.strip()]
     if shutil.which("wrk") is None:
         parser.error("needs wrk on the PATH (make system-deps, or apt-get install wrk)")
     if args.seconds < 1 or args.customers < 1 or not 1 <= args.threads <= args.connections:

@@ -7,8 +7,10 @@
    account in ten, durable PostgreSQL, every service its own process).
 2. Capacity: the highest open-loop rate the bank keeps up with, probed with the same generator for
    --probe-seconds a probe (x1.5 while it keeps up, then two bisections). Keeping up: at least 98% of
-   what was offered approved within a second (approved p99 <= 1 s): throughput, not the latency
-   floor, which each step reports. (--capacity skips this and uses the figure given.)
+   what was offered approved, approved p99 <= 100 ms: the issue's own measure ("the 169/s it sustains
+   at p99 < 100 ms"), and the latency every step must keep. Until 2026-12-06 the bound was 1 s, which
+   counted as capacity rates the bank served only with a standing queue (decision 0036).
+   (--capacity skips this and uses the figure given.)
 3. For each step s, open-loop load at s x capacity for --seconds through the gateway with
    bench/openloop.c (compiled here with the machine's cc): request k is due at k / rate and its
    latency counts from then, so a slow bank cannot slow the generator down (no coordinated omission).
@@ -44,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 FLOORS = {2.0: 0.9, 5.0: 0.9, 10.0: 0.8}  # goodput as a share of capacity, at these steps
 P99_FLOOR_MS = 100.0
-KEEPING_UP_P99_MS = 1000.0
+KEEPING_UP_P99_MS = P99_FLOOR_MS
 
 
 def build_generator(folder: Path) -> Path:
@@ -126,7 +128,7 @@ async def step_test(args: argparse.Namespace) -> dict[str, Any]:
 async def measure_capacity(
     generator: Path, cluster: Any, cards: Path, seconds: float, connections: int
 ) -> tuple[float, list[dict[str, Any]]]:
-    """The highest open-loop rate kept up with (>= 98% approved, approved p99 <= 1 s), and the probes."""
+    """The highest open-loop rate kept up with (>= 98% approved, approved p99 <= 100 ms), and the probes."""
     probes: list[dict[str, Any]] = []
 
     async def sustained(rate: float) -> bool:

@@ -18,7 +18,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import asyncpg
 from sqlalchemy import MetaData, event, text
@@ -28,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared import tracing
 from shared.config import to_asyncpg, to_libpq
 from shared.health import Checker
-from shared.priority import yield_cpu
+from shared.priority import server_is_local, yield_cpu
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -44,15 +43,8 @@ def service_metadata(schema: str) -> MetaData:
 
 
 _AFTER_COMMIT = "after_commit"
-_LOOPBACK = ("127.0.0.1", "localhost", "::1", "")
 
 log = logging.getLogger("shared.db")
-
-
-def server_is_local(url: str) -> bool:
-    """Whether the database server runs on this host (a loopback address or a Unix socket), so
-    that its backend process ids are this host's."""
-    return (urlsplit(to_libpq(url)).hostname or "") in _LOOPBACK
 
 
 class Tx:

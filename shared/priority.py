@@ -11,10 +11,20 @@ from __future__ import annotations
 
 import logging
 import os
+from urllib.parse import urlsplit
+
+from shared.config import to_libpq
 
 log = logging.getLogger("shared.priority")
 
 FALLBACK_NICE = 19
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "")
+
+
+def server_is_local(url: str) -> bool:
+    """Whether the database server runs on this host (a loopback address or a Unix socket), so
+    that its backend process ids are this host's to reprioritise."""
+    return (urlsplit(to_libpq(url)).hostname or "") in _LOOPBACK
 
 
 def yield_cpu(pid: int = 0) -> None:

@@ -32,7 +32,7 @@ class Runtime:
     def __init__(self, service: str, settings: BankSettings | None = None) -> None:
         self.service = service
         self.settings = settings or load(BankSettings)
-        background = is_background(service, self.settings)
+        background = background_service(service, self.settings)
         self.db = Database(
             self.settings.async_database_url,
             pool_size=self.settings.db_pool_size,
@@ -106,7 +106,7 @@ class Runtime:
         )
 
 
-def is_background(service: str, settings: BankSettings) -> bool:
+def background_service(service: str, settings: BankSettings) -> bool:
     """Whether `service` yields the CPU to the card path (decision 0047)."""
     return service in BACKGROUND_SERVICES and settings.background_priority == "idle"
 
@@ -115,7 +115,7 @@ def serve(service: str, factory: str) -> None:
     """Run one service as its own process: `python -m services.<name>`."""
     settings = load(BankSettings)
     configure_logging(service, settings.log_level, settings.log_json)
-    if is_background(service, settings):
+    if background_service(service, settings):
         yield_cpu()
     uvicorn.run(
         factory,

@@ -11,9 +11,9 @@ import time
 
 from sqlalchemy import text
 
-from shared.db import Database, server_is_local
+from shared.db import Database
 from shared.events.transports.pglog import PgLogTransport
-from shared.priority import is_background, yield_cpu
+from shared.priority import is_background, server_is_local, yield_cpu
 
 
 async def test_the_engine_s_and_the_fast_pool_s_backends_yield(database_url: str) -> None:

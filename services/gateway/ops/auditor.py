@@ -36,8 +36,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.gateway.ops.invariants import RiskSnapshot, read_snapshot
 from shared.config import to_libpq
-from shared.db import server_is_local
-from shared.priority import yield_cpu
+from shared.priority import server_is_local, yield_cpu
 
 log = logging.getLogger("gateway.ops.auditor")
 T = TypeVar("T")

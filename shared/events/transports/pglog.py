@@ -28,10 +28,9 @@ from typing import Any
 import asyncpg
 
 from shared.config import to_libpq
-from shared.db import server_is_local
 from shared.events.transports.base import IncomingRecord, OutgoingRecord
 from shared.health import Checker
-from shared.priority import yield_cpu
+from shared.priority import server_is_local, yield_cpu
 
 log = logging.getLogger("shared.events.pglog")
 

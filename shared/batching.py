@@ -85,23 +85,28 @@ class NaturalBatcher(Generic[T, R]):
         while self._queue:
             if self.standing:
                 self._shed_stale()
-            live: list[tuple[T, asyncio.Future[R]]] = []
-            cap = self.cap
-            while self._queue and len(live) < cap:
-                item, future, _ = self._queue.popleft()
-                if not future.done():  # callers gone: dropped
-                    live.append((item, future))
-            if not self._queue:
-                self._backlog_since = None
-            elif self._backlog_since is None:
-                self._backlog_since = time.monotonic()
-            if live:
-                began = time.monotonic()
-                await self._answer(live)
-                if len(live) >= MIN_CAP:
-                    per_item = (time.monotonic() - began) / len(live)
-                    last = self.seconds_per_item
-                    self.seconds_per_item = per_item if last is None else last + SMOOTHING * (per_item - last)
+            live = self._take(self.cap)
+            if not live:
+                continue
+            began = time.monotonic()
+            await self._answer(live)
+            if len(live) >= MIN_CAP:
+                per_item = (time.monotonic() - began) / len(live)
+                last = self.seconds_per_item
+                self.seconds_per_item = per_item if last is None else last + SMOOTHING * (per_item - last)
+
+    def _take(self, cap: int) -> list[tuple[T, asyncio.Future[R]]]:
+        """The next batch: up to `cap` items whose callers still wait; notes whether a queue stands."""
+        live: list[tuple[T, asyncio.Future[R]]] = []
+        while self._queue and len(live) < cap:
+            item, future, _ = self._queue.popleft()
+            if not future.done():  # callers gone: dropped
+                live.append((item, future))
+        if not self._queue:
+            self._backlog_since = None
+        elif self._backlog_since is None:
+            self._backlog_since = time.monotonic()
+        return live
 
     def _shed_stale(self) -> None:
         if self.overload_wait is None or self._shed is None:

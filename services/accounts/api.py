@@ -11,7 +11,7 @@ from services.accounts import repository as repo
 from services.accounts import schemas
 from services.accounts.idempotency import request_fingerprint, require_key, run_once
 from services.accounts.ledger import HoldRequest
-from services.accounts.service import PLACE_ATTEMPTS, HoldIdTaken, HoldPlacement, HoldResult, LedgerService
+from services.accounts.service import HoldIdTaken, HoldPlacement, HoldResult, LedgerService
 from shared.auth import Identity, require_identity, require_internal
 from shared.db import Database
 from shared.errors import BankError, not_found
@@ -207,6 +207,9 @@ def pots_router(db: Database, ledger: LedgerService) -> APIRouter:
 def _placement(body: schemas.PlaceHold) -> HoldPlacement:
     request = HoldRequest(body.account_id, body.network_txn_id, body.amount, parse_currency(body.currency))
     return HoldPlacement(request, body.expires_at, body.traceparent)
+
+
+PLACE_ATTEMPTS = 5  # a batch placed again after a concurrent one took its network ids
 
 
 async def place_holds_at_edge(

@@ -63,8 +63,6 @@ from shared.events.outbox import Outbox, Outgoing
 from shared.ids import new_id, plausible_id
 from shared.money import parse_currency
 
-PLACE_ATTEMPTS = 5
-
 
 class HoldIdTaken(Exception):
     """A hold's network id was taken by a concurrent batch that committed first: the caller rolls

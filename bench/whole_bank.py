@@ -335,6 +335,33 @@ async def postgres_per_authorisation(
     return {name: round(s / max(1, authorisations) * 1000, 3) for name, s in spent.items()}
 
 
+@dataclass(frozen=True)
+class CpuMark:
+    """Where every process's CPU, and each PostgreSQL process's, stood when a measured window began."""
+
+    parts: dict[str, float]
+    postgres: dict[int, float]
+    began: float
+
+
+def cpu_mark(cluster: Any, parts: dict[str, Callable[[], float]]) -> CpuMark:
+    return CpuMark(cpu_now(parts), postgres_cpu_by_process(cluster.pg), time.monotonic())
+
+
+async def cpu_since(
+    cluster: Any, parts: dict[str, Callable[[], float]], mark: CpuMark, authorisations: int
+) -> dict[str, Any]:
+    """CPU per authorisation of every process since `mark` (`cpu`), and PostgreSQL's by connection."""
+    elapsed = time.monotonic() - mark.began
+    after, postgres_after = cpu_now(parts), postgres_cpu_by_process(cluster.pg)
+    return {
+        "cpu": cpu_per_authorisation(mark.parts, after, authorisations, elapsed),
+        "postgres_ms_per_authorisation": await postgres_per_authorisation(
+            cluster, mark.postgres, postgres_after, authorisations
+        ),
+    }
+
+
 def cpu_per_authorisation(
     before: dict[str, float], after: dict[str, float], authorisations: int, elapsed: float
 ) -> dict[str, Any]:
@@ -388,15 +415,14 @@ async def sustained(
     before = await probe.snapshot()
     servers_before = await server_times(cluster)
     print(f"sustained: wrk, {wrk.connections} connections for {seconds:g} s ...", file=sys.stderr)
-    cpu_before, pg_before, began = cpu_now(parts), postgres_cpu_by_process(cluster.pg), time.monotonic()
+    mark = cpu_mark(cluster, parts)
     run = await wrk.run(cluster.base_url, seconds)
-    figures = run.figures(time.monotonic() - began)
+    figures = run.figures(time.monotonic() - mark.began)
     figures.pop("wrk_output")
     approved = int(figures["codes"].get("00", 0))
     print(f"  {figures['authorisations']} answered, {approved} approved; catching up ...", file=sys.stderr)
     caught = await catch_up(probe, before, approved)
-    elapsed = time.monotonic() - began
-    cpu_after, pg_after = cpu_now(parts), postgres_cpu_by_process(cluster.pg)
+    spent = await cpu_since(cluster, parts, mark, figures["authorisations"])
     servers_after = await server_times(cluster)
     pushed, received = await pushes_received(fake), await receiver_count(receiver)
     per_s = approved / (figures["seconds"] + caught["seconds"])
@@ -415,10 +441,7 @@ async def sustained(
         "floor_per_s": SUSTAINED_FLOOR_PER_S,
         "fake_provider_received": pushed - pushed_before,
         "receiver": {k: received[k] - received_before.get(k, 0) for k in received},
-        "cpu": cpu_per_authorisation(cpu_before, cpu_after, figures["authorisations"], elapsed),
-        "postgres_ms_per_authorisation": await postgres_per_authorisation(
-            cluster, pg_before, pg_after, figures["authorisations"]
-        ),
+        **spent,
         "server_time": server_delta(servers_before, servers_after),
     }
 
@@ -434,7 +457,7 @@ async def open_loop(
     before = await probe.snapshot()
     servers_before = await server_times(cluster)
     print(f"open loop: steady at {rate:g}/s for {seconds:g} s ...", file=sys.stderr)
-    cpu_before, pg_before, began = cpu_now(parts), postgres_cpu_by_process(cluster.pg), time.monotonic()
+    mark = cpu_mark(cluster, parts)
     run = await steady_run(
         cluster.base_url, customers, rate, seconds, key=NETWORK_KEY, budgets=budgets, seed=seed
     )
@@ -442,8 +465,7 @@ async def open_loop(
     run.pop("sustained", None)  # bench.standard's own criterion (p99 < 100 ms), not this issue's
     approved = int(run["codes"].get("00", 0))
     caught = await catch_up(probe, before, approved)
-    elapsed = time.monotonic() - began
-    cpu_after, pg_after = cpu_now(parts), postgres_cpu_by_process(cluster.pg)
+    spent = await cpu_since(cluster, parts, mark, run["authorisations"])
     servers_after = await server_times(cluster)
     print(
         f"  p50 {run.get('p50_ms')} ms, p99 {run.get('p99_ms')} ms, codes {run['codes']}, "
@@ -454,10 +476,7 @@ async def open_loop(
         **run,
         "approved": approved,
         "catch_up": caught,
-        "cpu": cpu_per_authorisation(cpu_before, cpu_after, run["authorisations"], elapsed),
-        "postgres_ms_per_authorisation": await postgres_per_authorisation(
-            cluster, pg_before, pg_after, run["authorisations"]
-        ),
+        **spent,
         "server_time": server_delta(servers_before, servers_after),
     }
 
@@ -477,22 +496,18 @@ async def over_the_link(
     async def measured(run: Any, offered: float | None) -> dict[str, Any]:
         await settled(cluster.database_url)
         before = await probe.snapshot()
-        cpu_before, pg_before, began = cpu_now(parts), postgres_cpu_by_process(cluster.pg), time.monotonic()
-        figures = (await run()).figures(time.monotonic() - began)
+        mark = cpu_mark(cluster, parts)
+        figures = (await run()).figures(time.monotonic() - mark.began)
         approved = int(figures["codes"].get("00", 0))
         caught = await catch_up(probe, before, approved)
-        elapsed = time.monotonic() - began
-        cpu_after, pg_after = cpu_now(parts), postgres_cpu_by_process(cluster.pg)
+        spent = await cpu_since(cluster, parts, mark, figures["authorisations"])
         return {
             **figures,
             "offered_per_s": offered,
             "approved": approved,
             "catch_up": caught,
             "sustained_per_s": round(approved / (figures["seconds"] + caught["seconds"]), 1),
-            "cpu": cpu_per_authorisation(cpu_before, cpu_after, figures["authorisations"], elapsed),
-            "postgres_ms_per_authorisation": await postgres_per_authorisation(
-                cluster, pg_before, pg_after, figures["authorisations"]
-            ),
+            **spent,
         }
 
     try:

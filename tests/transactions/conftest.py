@@ -135,6 +135,9 @@ OTHER_ACC, OTHER = "acc_bob", "user_bob"
 PUBLIC = "http://bank.test"  # the gateway's address the stores sign their URLs for
 
 
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4  # a small image for the attachment tests
+
+
 @dataclass
 class AttachmentsClient:
     """A customer's app calling the attachment routes of a service started by `start_service`."""

@@ -18,6 +18,7 @@ from tests.transactions.conftest import (
     ACC,
     OTHER,
     OTHER_ACC,
+    PNG,
     PUBLIC,
     USER,
     AttachmentsClient,
@@ -27,7 +28,6 @@ from tests.transactions.conftest import (
 from tests.transactions.events import Authorisation, account_created, at, topup
 
 BAD, NO_TX = "bad_request.bad_param", "not_found.transaction"
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 
 
 class Files(AttachmentsClient):

@@ -26,6 +26,7 @@ from tests.transactions.conftest import (
     ACC,
     OTHER,
     OTHER_ACC,
+    PNG,
     PUBLIC,
     USER,
     AttachmentsClient,
@@ -35,7 +36,6 @@ from tests.transactions.conftest import (
 from tests.transactions.events import Authorisation, account_created, at, topup
 
 BUCKET = "bank-attachments"
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 PDF = b"%PDF-1.7\n" + b"x" * 991
 
 

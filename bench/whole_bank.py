@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.whole_bank [--customers 1000] [--seconds 20] [--rates 100,200,300]
                                          [--connections 50] [--threads 2]
                                          [--link-links 4] [--link-window 24] [--link-rates 300]
+                                         [--alone-rate 200]
 
 1. A whole bank (bank.cluster: durable PostgreSQL in a temporary folder, every service as its own
    process, pglog transport), notifications pointed at the local fake APNs/FCM
@@ -30,6 +31,12 @@
    --link-window 0100s in flight per link for --seconds, then the same catch-up, sustained/s likewise
    (issue 20's floor: ≥ 500/s); then open loop at each of --link-rates, latency from each message's due
    time (issue 20's floor: p99 ≤ 30 ms at 300/s).
+
+5. The card path alone (unless --alone-rate 0): the open loop of step 3 at --alone-rate with the event
+   consumers (transactions, webhooks, notifications) stopped, in the same bank and database; then
+   they are started again and the backlog they left is timed until caught up. Beside step 3's figure
+   at that rate, it shows how much of the card path's latency is the consumers' competition for the
+   machine and the database (decision 0048).
 
 Figures go to stdout and bench/results/whole-bank.json. Nothing is asserted: the issue's floors
 (sustained ≥ 350/s; p99 ≤ 50 ms at 200/s offered) are printed beside the figures. The load generator,
@@ -528,6 +535,38 @@ async def over_the_link(
         load.close()
 
 
+async def card_path_alone(bank: Bank, rate: float, seconds: float, seed: int) -> dict[str, Any]:
+    """Step 5 of the module's docstring: the open loop with the event consumers stopped, then the
+    backlog they left caught up after they are started again."""
+    from simulator.reconcile import balances
+
+    cluster, probe, parts = bank.cluster, bank.probe, bank.parts
+    await settled(cluster.database_url)
+    budgets = await balances(cluster.base_url, bank.customers)
+    before = await probe.snapshot()
+    for name in BEHIND:
+        cluster.kill(name, signal.SIGTERM)
+    print(f"card path alone: steady at {rate:g}/s for {seconds:g} s, consumers stopped", file=sys.stderr)
+    try:
+        mark = cpu_mark(cluster, parts)  # the stopped consumers read 0 s throughout
+        run = await steady_run(
+            cluster.base_url, bank.customers, rate, seconds, key=NETWORK_KEY, budgets=budgets, seed=seed
+        )
+        spent = await cpu_since(cluster, parts, mark, run["authorisations"])
+    finally:
+        for name in BEHIND:
+            cluster.start_service(name)
+        await asyncio.gather(*(cluster.ready(name) for name in BEHIND))
+        parts.update(cpu_parts(cluster, (bank.fake, bank.receiver)))  # the new consumer processes
+    run.pop("books")
+    run.pop("sustained", None)
+    approved = int(run["codes"].get("00", 0))
+    caught = await catch_up(probe, before, approved)
+    print(f"  p50 {run.get('p50_ms')} ms, p99 {run.get('p99_ms')} ms; backlog caught up {caught['seconds']} s"
+          " after the consumers started", file=sys.stderr)  # fmt: skip
+    return {**run, "approved": approved, "catch_up": caught, **spent}
+
+
 @dataclass
 class Bank:
     """A whole bank under test, with its push devices and webhooks, as `whole_bank_up` starts it."""
@@ -625,6 +664,8 @@ async def whole_bank(args: argparse.Namespace, env: dict[str, Any]) -> dict[str,
             result["link"] = await over_the_link(
                 bank, args.seconds, args.link_links, args.link_window, args.link_rates
             )
+        if args.alone_rate:
+            result["alone"] = await card_path_alone(bank, args.alone_rate, args.seconds, seed=31)
         result["receiver_total"] = await receiver_count(bank.receiver)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return result
@@ -640,7 +681,7 @@ def brief_sustained(s: dict[str, Any]) -> str:
     )
 
 
-def cpu_lines(cpu: dict[str, Any], indent: str = "  ") -> list[str]:
+def cpu_lines(cpu: dict[str, Any], indent: str = "  ", over: str = "the run and the catch-up") -> list[str]:
     ms = cpu["ms_per_authorisation"]
     total = sum(v for k, v in ms.items() if k != "other processes") or 1.0
     order = [*SERVICES, "postgres", "wrk", "fake push provider", "webhook receiver", "bench harness"]
@@ -648,7 +689,7 @@ def cpu_lines(cpu: dict[str, Any], indent: str = "  ") -> list[str]:
     half = (len(cells) + 1) // 2
     bank = sum(ms.get(name, 0.0) for name in (*SERVICES, "postgres"))
     return [
-        f"{indent}CPU ms per authorisation (share of ours), over the run and the catch-up:",
+        f"{indent}CPU ms per authorisation (share of ours), over {over}:",
         f"{indent}  " + ", ".join(cells[:half]),
         f"{indent}  " + ", ".join(cells[half:]),
         f"{indent}  the bank (services + PostgreSQL) {bank:.2f} ms, ours in all {total:.2f} ms;"
@@ -755,7 +796,25 @@ def report(r: dict[str, Any]) -> str:
         lines.append(f"\n  (no run at {P99_FLOOR_RATE:g}/s: the p99 floor is not measured)")
     if link := r.get("link"):
         lines += link_lines(link)
+    if alone := r.get("alone"):
+        same_rate = [o for o in r["open_loop"] if o["offered_per_s"] == alone["offered_per_s"]]
+        lines += alone_lines(alone, same_rate)
     return "\n".join(lines)
+
+
+def alone_lines(alone: dict[str, Any], beside: list[dict[str, Any]]) -> list[str]:
+    with_consumers = "; ".join(f"p50 {o['p50_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms" for o in beside)
+    return [
+        "",
+        f"The card path alone: open loop at {alone['offered_per_s']:g}/s for {alone['seconds']:g} s with the"
+        " event consumers (transactions, webhooks, notifications) stopped",
+        f"  p50 {alone['p50_ms']:.1f} ms, p99 {alone['p99_ms']:.1f} ms, p99.9 {alone['p99_9_ms']:.1f} ms,"
+        f" max {alone['max_ms']:.1f} ms; codes {alone['codes']}"
+        + (f"    (with the consumers running, above: {with_consumers})" if beside else ""),
+        f"  after the consumers started again: {catch_up_text(alone['catch_up'])}",
+        *cpu_lines(alone["cpu"], over="the run (the consumers stopped)"),
+        postgres_line(alone["postgres_ms_per_authorisation"]),
+    ]
 
 
 def link_lines(link: dict[str, Any]) -> list[str]:
@@ -802,6 +861,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--link-links", type=int, default=4, help="ISO 8583 links (0: no link phase)")
     parser.add_argument("--link-window", type=int, default=24, help="0100s in flight per link, closed loop")
     parser.add_argument("--link-rates", default="300", help="open-loop rates over the link ('': none)")
+    parser.add_argument(
+        "--alone-rate", type=float, default=P99_FLOOR_RATE,
+        help="open-loop rate with the event consumers stopped (0: no such phase)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
     args.link_rates = [float(x) for x in args.link_rates.split(",") if x.strip()]

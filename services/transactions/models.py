@@ -103,6 +103,17 @@ class Transaction(Base):
     receipts: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
 
 
+class TransactionRef(Base):
+    """One of a transaction's `balance_refs`, as a row: how the feed fold finds the transaction a ledger
+    movement belongs to by its primary key (decision 0048). Written with the transaction."""
+
+    __tablename__ = "transaction_refs"
+
+    account_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    ref: Mapped[str] = mapped_column(Text, primary_key=True)
+    transaction_id: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
 @dataclass(slots=True)
 class TransactionRow:
     """The columns of `transactions` the handlers and PATCH work on (everything but `body`, which is

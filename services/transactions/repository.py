@@ -222,15 +222,15 @@ WITH ev AS (
 ), candidates AS (
     -- One index probe per batch row, each lookup LATERAL and fenced with OFFSET 0: joined as sets,
     -- the planner (which guesses a hundred rows for a recordset) hashes the batch and reads every
-    -- transaction the bank has. A reference is looked up among its account's transactions: the GIN
-    -- index on balance_refs reads its whole pending list on every probe while payments stream in.
+    -- transaction the bank has. A reference is looked up by its row in transaction_refs, not among
+    -- the account's transactions, whose number grows with its history (decision 0048).
     SELECT c.id FROM ks CROSS JOIN LATERAL (
         SELECT t.id FROM {S}.transactions t WHERE t.source_key = ks.key OFFSET 0
     ) c
     UNION
-    SELECT c.id FROM pt CROSS JOIN LATERAL (
-        SELECT t.id FROM {S}.transactions t
-        WHERE t.account_id = pt.account_id AND t.balance_refs @> ARRAY[pt.ref] OFFSET 0
+    SELECT c.transaction_id FROM pt CROSS JOIN LATERAL (
+        SELECT r.transaction_id FROM {S}.transaction_refs r
+        WHERE r.account_id = pt.account_id AND r.ref = pt.ref OFFSET 0
     ) c
     UNION
     SELECT c.id FROM pt CROSS JOIN LATERAL (
@@ -242,9 +242,12 @@ WITH ev AS (
         SELECT t.id FROM {S}.transactions t WHERE t.account_id = ow.account_id AND NOT t.announced OFFSET 0
     ) c
 ), locked AS (
-    -- Locked in id order, whatever the batch: two replicas never wait for each other in a cycle.
-    SELECT {_COLUMNS} FROM {S}.transactions WHERE id = ANY(ARRAY(SELECT id FROM candidates)) ORDER BY id
-    FOR UPDATE
+    -- Locked in id order, whatever the batch: two replicas never wait for each other in a cycle. One
+    -- primary-key probe per candidate: as one `id = ANY(...)`, a plan made while the table was small
+    -- reads the whole table for every batch (decision 0048).
+    SELECT l.* FROM (SELECT id FROM candidates ORDER BY id) c CROSS JOIN LATERAL (
+        SELECT {_COLUMNS} FROM {S}.transactions t WHERE t.id = c.id FOR UPDATE
+    ) l
 ), tg AS (
     SELECT coalesce(l.source_key, ks.key) AS key, ks.key IS NOT NULL AS in_batch,
            coalesce(l.account_id, ks.account_id) AS account_id,
@@ -365,6 +368,12 @@ WITH mv AS (
     SELECT {_COLUMNS}, body FROM tv ORDER BY id
     ON CONFLICT (id) DO UPDATE SET
         {", ".join(f"{c} = excluded.{c}" for c in ROW_COLUMNS[1:])}, body = excluded.body
+), r AS (
+    -- A transaction's references only grow as its events arrive: rows are added, never removed.
+    INSERT INTO {S}.transaction_refs (account_id, ref, transaction_id)
+    SELECT DISTINCT tv.account_id, ref, tv.id FROM tv CROSS JOIN unnest(tv.balance_refs) AS ref
+    ORDER BY 1, 2, 3
+    ON CONFLICT DO NOTHING
 )
 SELECT
     (SELECT json_agg(json_build_array(w.account_id, w.day, coalesce(s.amount, sd.amount, 0)))

@@ -58,7 +58,7 @@ class Runtime:
         handlers: dict[str, Handler],
         *,
         batch_handler: BatchHandler | None = None,
-        batch_size: int = 200,
+        batch_size: int = 1000,  # a backlog drains in few round trips (decision 0048)
     ) -> Consumer:
         """Register a consumer group (`<service>.<purpose>`) that runs for the life of the app."""
         consumer = Consumer(

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SERVICES = ("gateway", "accounts", "cards", "transactions", "webhooks", "notifications")
 # Event consumers: their work can wait, the card network's cannot (decision 0036).
 BACKGROUND_SERVICES = ("transactions", "webhooks", "notifications")
+# Events a consumer takes in one transaction: a backlog drains in few round trips (decision 0048).
+CONSUMER_BATCH = 1000
 
 
 class BankSettings(BaseSettings):

@@ -14,7 +14,7 @@ from typing import Any
 import uvicorn
 from fastapi import APIRouter, FastAPI
 
-from shared.config import BACKGROUND_SERVICES, BankSettings, load
+from shared.config import BACKGROUND_SERVICES, CONSUMER_BATCH, BankSettings, load
 from shared.db import Database
 from shared.events import make_transport
 from shared.events.consumer import BatchHandler, Consumer, Handler
@@ -58,7 +58,7 @@ class Runtime:
         handlers: dict[str, Handler],
         *,
         batch_handler: BatchHandler | None = None,
-        batch_size: int = 1000,  # a backlog drains in few round trips (decision 0048)
+        batch_size: int = CONSUMER_BATCH,
     ) -> Consumer:
         """Register a consumer group (`<service>.<purpose>`) that runs for the life of the app."""
         consumer = Consumer(

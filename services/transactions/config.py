@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.config import CONSUMER_BATCH
+
 
 class TransactionsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRANSACTIONS_", extra="ignore")
@@ -18,7 +20,7 @@ class TransactionsSettings(BaseSettings):
     max_limit: int = Field(default=100, ge=1, le=1000)
     # The feed consumer's batch (events per database transaction): large, so that a backlog drains in
     # few round trips, each of which a consumer under SCHED_IDLE waits for a free CPU after (decision 0048).
-    consumer_batch: int = Field(default=1000, ge=1, le=5000)
+    consumer_batch: int = Field(default=CONSUMER_BATCH, ge=1, le=5000)
     # Card holders' access tokens: accounts' JWKS and revocation list.
     jwks_min_refresh_seconds: float = Field(default=5.0, ge=0)
     revocation_poll_seconds: float = Field(default=2.0, gt=0)

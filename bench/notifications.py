@@ -202,7 +202,7 @@ async def run_one(
     if bootstrap:
         env["BANK_KAFKA_BOOTSTRAP"] = bootstrap
     fake = start(
-        [sys.executable, "-m", "services.notifications.providers.fake", "--port", str(fake_port)],
+        [sys.executable, "-m", "services.notifications.providers.fake", "--quiet", "--port", str(fake_port)],
         {**env, "PYTHONUNBUFFERED": "1"},
         tmp / f"fake-{transport}.log",
     )
@@ -436,7 +436,7 @@ def sender_only(args: argparse.Namespace) -> int:
         upgrade(url)
         port = free_port()
         fake = start(
-            [sys.executable, "-m", "services.notifications.providers.fake", "--port", str(port)],
+            [sys.executable, "-m", "services.notifications.providers.fake", "--quiet", "--port", str(port)],
             dict(os.environ),
             Path(folder) / "fake.log",
         )

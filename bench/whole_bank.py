@@ -615,7 +615,8 @@ async def whole_bank_up(customers: int) -> AsyncIterator[Bank]:
         push_port, receiver_port = free_port(), free_port()
         fake = Helper(
             "fake push provider",
-            [sys.executable, "-m", "services.notifications.providers.fake", "--port", str(push_port)],
+            [sys.executable, "-m", "services.notifications.providers.fake", "--quiet",
+             "--port", str(push_port)],
             folder / "fake-push.log", push_port, "/healthz",
         )  # fmt: skip
         receiver = Helper(

@@ -55,14 +55,13 @@ async def test_apns_needs_http2_and_a_provider_token(fake: FakeServer) -> None:
 
 
 async def test_other_methods_and_paths_are_answered_as_a_web_server_would(fake: FakeServer) -> None:
-    # One connection each: Hypercorn drops a connection on which a stream it answered early ends late.
-    for method, path, status in [
-        ("GET", f"/3/device/{TOKEN}", 405),
-        ("GET", "/v1/projects/p/messages:send", 405),
-        ("POST", f"/3/device/{TOKEN}/more", 404),
-        ("POST", "/v1/projects/p/q/messages:send", 404),
-    ]:
-        async with httpx.AsyncClient(base_url=fake.url, http1=False, http2=True) as h2:
+    async with httpx.AsyncClient(base_url=fake.url, http1=False, http2=True) as h2:
+        for method, path, status in [
+            ("GET", f"/3/device/{TOKEN}", 405),
+            ("GET", "/v1/projects/p/messages:send", 405),
+            ("POST", f"/3/device/{TOKEN}/more", 404),
+            ("POST", "/v1/projects/p/q/messages:send", 404),
+        ]:
             assert (await h2.request(method, path)).status_code == status
 
 

@@ -2,8 +2,8 @@
 
     python -m services.notifications.providers.fake --port 8010
 
-Served by Hypercorn on one port: HTTP/2 (h2c, prior knowledge, which is what the APNs adapter speaks to
-an http:// URL) and HTTP/1.1 (FCM, the token endpoint, browsers).
+Served on one port by providers/fake_server.py: HTTP/2 (h2c, prior knowledge, which is what the push
+client speaks to an http:// URL) and HTTP/1.1 (the token endpoint, browsers).
 
 * APNs: `POST /3/device/{token}`. Checks what Apple checks (HTTP/2, a bearer ES256 provider token with
   kid and iss, apns-topic, apns-push-type, a hex device token, the 4 KiB payload limit) and answers as
@@ -43,6 +43,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.notifications.providers import PAYLOAD_LIMIT
+from services.notifications.providers.fake_server import FakeHttpServer
 
 log = logging.getLogger("services.notifications.fake")
 
@@ -386,26 +387,6 @@ class FakeProvider:
         )
 
 
-def hypercorn_config(host: str, port: int) -> Any:
-    from hypercorn.config import Config
-
-    config = Config()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 1.0
-    config.keep_alive_timeout = 75.0
-    # Hypercorn closes a connection after 1,000 requests by default; APNs keeps one open for as long
-    # as it is used. The GOAWAY would fail every stream in flight on it (httpcore: WriteError).
-    config.keep_alive_max_requests = 2**31
-    # As APNs: up to 1,000 streams at once on a connection (Hypercorn's default is 100), and no date or
-    # server header on its answers (each one more header to encode here and decode in the client).
-    config.h2_max_concurrent_streams = 1000
-    config.include_date_header = False
-    config.include_server_header = False
-    return config
-
-
 class FakeServer:
     """The fake on a real socket inside the current event loop (tests, benchmarks)."""
 
@@ -413,50 +394,33 @@ class FakeServer:
         self.fake = FakeProvider(quiet=quiet)
         self.host, self.port = host, port
         self.url = f"http://{host}:{port}"
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._server = FakeHttpServer(self.fake.app(), host, port)
 
     async def start(self) -> None:
-        import httpx
-        from hypercorn.asyncio import serve
-
-        self._stop.clear()
-        config = hypercorn_config(self.host, self.port)
-        self._task = asyncio.create_task(serve(self.fake.app(), config, shutdown_trigger=self._stop.wait))  # type: ignore[arg-type]
-        async with httpx.AsyncClient(trust_env=False) as client:
-            for _ in range(500):
-                if self._task.done():
-                    self._task.result()
-                try:
-                    await client.get(f"{self.url}/healthz")
-                    return
-                except httpx.TransportError:
-                    await asyncio.sleep(0.02)
-        raise RuntimeError(f"the fake provider did not start on port {self.port}")
+        await self._server.start()
 
     async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        await self._server.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="A local fake of APNs and FCM that shows what it receives.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8010)
+    parser.add_argument("--quiet", action="store_true", help="no log line per push (benchmarks)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fake-push %(message)s")
 
     async def run() -> None:
-        from hypercorn.asyncio import serve
-
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        server = FakeHttpServer(FakeProvider(quiet=args.quiet).app(), args.host, args.port)
+        await server.start()
         log.info("fake APNs/FCM on http://%s:%d (pushes at /)", args.host, args.port)
-        await serve(FakeProvider().app(), hypercorn_config(args.host, args.port), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        await stop.wait()
+        await server.close()
 
     try:  # the services' event loop (uvicorn's where installed): less of the fake's CPU is the loop's
         import uvloop

@@ -244,6 +244,15 @@ async def running_push(db: Database, settings: BankSettings, *, start: bool = Tr
 
 
 @pytest_asyncio.fixture(loop_scope="session")
+async def fake() -> AsyncIterator[FakeServer]:
+    """The fake APNs/FCM alone, on a real socket."""
+    server = FakeServer(free_port())
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
 async def push(db: Database, settings: BankSettings) -> AsyncIterator[Push]:
     async with running_push(db, settings) as running:
         yield running

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest_asyncio
 
 from bank.infra.ports import free_port
 from services.notifications.config import dev_apns_key
@@ -16,14 +14,6 @@ from services.notifications.providers.apns import ProviderToken
 from services.notifications.providers.fake import FakeServer
 
 TOKEN = "ab" * 32
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def fake() -> AsyncIterator[FakeServer]:
-    server = FakeServer(free_port())
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def apns_headers() -> dict[str, str]:

@@ -5,26 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.settings
 import httpx
-import pytest_asyncio
 
-from bank.infra.ports import free_port
 from services.notifications.providers.fake import FakeServer
 from tests.notifications.test_fake_provider import TOKEN, apns_headers
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def fake() -> AsyncIterator[FakeServer]:
-    server = FakeServer(free_port())
-    await server.start()
-    yield server
-    await server.stop()
 
 
 class H2Client:

@@ -28,14 +28,6 @@ from shared.retry_after import retry_after_seconds
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def fake() -> AsyncIterator[FakeServer]:
-    server = FakeServer(free_port())
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
 async def apns(fake: FakeServer) -> AsyncIterator[ApnsProvider]:
     provider = ApnsProvider(
         fake.url, "com.example.bank", ProviderToken("TEAM123456", "KEY1234567", dev_apns_key())

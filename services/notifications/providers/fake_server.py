@@ -4,7 +4,8 @@ The fake stands in for Apple's and Google's servers, which never run on the bank
 so the fake's CPU is taken from the bank in every whole-bank benchmark. Under Hypercorn (h2, its
 stream tasks and ASGI plumbing, all in Python) it cost 0.4-0.7 ms per push, more than the bank's
 notifications service spends sending it (decision 0049). This is the server side of the HTTP/2 that the
-bank's push client speaks (providers/http2.py, whose frame constants and HPACK decoder it shares):
+bank's push client speaks, on the frame handling it shares with that client (`FramedConnection`,
+providers/http2.py):
 
 * a connection whose first bytes are the HTTP/2 preface is served as HTTP/2: SETTINGS (ours: 1,000
   concurrent streams, as APNs allows, and wide receive windows, replenished at half), PING answered,
@@ -31,41 +32,32 @@ import h11
 
 from services.notifications.providers.http2 import (
     ACK,
-    CONTINUATION,
     DATA,
     DEFAULT_WINDOW,
-    END_HEADERS,
     END_STREAM,
     FLOW_CONTROL_ERROR,
     FRAME_SIZE_ERROR,
     GOAWAY,
-    HEADERS,
     INITIAL_WINDOW_SIZE,
     MAX_CONCURRENT_STREAMS,
     MAX_FRAME_SIZE,
-    MAX_HEADER_BLOCK,
-    MAX_STREAM_ID,
     MAX_WINDOW,
     NO_ERROR,
     OUR_MAX_FRAME,
-    PADDED,
-    PING,
     PREFACE,
-    PRIORITY,
-    PRIORITY_FLAG,
     PROTOCOL_ERROR,
-    PUSH_PROMISE,
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
-    HpackDecoder,
-    HpackError,
+    FramedConnection,
+    ProtocolViolation,
     field,
 )
 
 log = logging.getLogger("services.notifications.fake_server")
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
 
 STREAMS = 1000  # SETTINGS_MAX_CONCURRENT_STREAMS, as APNs
 STREAM_WINDOW = 1 << 20  # what a client may send on one stream before it hears from us
@@ -81,10 +73,54 @@ def _phrase(status: int) -> bytes:
         return b""
 
 
-class _Violation(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+def _scope(
+    method: str, target: str, http_version: str, headers: Headers, server: Any, client: Any
+) -> dict[str, Any]:
+    path, _, query = target.partition("?")
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": http_version,
+        "method": method,
+        "scheme": "http",
+        "path": unquote(path),
+        "raw_path": path.encode("latin-1"),
+        "query_string": query.encode("latin-1"),
+        "root_path": "",
+        "headers": headers,
+        "server": server,
+        "client": client,
+    }
+
+
+async def _call(
+    app: ASGIApp, scope: dict[str, Any], body: bytes, gone: asyncio.Event
+) -> tuple[int, Headers, bytes]:
+    """One request through the app, its answer held whole: (status, headers, body). A handler that fails
+    answers 500."""
+    status, headers, chunks, body_given = 500, [], [], False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal body_given
+        if not body_given:
+            body_given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status, headers = message["status"], list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    try:
+        await app(scope, receive, send)
+    except Exception:
+        log.exception("the fake's handler failed")
+        return 500, [], b""
+    return status, headers, b"".join(chunks)
 
 
 class _Stream:
@@ -101,147 +137,54 @@ class _Stream:
         self.answered = False
 
 
-class _Http2:
-    """One HTTP/2 connection, after the preface."""
+class _Http2(FramedConnection):
+    """One HTTP/2 connection, after the preface: the frames are read and written by FramedConnection."""
 
     def __init__(self, server: FakeHttpServer, transport: asyncio.Transport) -> None:
+        super().__init__()
         self.server = server
         self.transport = transport
-        self.inbox = bytearray()
-        self.decoder = HpackDecoder()
         self.streams: dict[int, _Stream] = {}
         self.last_stream_id = 0
-        self.block: bytearray | None = None
-        self.block_stream = 0
-        self.block_end_stream = False
         self.send_window = DEFAULT_WINDOW  # the connection's, for our DATA
         self.peer_stream_window = DEFAULT_WINDOW  # SETTINGS_INITIAL_WINDOW_SIZE of the peer
-        self.peer_max_frame = OUR_MAX_FRAME
         self.received = 0  # DATA bytes on the connection since our last WINDOW_UPDATE
         self.closing = False
-        self.out: list[bytes] = []
-        self.flush_scheduled = False
-        settings = b"".join(
-            k.to_bytes(2) + v.to_bytes(4)
-            for k, v in ((MAX_CONCURRENT_STREAMS, STREAMS), (INITIAL_WINDOW_SIZE, STREAM_WINDOW))
-        )
-        self._write(self._frame(SETTINGS, 0, 0, settings))
+        settings = ((MAX_CONCURRENT_STREAMS, STREAMS), (INITIAL_WINDOW_SIZE, STREAM_WINDOW))
+        self._write(self._frame(SETTINGS, 0, 0, b"".join(k.to_bytes(2) + v.to_bytes(4) for k, v in settings)))
         self._write(self._frame(WINDOW_UPDATE, 0, 0, (CONNECTION_WINDOW - DEFAULT_WINDOW).to_bytes(4)))
 
     # -- frames in ---------------------------------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        inbox = self.inbox
-        inbox += data
-        at, end = 0, len(inbox)
-        try:
-            while end - at >= 9:
-                length = int.from_bytes(inbox[at : at + 3])
-                if length > OUR_MAX_FRAME:
-                    raise _Violation(FRAME_SIZE_ERROR, f"a frame of {length} bytes")
-                if end - at - 9 < length:
-                    break
-                kind, flags = inbox[at + 3], inbox[at + 4]
-                stream_id = int.from_bytes(inbox[at + 5 : at + 9]) & MAX_STREAM_ID
-                payload = bytes(inbox[at + 9 : at + 9 + length])
-                at += 9 + length
-                self._frame_received(kind, flags, stream_id, payload)
-        except (_Violation, HpackError) as exc:
-            code = exc.code if isinstance(exc, _Violation) else 9  # COMPRESSION_ERROR
-            self.close_with(code, str(exc))
-            return
-        del inbox[:at]
-
-    def _frame_received(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if self.block is not None and (kind != CONTINUATION or stream_id != self.block_stream):
-            raise _Violation(PROTOCOL_ERROR, "a header block interrupted")
-        if kind == HEADERS:
-            self._headers(flags, stream_id, payload)
-        elif kind == CONTINUATION:
-            if self.block is None:
-                raise _Violation(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
-            self.block += payload
-            if len(self.block) > MAX_HEADER_BLOCK:
-                raise _Violation(PROTOCOL_ERROR, "a header block too large")
-            if flags & END_HEADERS:
-                self._header_block_done()
-        elif kind == DATA:
-            self._data(flags, stream_id, payload)
-        elif kind == SETTINGS:
-            self._settings(flags, stream_id, payload)
-        elif kind == WINDOW_UPDATE:
-            self._window_update(stream_id, payload)
-        elif kind == PING:
-            if stream_id != 0 or len(payload) != 8:
-                raise _Violation(PROTOCOL_ERROR, "a malformed PING")
-            if not flags & ACK:
-                self._write(self._frame(PING, ACK, 0, payload))
-        elif kind == RST_STREAM:
-            if stream_id == 0 or len(payload) != 4:
-                raise _Violation(PROTOCOL_ERROR, "a malformed RST_STREAM")
-            if (stream := self.streams.pop(stream_id, None)) is not None:
-                stream.disconnected.set()
-        elif kind == GOAWAY:
-            self.closing = True
-            self._close_if_done()
-        elif kind == PUSH_PROMISE:
-            raise _Violation(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
-        elif kind == PRIORITY and stream_id == 0:
-            raise _Violation(PROTOCOL_ERROR, "PRIORITY on stream 0")
-
-    def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0 or stream_id % 2 == 0:
-            raise _Violation(PROTOCOL_ERROR, "HEADERS on stream 0 or an even stream")
-        if stream_id <= self.last_stream_id:  # trailers, or a stream id reused
-            raise _Violation(PROTOCOL_ERROR, "HEADERS on a stream already opened")
-        start, stop = 0, len(payload)
-        if flags & PADDED:
-            start, stop = 1, stop - payload[0]
-        if flags & PRIORITY_FLAG:
-            start += 5
-        if stop < start:
-            raise _Violation(PROTOCOL_ERROR, "padding longer than the frame")
-        self.block, self.block_stream = bytearray(payload[start:stop]), stream_id
-        self.block_end_stream = bool(flags & END_STREAM)
-        if flags & END_HEADERS:
-            self._header_block_done()
-
-    def _header_block_done(self) -> None:
-        assert self.block is not None
-        headers = self.decoder.decode(bytes(self.block))  # every block, in order: the table depends on it
-        stream_id, end_stream, self.block = self.block_stream, self.block_end_stream, None
+    def _headers(self, stream_id: int, decoded: list[tuple[str, str]], end_stream: bool) -> None:
+        if stream_id % 2 == 0 or stream_id <= self.last_stream_id:  # trailers, or a stream id reused
+            raise ProtocolViolation(PROTOCOL_ERROR, "HEADERS on an even or an already opened stream")
         self.last_stream_id = stream_id
         if self.closing or len(self.streams) >= STREAMS:
             self._write(self._frame(RST_STREAM, 0, stream_id, REFUSED_STREAM.to_bytes(4)))
             return
-        stream = self.streams[stream_id] = _Stream(stream_id, headers, self.peer_stream_window)
+        stream = self.streams[stream_id] = _Stream(stream_id, decoded, self.peer_stream_window)
         if end_stream:
             self._dispatch(stream)
 
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0:
-            raise _Violation(PROTOCOL_ERROR, "DATA on stream 0")
         length = len(payload)  # all of it counts against the windows, padding included
         self.received += length
         if self.received > CONNECTION_WINDOW:
-            raise _Violation(FLOW_CONTROL_ERROR, "DATA beyond the connection's window")
+            raise ProtocolViolation(FLOW_CONTROL_ERROR, "DATA beyond the connection's window")
         if self.received >= CONNECTION_WINDOW // 2:
             self._write(self._frame(WINDOW_UPDATE, 0, 0, self.received.to_bytes(4)))
             self.received = 0
         stream = self.streams.get(stream_id)
         if stream is None or stream.answered:
             if stream_id > self.last_stream_id:
-                raise _Violation(PROTOCOL_ERROR, "DATA on an idle stream")
+                raise ProtocolViolation(PROTOCOL_ERROR, "DATA on an idle stream")
             self._write(self._frame(RST_STREAM, 0, stream_id, STREAM_CLOSED.to_bytes(4)))
             return
-        if flags & PADDED:
-            if not payload or payload[0] >= length:
-                raise _Violation(PROTOCOL_ERROR, "padding longer than the frame")
-            payload = payload[1 : length - payload[0]]
-        stream.body += payload
+        stream.body += self.unpadded(flags, payload)
         stream.received += length
         if stream.received > STREAM_WINDOW:
-            raise _Violation(FLOW_CONTROL_ERROR, "DATA beyond the stream's window")
+            raise ProtocolViolation(FLOW_CONTROL_ERROR, "DATA beyond the stream's window")
         if flags & END_STREAM:
             self._dispatch(stream)
         elif stream.received >= STREAM_WINDOW // 2:
@@ -250,100 +193,65 @@ class _Http2:
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id != 0 or len(payload) % 6:
-            raise _Violation(PROTOCOL_ERROR, "a malformed SETTINGS")
+            raise ProtocolViolation(PROTOCOL_ERROR, "a malformed SETTINGS")
         if flags & ACK:
             return
         for at in range(0, len(payload), 6):
             key, value = int.from_bytes(payload[at : at + 2]), int.from_bytes(payload[at + 2 : at + 6])
             if key == INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
-                    raise _Violation(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE too large")
+                    raise ProtocolViolation(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE too large")
                 for stream in self.streams.values():
                     stream.window += value - self.peer_stream_window
                 self.peer_stream_window = value
             elif key == MAX_FRAME_SIZE:
                 if not OUR_MAX_FRAME <= value <= 2**24 - 1:
-                    raise _Violation(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
-                self.peer_max_frame = value
+                    raise ProtocolViolation(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
+                self.max_frame = value
         self._write(self._frame(SETTINGS, ACK, 0, b""))
         self._send_pending()
 
     def _window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise _Violation(FRAME_SIZE_ERROR, "a malformed WINDOW_UPDATE")
+            raise ProtocolViolation(FRAME_SIZE_ERROR, "a malformed WINDOW_UPDATE")
         increment = int.from_bytes(payload) & MAX_WINDOW
         if stream_id == 0:
             self.send_window += increment
             if self.send_window > MAX_WINDOW:
-                raise _Violation(FLOW_CONTROL_ERROR, "the connection's window past 2^31-1")
+                raise ProtocolViolation(FLOW_CONTROL_ERROR, "the connection's window past 2^31-1")
         elif (stream := self.streams.get(stream_id)) is not None:
             stream.window += increment
         self._send_pending()
+
+    def _stream_reset(self, stream_id: int, code: int) -> None:
+        if (stream := self.streams.pop(stream_id, None)) is not None:
+            stream.disconnected.set()
+
+    def _goaway(self, last_stream_id: int, code: int) -> None:
+        self.closing = True
+        self._close_if_done()
 
     # -- requests and answers ----------------------------------------------------------------------------
 
     def _dispatch(self, stream: _Stream) -> None:
         pseudo = {name: value for name, value in stream.headers if name.startswith(":")}
-        target = pseudo.get(":path", "/")
-        path, _, query = target.partition("?")
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "2",
-            "method": pseudo.get(":method", "GET"),
-            "scheme": pseudo.get(":scheme", "http"),
-            "path": unquote(path),
-            "raw_path": path.encode("latin-1"),
-            "query_string": query.encode("latin-1"),
-            "root_path": "",
-            "headers": [(n.encode("latin-1"), v.encode("latin-1")) for n, v in stream.headers if n[0] != ":"],
-            "server": self.server.address,
-            "client": self.transport.get_extra_info("peername"),
-        }
+        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in stream.headers if n[0] != ":"]
         if authority := pseudo.get(":authority"):
-            scope["headers"].append((b"host", authority.encode("latin-1")))
+            headers.append((b"host", authority.encode("latin-1")))
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        scope = _scope(
+            pseudo.get(":method", "GET"), pseudo.get(":path", "/"), "2", headers, self.server.address, peer
+        )
         self.server.spawn(self._serve(stream, scope))
 
     async def _serve(self, stream: _Stream, scope: dict[str, Any]) -> None:
-        body_sent = False
-        status = 500
-        headers: list[tuple[bytes, bytes]] = []
-        chunks: list[bytes] = []
-
-        async def receive() -> dict[str, Any]:
-            nonlocal body_sent
-            if not body_sent:
-                body_sent = True
-                return {"type": "http.request", "body": bytes(stream.body), "more_body": False}
-            await stream.disconnected.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status, headers
-            if message["type"] == "http.response.start":
-                status, headers = message["status"], list(message.get("headers", []))
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        try:
-            await self.server.app(scope, receive, send)
-        except Exception:
-            log.exception("the fake's handler failed")
-            status, headers, chunks = 500, [], []
-        self._answer(stream, status, headers, b"".join(chunks))
-
-    def _answer(self, stream: _Stream, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        if self.streams.get(stream.id) is not stream or self.transport.is_closing():
+        status, headers, body = await _call(self.server.app, scope, bytes(stream.body), stream.disconnected)
+        if self.streams.get(stream.id) is not stream or self.transport is None or self.transport.is_closing():
             return  # reset by the client, or the connection is gone
         stream.answered = True
         block = b"\x88" if status == 200 else field(b":status", str(status).encode())
         block += b"".join(field(n.lower(), v) for n, v in headers if n.lower() not in _HOP_BY_HOP)
-        first = True
-        while first or block:  # HEADERS, then CONTINUATION past the peer's frame size
-            piece, block = block[: self.peer_max_frame], block[self.peer_max_frame :]
-            flags = (END_HEADERS if not block else 0) | (END_STREAM if first and not body else 0)
-            self._write(self._frame(HEADERS if first else CONTINUATION, flags, stream.id, piece))
-            first = False
+        self._send_headers(stream.id, block, end_stream=not body)
         if not body:
             del self.streams[stream.id]
         else:
@@ -352,9 +260,10 @@ class _Http2:
         self._close_if_done()
 
     def _send_pending(self) -> None:
+        """Answer bodies, as far as the client's windows allow."""
         for stream in list(self.streams.values()):
             while stream.pending and self.send_window > 0 and stream.window > 0:
-                size = min(len(stream.pending), self.send_window, stream.window, self.peer_max_frame)
+                size = min(len(stream.pending), self.send_window, stream.window, self.max_frame)
                 piece, stream.pending = stream.pending[:size], stream.pending[size:]
                 self.send_window -= size
                 stream.window -= size
@@ -367,39 +276,25 @@ class _Http2:
 
     def _close_if_done(self) -> None:
         if self.closing and not self.streams:
-            self.close_with(NO_ERROR, "")
+            self._close_with(NO_ERROR, "")
 
-    def close_with(self, code: int, message: str) -> None:
+    def _close_with(self, code: int, message: str) -> None:
         if message:
             log.info("closing an HTTP/2 connection: %s", message)
-        if not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing():
             goaway = self.last_stream_id.to_bytes(4) + code.to_bytes(4) + message.encode()[:200]
             self._write(self._frame(GOAWAY, 0, 0, goaway))
             self._flush()
             self.transport.close()
-        self.connection_lost()
+        self.gone()
 
-    def connection_lost(self) -> None:
+    def close(self) -> None:
+        self._close_with(NO_ERROR, "")
+
+    def gone(self) -> None:
         for stream in self.streams.values():
             stream.disconnected.set()
         self.streams.clear()
-
-    @staticmethod
-    def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-        return len(payload).to_bytes(3) + bytes((kind, flags)) + stream_id.to_bytes(4) + payload
-
-    def _write(self, data: bytes) -> None:
-        """Frames written in one turn of the event loop go out in one write."""
-        self.out.append(data)
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self.flush_scheduled = False
-        if self.out and not self.transport.is_closing():
-            self.transport.write(b"".join(self.out))
-        self.out.clear()
 
 
 class _Http1:
@@ -441,47 +336,14 @@ class _Http1:
             self.transport.close()
 
     async def _serve(self, request: h11.Request, body: bytes) -> None:
-        target = request.target.decode("latin-1")
-        path, _, query = target.partition("?")
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": request.http_version.decode(),
-            "method": request.method.decode(),
-            "scheme": "http",
-            "path": unquote(path),
-            "raw_path": path.encode("latin-1"),
-            "query_string": query.encode("latin-1"),
-            "root_path": "",
-            "headers": [(n.lower(), v) for n, v in request.headers],
-            "server": self.server.address,
-            "client": self.transport.get_extra_info("peername"),
-        }
-        status, headers, chunks, body_sent = 500, [], [], False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal body_sent
-            if not body_sent:
-                body_sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await self.disconnected.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status, headers
-            if message["type"] == "http.response.start":
-                status, headers = message["status"], list(message.get("headers", []))
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        try:
-            await self.server.app(scope, receive, send)
-        except Exception:
-            log.exception("the fake's handler failed")
-            status, headers, chunks = 500, [], []
+        headers = [(n.lower(), v) for n, v in request.headers]
+        peer = self.transport.get_extra_info("peername")
+        scope = _scope(request.method.decode(), request.target.decode("latin-1"),
+                       request.http_version.decode(), headers, self.server.address, peer)  # fmt: skip
+        status, answer_headers, answer = await _call(self.server.app, scope, body, self.disconnected)
         if self.transport.is_closing():
             return
-        self._write_whole(status, headers, b"".join(chunks))
+        self._write_whole(status, answer_headers, answer)
         if self.conn.our_state is h11.MUST_CLOSE:
             self.transport.close()
             return
@@ -489,7 +351,7 @@ class _Http1:
         self.busy = False
         self._next()
 
-    def _write_whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def _write_whole(self, status: int, headers: Headers, body: bytes) -> None:
         kept = [(n, v) for n, v in headers if n.lower() not in _HOP_BY_HOP and n.lower() != b"content-length"]
         kept.append((b"content-length", str(len(body)).encode()))
         try:
@@ -501,7 +363,7 @@ class _Http1:
             return
         self.transport.write(data)
 
-    def connection_lost(self) -> None:
+    def gone(self) -> None:
         self.disconnected.set()
 
 
@@ -538,11 +400,11 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         if self.protocol is not None:
-            self.protocol.connection_lost()
+            self.protocol.gone()
 
     def close(self) -> None:
         if isinstance(self.protocol, _Http2):
-            self.protocol.close_with(NO_ERROR, "")
+            self.protocol.close()
         elif self.transport is not None:
             self.transport.close()
 

@@ -364,26 +364,25 @@ class _Stream:
         self.received = 0  # DATA bytes not yet given back with a WINDOW_UPDATE
 
 
-class _Violation(Exception):
+class ProtocolViolation(Exception):
+    """The peer broke RFC 9113: the connection ends with GOAWAY and this error code."""
+
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
 
 
-class _Connection(asyncio.Protocol):
-    """One HTTP/2 connection (the client side)."""
+class FramedConnection(asyncio.Protocol):
+    """What both ends of an HTTP/2 connection do with frames (this client, and the local push fake's
+    server, providers/fake_server.py): read them off the socket, each header block with its
+    CONTINUATIONs decoded in order, PING answered, malformed frames refused with GOAWAY; and write them,
+    the frames of one turn of the event loop in one write. What a frame means to a stream is the
+    subclass's (the hooks below)."""
 
-    def __init__(self, authority: bytes, scheme: bytes) -> None:
+    def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.request_head = _METHOD[b"POST"] + _SCHEME[scheme] + field(b":authority", authority)
-        self.streams: dict[int, _Stream] = {}
-        self.next_id = 1
-        self.max_streams = 100  # until the peer's SETTINGS say otherwise (we wait for them)
-        self.initial_window = DEFAULT_WINDOW  # the peer's, for our new streams
-        self.send_window = DEFAULT_WINDOW  # the connection's
-        self.max_frame = 16_384
-        self.received = 0  # connection-level DATA bytes not yet given back
+        self.max_frame = OUR_MAX_FRAME  # the peer's SETTINGS_MAX_FRAME_SIZE: the most we send in one
         self.decoder = HpackDecoder()
         self.block: bytearray | None = None  # a header block still waiting for CONTINUATION
         self.block_stream = 0
@@ -391,6 +390,169 @@ class _Connection(asyncio.Protocol):
         self.inbox = bytearray()
         self.outbox = bytearray()
         self.flush_scheduled = False
+
+    # -- the hooks -------------------------------------------------------------------------------------
+
+    def _headers(self, stream_id: int, decoded: list[tuple[str, str]], end_stream: bool) -> None:
+        raise NotImplementedError
+
+    def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def _window_update(self, stream_id: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def _stream_reset(self, stream_id: int, code: int) -> None:
+        raise NotImplementedError
+
+    def _goaway(self, last_stream_id: int, code: int) -> None:
+        raise NotImplementedError
+
+    def _close_with(self, code: int, message: str) -> None:
+        raise NotImplementedError
+
+    # -- frames in -------------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        inbox = self.inbox
+        inbox += data
+        at, end = 0, len(inbox)
+        try:
+            while end - at >= 9:
+                length = int.from_bytes(inbox[at : at + 3])
+                if length > OUR_MAX_FRAME:
+                    raise ProtocolViolation(FRAME_SIZE_ERROR, f"a frame of {length} bytes")
+                if end - at - 9 < length:
+                    break
+                kind, flags = inbox[at + 3], inbox[at + 4]
+                stream_id = int.from_bytes(inbox[at + 5 : at + 9]) & MAX_STREAM_ID
+                payload = bytes(inbox[at + 9 : at + 9 + length])
+                at += 9 + length
+                self._frame_received(kind, flags, stream_id, payload)
+        except ProtocolViolation as exc:
+            self._close_with(exc.code, f"protocol error: {exc}")
+            return
+        except Exception as exc:  # a bug here must not leave the streams in flight waiting forever
+            self._close_with(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            raise
+        del inbox[:at]
+
+    def _frame_received(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self.block is not None and (kind != CONTINUATION or stream_id != self.block_stream):
+            raise ProtocolViolation(PROTOCOL_ERROR, "a header block interrupted")
+        if kind == DATA:
+            if stream_id == 0:
+                raise ProtocolViolation(PROTOCOL_ERROR, "DATA on stream 0")
+            self._data(flags, stream_id, payload)
+        elif kind == HEADERS:
+            if stream_id == 0:
+                raise ProtocolViolation(PROTOCOL_ERROR, "HEADERS on stream 0")
+            start, stop = 0, len(payload)
+            if flags & PADDED:
+                start, stop = 1, stop - payload[0]
+            if flags & PRIORITY_FLAG:
+                start += 5
+            if stop < start:
+                raise ProtocolViolation(PROTOCOL_ERROR, "padding longer than the frame")
+            self.block, self.block_stream = bytearray(payload[start:stop]), stream_id
+            self.block_end_stream = bool(flags & END_STREAM)
+            if flags & END_HEADERS:
+                self._header_block_done()
+        elif kind == CONTINUATION:
+            if self.block is None:
+                raise ProtocolViolation(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
+            self.block += payload
+            if len(self.block) > MAX_HEADER_BLOCK:
+                raise ProtocolViolation(PROTOCOL_ERROR, "a header block too large")
+            if flags & END_HEADERS:
+                self._header_block_done()
+        elif kind == SETTINGS:
+            self._settings(flags, stream_id, payload)
+        elif kind == WINDOW_UPDATE:
+            self._window_update(stream_id, payload)
+        elif kind == PING:
+            if stream_id != 0 or len(payload) != 8:
+                raise ProtocolViolation(PROTOCOL_ERROR, "a malformed PING")
+            if not flags & ACK:
+                self._write(self._frame(PING, ACK, 0, payload))
+        elif kind == RST_STREAM:
+            if stream_id == 0 or len(payload) != 4:
+                raise ProtocolViolation(PROTOCOL_ERROR, "a malformed RST_STREAM")
+            self._stream_reset(stream_id, int.from_bytes(payload))
+        elif kind == GOAWAY:
+            if stream_id != 0 or len(payload) < 8:
+                raise ProtocolViolation(PROTOCOL_ERROR, "a malformed GOAWAY")
+            self._goaway(int.from_bytes(payload[:4]) & MAX_STREAM_ID, int.from_bytes(payload[4:8]))
+        elif kind == PUSH_PROMISE:  # our client turns push off, and a client never sends one
+            raise ProtocolViolation(PROTOCOL_ERROR, "PUSH_PROMISE")
+        elif kind == PRIORITY and stream_id == 0:
+            raise ProtocolViolation(PROTOCOL_ERROR, "PRIORITY on stream 0")
+        # PRIORITY and unknown frame types are ignored (RFC 9113 4.1, 5.5).
+
+    def _header_block_done(self) -> None:
+        assert self.block is not None
+        block, stream_id, end_stream = bytes(self.block), self.block_stream, self.block_end_stream
+        self.block = None
+        try:  # every block, in order: the decoder's table follows the peer's encoder
+            decoded = self.decoder.decode(block)
+        except HpackError as exc:
+            raise ProtocolViolation(COMPRESSION_ERROR, f"undecodable header block: {exc}") from exc
+        self._headers(stream_id, decoded, end_stream)
+
+    @staticmethod
+    def unpadded(flags: int, payload: bytes) -> bytes:
+        """A DATA frame's data (RFC 9113 6.1); its padding still counts against the windows."""
+        if not flags & PADDED:
+            return payload
+        if not payload or payload[0] >= len(payload):
+            raise ProtocolViolation(PROTOCOL_ERROR, "padding longer than the frame")
+        return payload[1 : len(payload) - payload[0]]
+
+    # -- frames out ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+        return len(payload).to_bytes(3) + bytes((kind, flags)) + stream_id.to_bytes(4) + payload
+
+    def _write(self, data: bytes) -> None:
+        self.outbox += data
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.outbox and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(bytes(self.outbox))
+        self.outbox.clear()
+
+    def _send_headers(self, stream_id: int, block: bytes, *, end_stream: bool) -> None:
+        """HEADERS, then CONTINUATION past the peer's frame size."""
+        flags = END_STREAM if end_stream else 0
+        if len(block) <= self.max_frame:
+            self._write(self._frame(HEADERS, flags | END_HEADERS, stream_id, block))
+            return
+        chunks = [block[i : i + self.max_frame] for i in range(0, len(block), self.max_frame)]
+        self._write(self._frame(HEADERS, flags, stream_id, chunks[0]))
+        for i, chunk in enumerate(chunks[1:], 2):
+            self._write(self._frame(CONTINUATION, END_HEADERS if i == len(chunks) else 0, stream_id, chunk))
+
+
+class _Connection(FramedConnection):
+    """One HTTP/2 connection (the client side)."""
+
+    def __init__(self, authority: bytes, scheme: bytes) -> None:
+        super().__init__()
+        self.request_head = _METHOD[b"POST"] + _SCHEME[scheme] + field(b":authority", authority)
+        self.streams: dict[int, _Stream] = {}
+        self.next_id = 1
+        self.max_streams = 100  # until the peer's SETTINGS say otherwise (we wait for them)
+        self.initial_window = DEFAULT_WINDOW  # the peer's, for our new streams
+        self.send_window = DEFAULT_WINDOW  # the connection's
+        self.received = 0  # connection-level DATA bytes not yet given back
         self.ready: asyncio.Future[None] = self.loop.create_future()  # the peer's first SETTINGS
         self.failure: Exception | None = None  # set when the connection is gone
         self.draining = False  # takes no new stream (GOAWAY, or a stream timed out on it)
@@ -437,91 +599,11 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self._wake()
 
-    def data_received(self, data: bytes) -> None:
-        inbox = self.inbox
-        inbox += data
-        at, end = 0, len(inbox)
-        try:
-            while end - at >= 9:
-                length = int.from_bytes(inbox[at : at + 3])
-                if length > OUR_MAX_FRAME:
-                    raise _Violation(FRAME_SIZE_ERROR, f"a frame of {length} bytes")
-                if end - at - 9 < length:
-                    break
-                kind, flags = inbox[at + 3], inbox[at + 4]
-                stream_id = int.from_bytes(inbox[at + 5 : at + 9]) & MAX_STREAM_ID
-                payload = bytes(inbox[at + 9 : at + 9 + length])
-                at += 9 + length
-                self._frame_received(kind, flags, stream_id, payload)
-        except _Violation as exc:
-            self._close_with(exc.code, f"protocol error: {exc}")
-            return
-        except Exception as exc:  # a bug here must not leave the streams in flight waiting forever
-            self._close_with(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-            raise
-        del inbox[:at]
-
     # -- frames in -----------------------------------------------------------------------------------------
 
-    def _frame_received(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if self.block is not None and (kind != CONTINUATION or stream_id != self.block_stream):
-            raise _Violation(PROTOCOL_ERROR, "a header block interrupted")
-        if kind == DATA:
-            self._data(flags, stream_id, payload)
-        elif kind == HEADERS:
-            if stream_id == 0:
-                raise _Violation(PROTOCOL_ERROR, "HEADERS on stream 0")
-            start, stop = 0, len(payload)
-            if flags & PADDED:
-                start, stop = 1, stop - payload[0]
-            if flags & PRIORITY_FLAG:
-                start += 5
-            if stop < start:
-                raise _Violation(PROTOCOL_ERROR, "padding longer than the frame")
-            self.block, self.block_stream = bytearray(payload[start:stop]), stream_id
-            self.block_end_stream = bool(flags & END_STREAM)
-            if flags & END_HEADERS:
-                self._header_block_done()
-        elif kind == CONTINUATION:
-            if self.block is None:
-                raise _Violation(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
-            self.block += payload
-            if len(self.block) > MAX_HEADER_BLOCK:
-                raise _Violation(PROTOCOL_ERROR, "a header block too large")
-            if flags & END_HEADERS:
-                self._header_block_done()
-        elif kind == SETTINGS:
-            self._settings(flags, stream_id, payload)
-        elif kind == WINDOW_UPDATE:
-            self._window_update(stream_id, payload)
-        elif kind == PING:
-            if stream_id != 0 or len(payload) != 8:
-                raise _Violation(PROTOCOL_ERROR, "a malformed PING")
-            if not flags & ACK:
-                self._write(self._frame(PING, ACK, 0, payload))
-        elif kind == RST_STREAM:
-            if stream_id == 0 or len(payload) != 4:
-                raise _Violation(PROTOCOL_ERROR, "a malformed RST_STREAM")
-            self._finish(stream_id, StreamReset(int.from_bytes(payload)))
-        elif kind == GOAWAY:
-            if stream_id != 0 or len(payload) < 8:
-                raise _Violation(PROTOCOL_ERROR, "a malformed GOAWAY")
-            self._goaway(int.from_bytes(payload[:4]) & MAX_STREAM_ID, int.from_bytes(payload[4:8]))
-        elif kind == PUSH_PROMISE:
-            raise _Violation(PROTOCOL_ERROR, "PUSH_PROMISE although push is disabled")
-        elif kind == PRIORITY and stream_id == 0:
-            raise _Violation(PROTOCOL_ERROR, "PRIORITY on stream 0")
-        # PRIORITY and unknown frame types are ignored (RFC 9113 4.1, 5.5).
-
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0:
-            raise _Violation(PROTOCOL_ERROR, "DATA on stream 0")
         length = len(payload)  # all of it counts against the windows, padding included
-        data = payload
-        if flags & PADDED:
-            if not payload or payload[0] >= length:
-                raise _Violation(PROTOCOL_ERROR, "padding longer than the frame")
-            data = payload[1 : length - payload[0]]
+        data = self.unpadded(flags, payload)
         self.received += length
         if self.received >= CONNECTION_WINDOW // 2:
             self._write(self._frame(WINDOW_UPDATE, 0, 0, self.received.to_bytes(4)))
@@ -538,14 +620,7 @@ class _Connection(asyncio.Protocol):
             self._write(self._frame(WINDOW_UPDATE, 0, stream_id, stream.received.to_bytes(4)))
             stream.received = 0
 
-    def _header_block_done(self) -> None:
-        assert self.block is not None
-        block, stream_id, end_stream = bytes(self.block), self.block_stream, self.block_end_stream
-        self.block = None
-        try:  # every block, in order: the decoder's table follows the peer's encoder
-            decoded = self.decoder.decode(block)
-        except HpackError as exc:
-            raise _Violation(COMPRESSION_ERROR, f"undecodable header block: {exc}") from exc
+    def _headers(self, stream_id: int, decoded: list[tuple[str, str]], end_stream: bool) -> None:
         stream = self.streams.get(stream_id)
         if stream is None:
             return
@@ -565,9 +640,9 @@ class _Connection(asyncio.Protocol):
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id != 0:
-            raise _Violation(PROTOCOL_ERROR, "SETTINGS on a stream")
+            raise ProtocolViolation(PROTOCOL_ERROR, "SETTINGS on a stream")
         if len(payload) % 6 or (flags & ACK and payload):
-            raise _Violation(FRAME_SIZE_ERROR, "a malformed SETTINGS")
+            raise ProtocolViolation(FRAME_SIZE_ERROR, "a malformed SETTINGS")
         if flags & ACK:
             return
         for at in range(0, len(payload), 6):
@@ -576,18 +651,18 @@ class _Connection(asyncio.Protocol):
                 self.max_streams = value
             elif setting == INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
-                    raise _Violation(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large")
+                    raise ProtocolViolation(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large")
                 delta, self.initial_window = value - self.initial_window, value
                 for stream in self.streams.values():
                     stream.send_window += delta
                     if stream.send_window > MAX_WINDOW:
-                        raise _Violation(FLOW_CONTROL_ERROR, "a stream window too large")
+                        raise ProtocolViolation(FLOW_CONTROL_ERROR, "a stream window too large")
             elif setting == MAX_FRAME_SIZE:
                 if not 16_384 <= value <= 16_777_215:
-                    raise _Violation(PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
+                    raise ProtocolViolation(PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
                 self.max_frame = value
             elif setting == ENABLE_PUSH and value > 1:
-                raise _Violation(PROTOCOL_ERROR, "ENABLE_PUSH out of range")
+                raise ProtocolViolation(PROTOCOL_ERROR, "ENABLE_PUSH out of range")
             # HEADER_TABLE_SIZE binds an encoder that indexes; ours never does. Others are advisory.
         self._write(self._frame(SETTINGS, ACK, 0, b""))
         if not self.ready.done():
@@ -596,14 +671,14 @@ class _Connection(asyncio.Protocol):
 
     def _window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise _Violation(FRAME_SIZE_ERROR, "a malformed WINDOW_UPDATE")
+            raise ProtocolViolation(FRAME_SIZE_ERROR, "a malformed WINDOW_UPDATE")
         increment = int.from_bytes(payload) & MAX_WINDOW
         if stream_id == 0:
             if increment == 0:
-                raise _Violation(PROTOCOL_ERROR, "a zero WINDOW_UPDATE")
+                raise ProtocolViolation(PROTOCOL_ERROR, "a zero WINDOW_UPDATE")
             self.send_window += increment
             if self.send_window > MAX_WINDOW:
-                raise _Violation(FLOW_CONTROL_ERROR, "the connection window too large")
+                raise ProtocolViolation(FLOW_CONTROL_ERROR, "the connection window too large")
         elif (stream := self.streams.get(stream_id)) is not None:
             stream.send_window += increment
             if increment == 0 or stream.send_window > MAX_WINDOW:
@@ -635,6 +710,9 @@ class _Connection(asyncio.Protocol):
         if self.draining and not self.streams:
             self._close_transport()
         self._wake()
+
+    def _stream_reset(self, stream_id: int, code: int) -> None:
+        self._finish(stream_id, StreamReset(code))
 
     def _reset(self, stream_id: int, code: int, error: Exception) -> None:
         if stream_id in self.streams:
@@ -685,23 +763,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    # -- frames out ------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-        return len(payload).to_bytes(3) + bytes((kind, flags)) + stream_id.to_bytes(4) + payload
-
-    def _write(self, data: bytes) -> None:
-        self.outbox += data
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self.flush_scheduled = False
-        if self.outbox and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(bytes(self.outbox))
-        self.outbox.clear()
+    # -- requests --------------------------------------------------------------------------------------
 
     def start(self, path: bytes, header_fields: bytes, body: bytes, deadline: float) -> _Stream | None:
         """Open a stream and send the whole request now if nothing has to wait (a free stream slot, the
@@ -773,16 +835,6 @@ class _Connection(asyncio.Protocol):
     def cancel(self, stream: _Stream) -> None:
         if stream.id in self.streams and self.failure is None:
             self._reset(stream.id, CANCEL, ConnectionClosed("cancelled"))
-
-    def _send_headers(self, stream_id: int, block: bytes, *, end_stream: bool) -> None:
-        flags = END_STREAM if end_stream else 0
-        if len(block) <= self.max_frame:
-            self._write(self._frame(HEADERS, flags | END_HEADERS, stream_id, block))
-            return
-        chunks = [block[i : i + self.max_frame] for i in range(0, len(block), self.max_frame)]
-        self._write(self._frame(HEADERS, flags, stream_id, chunks[0]))
-        for i, chunk in enumerate(chunks[1:], 2):
-            self._write(self._frame(CONTINUATION, END_HEADERS if i == len(chunks) else 0, stream_id, chunk))
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

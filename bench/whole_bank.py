@@ -674,22 +674,20 @@ async def whole_bank(args: argparse.Namespace, env: dict[str, Any]) -> dict[str,
     async with whole_bank_up(args.customers) as bank:
         result.update(bank.setup)
         cluster, probe, parts = bank.cluster, bank.probe, bank.parts
-        result["open_loop_before"] = []
-        for i, rate in enumerate(args.rates_first):
-            result["open_loop_before"].append(
-                await open_loop(cluster, bank.customers, probe, parts, rate, args.seconds, seed=41 + i)
-            )
+        result["open_loop_before"] = [
+            await open_loop(cluster, bank.customers, probe, parts, rate, args.seconds, seed=41 + i)
+            for i, rate in enumerate(args.rates_first)
+        ]
         cards = [Card(c.pan, c.expiry, c.cvc) for c in bank.customers]
         wrk = Wrk(write_cards(bank.folder / "cards.txt", cards), args.threads, args.connections)
         result["sustained"] = await sustained(
             cluster, wrk, probe, parts, bank.fake, bank.receiver, args.seconds
         )
         print(brief_sustained(result["sustained"]), file=sys.stderr)
-        result["open_loop"] = []
-        for i, rate in enumerate(args.rates):
-            result["open_loop"].append(
-                await open_loop(cluster, bank.customers, probe, parts, rate, args.seconds, seed=11 + i)
-            )
+        result["open_loop"] = [
+            await open_loop(cluster, bank.customers, probe, parts, rate, args.seconds, seed=11 + i)
+            for i, rate in enumerate(args.rates)
+        ]
         if args.link_links:
             result["link"] = await over_the_link(
                 bank, args.seconds, args.link_links, args.link_window, args.link_rates
@@ -890,30 +888,36 @@ def link_lines(link: dict[str, Any]) -> list[str]:
     return lines
 
 
+def rate_list(text: str) -> list[float]:
+    """ "100,200" -> [100.0, 200.0]; "" -> []."""
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.whole_bank", description=(__doc__ or "").split("\n")[0]
     )
     parser.add_argument("--customers", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=20, help="length of the wrk run and of each rate")
-    parser.add_argument("--rates", default="100,200,300", help="comma-separated offered authorisations/s")
     parser.add_argument(
-        "--rates-first", default="",
+        "--rates", default="100,200,300", type=rate_list, help="comma-separated offered authorisations/s"
+    )
+    parser.add_argument(
+        "--rates-first", default="", type=rate_list,
         help="open-loop rates run before the saturation run too (a bank it has not yet grown)",
     )  # fmt: skip
     parser.add_argument("--connections", type=int, default=50, help="wrk's connections")
     parser.add_argument("--threads", type=int, default=2, help="wrk's threads")
     parser.add_argument("--link-links", type=int, default=4, help="ISO 8583 links (0: no link phase)")
     parser.add_argument("--link-window", type=int, default=24, help="0100s in flight per link, closed loop")
-    parser.add_argument("--link-rates", default="300", help="open-loop rates over the link ('': none)")
+    parser.add_argument(
+        "--link-rates", default="300", type=rate_list, help="open-loop rates over the link ('': none)"
+    )
     parser.add_argument(
         "--alone-rate", type=float, default=P99_FLOOR_RATE,
         help="open-loop rate with the event consumers stopped (0: no such phase)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
-    args.rates_first = [float(x) for x in args.rates_first.split(",") if x.strip()]
-    args.link_rates = [float(x) for x in args.link_rates.split(",") if x.strip()]
     if shutil.which("wrk") is None:
         parser.error("needs wrk on the PATH (make system-deps, or apt-get install wrk)")
     if args.seconds < 1 or args.customers < 1 or not 1 <= args.threads <= args.connections:

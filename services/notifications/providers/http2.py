@@ -36,6 +36,7 @@ fake) it speaks h2 with prior knowledge. Failures that leave a request without a
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import ssl
@@ -372,7 +373,7 @@ class ProtocolViolation(Exception):
         self.code = code
 
 
-class FramedConnection(asyncio.Protocol):
+class FramedConnection(asyncio.Protocol, abc.ABC):
     """What both ends of an HTTP/2 connection do with frames (this client, and the local push fake's
     server, providers/fake_server.py): read them off the socket, each header block with its
     CONTINUATIONs decoded in order, PING answered, malformed frames refused with GOAWAY; and write them,
@@ -393,26 +394,26 @@ class FramedConnection(asyncio.Protocol):
 
     # -- the hooks -------------------------------------------------------------------------------------
 
-    def _headers(self, stream_id: int, decoded: list[tuple[str, str]], end_stream: bool) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _headers(self, stream_id: int, decoded: list[tuple[str, str]], end_stream: bool) -> None: ...
 
-    def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _data(self, flags: int, stream_id: int, payload: bytes) -> None: ...
 
-    def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _settings(self, flags: int, stream_id: int, payload: bytes) -> None: ...
 
-    def _window_update(self, stream_id: int, payload: bytes) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _window_update(self, stream_id: int, payload: bytes) -> None: ...
 
-    def _stream_reset(self, stream_id: int, code: int) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _stream_reset(self, stream_id: int, code: int) -> None: ...
 
-    def _goaway(self, last_stream_id: int, code: int) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _goaway(self, last_stream_id: int, code: int) -> None: ...
 
-    def _close_with(self, code: int, message: str) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _close_with(self, code: int, message: str) -> None: ...
 
     # -- frames in -------------------------------------------------------------------------------------
 
